@@ -1,0 +1,64 @@
+"""Batched environments behind one torch-facing interface, and the choice of backend.
+
+Backends, fastest first (``auto`` takes the first one available for an id):
+  - ``torch``: a native batched torch implementation that runs on the training device;
+  - ``vector``: gymnasium's own vectorized implementation (the id's ``vector_entry_point``);
+  - ``sync``: gymnasium ``SyncVectorEnv`` (any env, one process);
+  - ``async``: gymnasium ``AsyncVectorEnv`` (any env, one worker process per copy; pays off for
+    envs whose step costs far more than the inter-process round trip). Never picked by ``auto``.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import gymnasium as gym
+import torch
+
+from fastpg.envs.base import BatchedEnv, EnvInfo, Step
+from fastpg.envs.gym_vector import GymVectorEnv, UnsupportedEnvError, make_gym_vector_env
+
+__all__ = [
+    "BatchedEnv",
+    "EnvInfo",
+    "Step",
+    "GymVectorEnv",
+    "UnsupportedEnvError",
+    "make_env",
+    "native_env_ids",
+    "resolve_backend",
+]
+
+# env id -> factory(num_envs, device, dtype) for native torch environments.
+_NATIVE: dict[str, Callable[..., BatchedEnv]] = {}
+
+
+def native_env_ids() -> tuple[str, ...]:
+    """Environment ids that have a native torch implementation (backend ``torch``)."""
+    return tuple(sorted(_NATIVE))
+
+
+def resolve_backend(env_id: str, backend: str = "auto") -> str:
+    """The concrete backend for ``env_id``: ``backend`` itself unless it is ``auto``."""
+    if backend != "auto":
+        return backend
+    if env_id in _NATIVE:
+        return "torch"
+    if gym.spec(env_id).vector_entry_point is not None:
+        return "vector"
+    return "sync"
+
+
+def make_env(
+    env_id: str, num_envs: int, *, backend: str = "auto", device: torch.device | str = "cpu"
+) -> BatchedEnv:
+    """Build ``num_envs`` lockstep copies of ``env_id`` with the chosen backend, on ``device``."""
+    backend = resolve_backend(env_id, backend)
+    if backend == "torch":
+        if env_id not in _NATIVE:
+            raise ValueError(
+                f"backend 'torch' has no native implementation of {env_id} "
+                f"(native ids: {', '.join(native_env_ids()) or 'none'})"
+            )
+        return _NATIVE[env_id](num_envs=num_envs, device=device)
+    return make_gym_vector_env(env_id, backend, num_envs, device)

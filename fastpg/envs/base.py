@@ -1,0 +1,89 @@
+"""The torch-facing batched-environment interface every backend implements.
+
+A batched env steps N copies of one environment in lockstep and speaks tensors on the training
+device:
+
+- ``reset(seed) -> obs``: ``obs`` is ``[N, *obs_shape]`` float32.
+- ``step(action) -> Step``: ``action`` is ``[N]`` int64 (Discrete) or ``[N, *action_shape]`` float
+  (Box; the env clips it to the action bounds). ``Step`` holds ``[N]`` tensors (see ``Step``).
+
+Semantics (see ``fastpg.storage`` for how they are stored):
+
+- ``done[n]`` is True when the episode of env n ended because of this action (terminated or
+  truncated), and ``reward[n]`` is the reward for this action.
+- ``valid[n]`` is False when this step's action was ignored: gymnasium's NEXT_STEP autoreset spends
+  the step after a done on the reset (reward 0, not done). Backends that reset within the done step
+  (native torch envs, gymnasium SAME_STEP) mark every step valid.
+- ``obs`` is the observation the *next* action is taken in. After a done step this is the final
+  observation under NEXT_STEP autoreset and the first observation of the next episode under
+  same-step reset.
+
+The tensors a backend returns may be reused buffers that the next ``step`` overwrites: copy what
+you keep (the collector writes them straight into storage).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple, Protocol, runtime_checkable
+
+import torch
+from torch import Tensor
+
+__all__ = ["EnvInfo", "Step", "BatchedEnv"]
+
+
+@dataclass(frozen=True)
+class EnvInfo:
+    """What a policy and the storage need to know about an environment.
+
+    ``action_low`` / ``action_high`` are float tensors of ``action_shape`` on CPU (Box actions) or
+    None (Discrete). ``obs_encoding`` says how the env's observations became a float vector.
+    """
+
+    env_id: str
+    obs_shape: tuple[int, ...]
+    discrete: bool
+    num_actions: int | None  # Discrete: number of actions
+    action_shape: tuple[int, ...]  # () for Discrete
+    action_low: Tensor | None = None
+    action_high: Tensor | None = None
+    reward_threshold: float | None = None
+    max_episode_steps: int | None = None
+    obs_encoding: str = "box"  # "box" (as is, cast to float32) or "one_hot" (Discrete obs)
+
+    @property
+    def action_dtype(self) -> torch.dtype:
+        return torch.int64 if self.discrete else torch.float32
+
+    def describe_actions(self) -> str:
+        if self.discrete:
+            return f"Discrete({self.num_actions})"
+        return f"Box(shape={self.action_shape})"
+
+
+class Step(NamedTuple):
+    """One lockstep transition of N envs; every field is an ``[N]`` tensor on the env's device
+    except ``obs``, which is ``[N, *obs_shape]`` float32."""
+
+    obs: Tensor
+    reward: Tensor  # float32
+    done: Tensor  # bool: terminated | truncated, caused by this action
+    valid: Tensor  # bool: this action took effect (False on NEXT_STEP reset steps)
+    terminated: Tensor  # bool: the part of `done` that is a true terminal state
+
+
+@runtime_checkable
+class BatchedEnv(Protocol):
+    """N environment copies stepped in lockstep, tensors in and out (see module docstring)."""
+
+    num_envs: int
+    info: EnvInfo
+    device: torch.device
+    same_step_reset: bool  # True: every step is valid; False: NEXT_STEP reset steps are invalid
+
+    def reset(self, seed: int | None = None) -> Tensor: ...
+
+    def step(self, action: Tensor) -> Step: ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,170 @@
+"""Adapter from gymnasium vector environments (numpy, CPU) to the torch ``BatchedEnv`` interface.
+
+Covers ``SyncVectorEnv``, ``AsyncVectorEnv`` and gymnasium's own vectorized envs (the
+``vector_entry_point`` of an id, e.g. the numpy ``CartPoleVectorEnv``), or any ``VectorEnv`` a user
+builds, as long as its autoreset mode is NEXT_STEP (gymnasium's default) or SAME_STEP.
+
+Staging: on a CPU device, observations reach torch through ``torch.from_numpy`` (no copy when the
+env already produces float32); the collector's write into storage is the only copy. On a CUDA device
+they are copied into a pinned host buffer and sent with ``non_blocking=True``. Reusing that pinned
+buffer on the next step is safe because the next step first needs the action, and reading the
+action back to the host waits for the stream, which has by then finished the earlier copy.
+"""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import torch
+from gymnasium import spaces
+from gymnasium.vector import AutoresetMode
+from torch import Tensor
+
+from fastpg.envs.base import EnvInfo, Step
+
+__all__ = ["GymVectorEnv", "make_gym_vector_env", "env_info_from_spaces", "UnsupportedEnvError"]
+
+_MODES = {"vector": "vector_entry_point", "sync": "sync", "async": "async"}
+
+
+class UnsupportedEnvError(ValueError):
+    """The environment's spaces or autoreset mode are not ones fastpg can train on."""
+
+
+def env_info_from_spaces(
+    env_id: str, obs_space: spaces.Space, action_space: spaces.Space, spec=None
+) -> EnvInfo:
+    """Translate gymnasium single-env spaces into an ``EnvInfo``, refusing what fastpg cannot train.
+
+    Supported: Box or Discrete observations (Discrete ones are one-hot encoded) and Discrete or Box
+    actions.
+    """
+    supported = (
+        "fastpg supports Box or Discrete observation spaces and Discrete or Box action spaces"
+    )
+    if isinstance(obs_space, spaces.Box):
+        obs_shape, encoding = tuple(int(d) for d in obs_space.shape), "box"
+    elif isinstance(obs_space, spaces.Discrete):
+        obs_shape, encoding = (int(obs_space.n),), "one_hot"
+    else:
+        raise UnsupportedEnvError(
+            f"env {env_id}: observation space {obs_space} is not supported; {supported}"
+        )
+    common = dict(
+        env_id=env_id,
+        obs_shape=obs_shape,
+        obs_encoding=encoding,
+        reward_threshold=getattr(spec, "reward_threshold", None),
+        max_episode_steps=getattr(spec, "max_episode_steps", None),
+    )
+    if isinstance(action_space, spaces.Discrete):
+        return EnvInfo(discrete=True, num_actions=int(action_space.n), action_shape=(), **common)
+    if isinstance(action_space, spaces.Box):
+        return EnvInfo(
+            discrete=False,
+            num_actions=None,
+            action_shape=tuple(int(d) for d in action_space.shape),
+            action_low=torch.as_tensor(action_space.low, dtype=torch.float32),
+            action_high=torch.as_tensor(action_space.high, dtype=torch.float32),
+            **common,
+        )
+    raise UnsupportedEnvError(
+        f"env {env_id}: action space {action_space} is not supported; {supported}"
+    )
+
+
+def make_gym_vector_env(
+    env_id: str, backend: str, num_envs: int, device: torch.device | str = "cpu"
+) -> "GymVectorEnv":
+    """Build ``num_envs`` copies of ``env_id`` with a gymnasium backend (vector, sync or async)."""
+    if backend not in _MODES:
+        raise ValueError(f"backend must be one of {', '.join(_MODES)}, got {backend!r}")
+    # Refuse unsupported spaces before starting any worker processes.
+    spec = gym.spec(env_id)
+    probe = gym.make(env_id)
+    try:
+        env_info_from_spaces(env_id, probe.observation_space, probe.action_space, spec)
+    finally:
+        probe.close()
+    kwargs = {}
+    if backend != "vector":
+        # The adapter copies every array into torch at once, so gymnasium need not copy first.
+        kwargs["vector_kwargs"] = {"copy": False}
+    vec = gym.make_vec(env_id, num_envs=num_envs, vectorization_mode=_MODES[backend], **kwargs)
+    return GymVectorEnv(vec, device=device, env_id=env_id)
+
+
+class GymVectorEnv:
+    """A gymnasium ``VectorEnv`` behind the torch ``BatchedEnv`` interface (see ``envs.base``)."""
+
+    def __init__(self, vec_env: gym.vector.VectorEnv, device: torch.device | str = "cpu", env_id: str | None = None):
+        self.vec_env = vec_env
+        self.device = torch.device(device)
+        self.num_envs = int(vec_env.num_envs)
+        spec = getattr(vec_env.unwrapped, "spec", None) or getattr(vec_env, "spec", None)
+        env_id = env_id or getattr(spec, "id", None) or type(vec_env).__name__
+        mode = vec_env.metadata.get("autoreset_mode", AutoresetMode.NEXT_STEP)
+        mode = AutoresetMode(mode) if isinstance(mode, str) else mode
+        if mode not in (AutoresetMode.NEXT_STEP, AutoresetMode.SAME_STEP):
+            raise UnsupportedEnvError(
+                f"env {env_id}: autoreset mode {mode} is not supported; use NEXT_STEP or SAME_STEP"
+            )
+        self.same_step_reset = mode == AutoresetMode.SAME_STEP
+        self.info = env_info_from_spaces(
+            env_id, vec_env.single_observation_space, vec_env.single_action_space, spec
+        )
+        act_space = vec_env.single_action_space
+        self._action_start = int(getattr(act_space, "start", 0)) if self.info.discrete else 0
+        self._action_np_dtype = act_space.dtype
+        N, dev = self.num_envs, self.device
+        self._prev_done = torch.zeros(N, dtype=torch.bool, device=dev)
+        self._all_valid = torch.ones(N, dtype=torch.bool, device=dev)
+        self._staging: dict[str, Tensor] = {}  # pinned host buffers, CUDA only
+        if not self.info.discrete:
+            self._low = self.info.action_low.to(dev)
+            self._high = self.info.action_high.to(dev)
+
+    # -- conversions ----------------------------------------------------------------------------
+    def _tensor(self, array: np.ndarray, dtype: torch.dtype, key: str) -> Tensor:
+        t = torch.from_numpy(np.asarray(array))
+        if self.device.type == "cpu":
+            return t if t.dtype == dtype else t.to(dtype)
+        staging = self._staging.get(key)
+        if staging is None or staging.shape != t.shape:
+            staging = self._staging[key] = torch.empty(t.shape, dtype=dtype, pin_memory=True)
+        staging.copy_(t)
+        return staging.to(self.device, non_blocking=True)
+
+    def _obs(self, obs: np.ndarray) -> Tensor:
+        if self.info.obs_encoding == "one_hot":
+            idx = torch.from_numpy(np.asarray(obs, dtype=np.int64)).to(self.device)
+            return torch.nn.functional.one_hot(idx, self.info.obs_shape[0]).to(torch.float32)
+        return self._tensor(obs, torch.float32, "obs")
+
+    def _action(self, action: Tensor) -> np.ndarray:
+        if self.info.discrete:
+            a = action.to("cpu", torch.int64).numpy()
+            return a + self._action_start if self._action_start else a
+        # Box: the policy's sample is unbounded; the env receives it clipped to the bounds.
+        a = torch.clamp(action, self._low, self._high).to("cpu").numpy()
+        return a.astype(self._action_np_dtype, copy=False)
+
+    # -- BatchedEnv ------------------------------------------------------------------------------
+    def reset(self, seed: int | None = None) -> Tensor:
+        obs, _ = self.vec_env.reset(seed=seed)
+        self._prev_done.zero_()
+        return self._obs(obs)
+
+    def step(self, action: Tensor) -> Step:
+        obs, reward, terminated, truncated, _ = self.vec_env.step(self._action(action))
+        term = self._tensor(terminated, torch.bool, "terminated")
+        done = term | self._tensor(truncated, torch.bool, "truncated")
+        if self.same_step_reset:
+            valid = self._all_valid
+        else:
+            valid = ~self._prev_done  # the step after a done is the NEXT_STEP reset step
+            self._prev_done.copy_(done)
+        return Step(self._obs(obs), self._tensor(reward, torch.float32, "reward"), done, valid, term)
+
+    def close(self) -> None:
+        self.vec_env.close()

@@ -1,0 +1,101 @@
+"""Timing, the episode window, and metric sinks (console progress, JSON Lines)."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from collections import deque
+from pathlib import Path
+from typing import IO, Any
+
+import torch
+
+__all__ = ["synchronize", "EpisodeWindow", "ConsoleProgress", "JsonlSink", "format_si", "jsonable"]
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued device work so a clock read covers it (no-op on CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class EpisodeWindow:
+    """Returns and lengths of the latest ``size`` finished episodes."""
+
+    def __init__(self, size: int = 100):
+        self.returns: deque[float] = deque(maxlen=size)
+        self.lengths: deque[int] = deque(maxlen=size)
+
+    def extend(self, returns: list[float], lengths: list[int]) -> None:
+        self.returns.extend(returns)
+        self.lengths.extend(lengths)
+
+    def __len__(self) -> int:
+        return len(self.returns)
+
+    @property
+    def full(self) -> bool:
+        return len(self.returns) == self.returns.maxlen
+
+    def mean_return(self) -> float | None:
+        return sum(self.returns) / len(self.returns) if self.returns else None
+
+
+def format_si(x: float) -> str:
+    """1234567 -> '1.23M'."""
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(x) >= scale:
+            return f"{x / scale:.3g}{unit}"
+    return f"{x:.3g}"
+
+
+def jsonable(value: Any) -> Any:
+    """Non-finite floats become None (JSON has no NaN)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _fmt(x: float | None, spec: str = ".1f") -> str:
+    return "-" if x is None else format(x, spec)
+
+
+class ConsoleProgress:
+    """One human-readable line per ``interval_s`` seconds (and always for the last epoch)."""
+
+    def __init__(self, interval_s: float = 1.0, stream: IO[str] | None = None):
+        self.interval_s = interval_s
+        self.stream = stream or sys.stdout
+        self._last = -math.inf
+
+    def __call__(self, m: dict[str, Any], *, force: bool = False) -> None:
+        now = time.perf_counter()
+        if not force and now - self._last < self.interval_s:
+            return
+        self._last = now
+        line = (
+            f"epoch {m['epoch']:>5} | steps {format_si(m['env_steps']):>6} | "
+            f"sps {format_si(m['sps']):>6} | return {_fmt(m['return_mean'])} "
+            f"(last100 {_fmt(m['return_mean_100'])}) | len {_fmt(m['length_mean'])} | "
+            f"loss {m['loss']:+.3f} | ent {m['entropy']:.3f} | {m['wall_s']:.1f}s"
+        )
+        print(line, file=self.stream, flush=True)
+
+
+class JsonlSink:
+    """Writes one JSON object per line and flushes it at once, so a killed run keeps every line."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        if not self.path.parent.exists():
+            raise FileNotFoundError(f"metrics_file: directory {self.path.parent} does not exist")
+        self._f = self.path.open("w", encoding="utf-8")
+
+    def write(self, record: dict[str, Any]) -> None:
+        self._f.write(json.dumps({k: jsonable(v) for k, v in record.items()}) + "\n")
+        self._f.flush()
+
+    def close(self) -> None:
+        self._f.close()

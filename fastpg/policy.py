@@ -1,0 +1,131 @@
+"""Policies: ``nn.Module``s that map observations to ``torch.distributions``.
+
+The policy contract (what ``Trainer`` needs from a module you pass in yourself):
+
+- ``policy(obs) -> Distribution``: ``obs`` is ``[*B, *obs_shape]`` float32 (``*B`` is ``[N]`` while
+  collecting and ``[T, N]`` in the update); the distribution's batch shape is ``B`` and
+  ``log_prob(action)`` / ``entropy()`` return ``[*B]``. Actions are ``[*B]`` int64 for Discrete
+  spaces and ``[*B, *action_shape]`` float for Box spaces.
+- ``policy.value(obs) -> [*B]``: only with ``baseline="value"``; predicts raw (undiscounted scale,
+  unnormalized) returns.
+
+Sampling uses an explicit ``torch.Generator`` (``sample_action``) so a run is reproducible without
+touching the global RNG. ``Categorical``, ``Normal`` and ``Independent(Normal)`` are sampled that
+way; any other distribution falls back to its own ``sample()``, which draws from the global RNG.
+
+Box actions: the Gaussian is unbounded; the stored action and its log-probability are those of the
+raw sample, and the environment adapter clips the action to the space's bounds before stepping
+(the CleanRL convention; the clip is part of the environment from the policy's point of view).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+from torch.distributions import Categorical, Distribution, Independent, Normal
+
+from fastpg.envs.base import EnvInfo
+
+__all__ = ["MLPPolicy", "mlp", "sample_action", "mode_action", "ACTIVATION_MODULES"]
+
+ACTIVATION_MODULES = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU, "gelu": nn.GELU, "silu": nn.SiLU}
+LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
+
+
+def mlp(sizes: list[int], activation: str) -> nn.Sequential:
+    """Linear layers of the given widths with ``activation`` between them (none after the last)."""
+    act = ACTIVATION_MODULES[activation]
+    layers: list[nn.Module] = []
+    for i in range(len(sizes) - 1):
+        layers.append(nn.Linear(sizes[i], sizes[i + 1]))
+        if i < len(sizes) - 2:
+            layers.append(act())
+    return nn.Sequential(*layers)
+
+
+class MLPPolicy(nn.Module):
+    """MLP policy: Categorical over logits (Discrete) or a diagonal Gaussian with a learned,
+    state-independent log-std clamped to [-5, 2] (Box); optional separate value network.
+
+    Observations are flattened past the batch dimensions, so any Box observation shape works.
+    """
+
+    def __init__(
+        self,
+        info: EnvInfo,
+        hidden_sizes: tuple[int, ...] = (128,),
+        activation: str = "relu",
+        *,
+        value_head: bool = False,
+        log_std_init: float = 0.0,
+    ):
+        super().__init__()
+        self.obs_ndim = len(info.obs_shape)
+        obs_dim = math.prod(info.obs_shape)
+        self.discrete = info.discrete
+        out = info.num_actions if info.discrete else math.prod(info.action_shape)
+        self.action_shape = info.action_shape
+        self.net = mlp([obs_dim, *hidden_sizes, out], activation)
+        if not self.discrete:
+            self.log_std = nn.Parameter(torch.full((out,), float(log_std_init)))
+        self.value_net = mlp([obs_dim, *hidden_sizes, 1], activation) if value_head else None
+
+    def _flat(self, obs: Tensor) -> Tensor:
+        return obs.flatten(-self.obs_ndim) if self.obs_ndim != 1 else obs
+
+    def forward(self, obs: Tensor) -> Distribution:
+        """obs: [*B, *obs_shape] -> distribution with batch shape B."""
+        out = self.net(self._flat(obs))
+        if self.discrete:
+            return Categorical(logits=out, validate_args=False)
+        std = self.log_std.clamp(LOG_STD_MIN, LOG_STD_MAX).exp().expand_as(out)
+        if self.action_shape != out.shape[-1:]:
+            out = out.unflatten(-1, self.action_shape)
+            std = std.unflatten(-1, self.action_shape)
+        return Independent(
+            Normal(out, std, validate_args=False), len(self.action_shape), validate_args=False
+        )
+
+    def value(self, obs: Tensor) -> Tensor:
+        """obs: [*B, *obs_shape] -> [*B] predicted return."""
+        if self.value_net is None:
+            raise RuntimeError("this policy was built without a value head (value_head=False)")
+        return self.value_net(self._flat(obs)).squeeze(-1)
+
+
+def _base_normal(dist: Distribution) -> Normal | None:
+    while isinstance(dist, Independent):
+        dist = dist.base_dist
+    return dist if isinstance(dist, Normal) else None
+
+
+def sample_action(dist: Distribution, generator: torch.Generator | None = None) -> Tensor:
+    """Draw one action per batch entry, from ``generator`` where the distribution allows.
+
+    Categorical: Gumbel-max over the logits (one uniform draw per logit; no normalization needed).
+    Normal / Independent(Normal): ``loc + scale * eps``. Others: ``dist.sample()`` (global RNG).
+    """
+    if isinstance(dist, Categorical):
+        logits = dist.logits
+        u = torch.rand(logits.shape, generator=generator, device=logits.device, dtype=logits.dtype)
+        # argmax(logits + Gumbel) samples the softmax; clamp keeps log(0) out of reach.
+        gumbel = -torch.log(-torch.log(u.clamp_(min=torch.finfo(u.dtype).tiny)))
+        return (logits + gumbel).argmax(-1)
+    normal = _base_normal(dist)
+    if normal is not None:
+        loc = normal.loc
+        eps = torch.randn(loc.shape, generator=generator, device=loc.device, dtype=loc.dtype)
+        return loc + normal.scale * eps
+    return dist.sample()
+
+
+def mode_action(dist: Distribution) -> Tensor:
+    """The most likely action: argmax for Categorical, the mean for Gaussians."""
+    if isinstance(dist, Categorical):
+        return dist.logits.argmax(-1)
+    normal = _base_normal(dist)
+    if normal is not None:
+        return normal.loc
+    return dist.mode

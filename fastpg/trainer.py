@@ -1,0 +1,355 @@
+"""The trainer: ``epoch()`` is one pass down the straight line, ``run()`` repeats it.
+
+    env --collect--> storage [T, N] --reward_to_go--> ret [T, N] --reinforce_loss--> loss --> Adam
+
+Unfinished episodes. At the end of an epoch some episodes are still running, and the return of
+their steps is not known yet. ``unfinished="mask"`` (default) leaves those steps out of this update:
+every return in the loss is a full Monte-Carlo return, so each term is unbiased, but steps close to
+an episode's end are kept more often than early ones (an episode that starts late in the epoch only
+contributes if it is short), which under-weights the early states of long episodes. A T of the
+order of the longest episode keeps that effect small (CartPole-v1 default: T = 512 > 500). With a
+value network, ``unfinished="bootstrap"`` completes them with ``V(s_T)`` instead: every valid step
+counts, at the price of the value network's bias. Truncation (time limit) is an episode end in
+both cases.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import nn
+
+from fastpg.config import Config, ConfigError
+from fastpg.envs import BatchedEnv, make_env, resolve_backend
+from fastpg.loss import reinforce_loss
+from fastpg.metrics import ConsoleProgress, EpisodeWindow, JsonlSink, jsonable, synchronize
+from fastpg.policy import MLPPolicy, mode_action
+from fastpg.returns import episode_complete_mask, reward_to_go
+from fastpg.rollout import Carry, collect, init_carry
+from fastpg.storage import allocate_storage
+
+__all__ = ["Trainer", "train", "evaluate", "resolve_device"]
+
+EVAL_SEED_OFFSET = 1_000_003  # evaluation envs are seeded apart from the training envs
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` -> cuda if available, else cpu; anything else as ``torch.device``."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _check_against_env(cfg: Config, env: BatchedEnv) -> None:
+    info = env.info
+    if env.num_envs != cfg.num_envs:
+        raise ConfigError(
+            "num_envs", f"num_envs: is {cfg.num_envs} but the env given has {env.num_envs} copies"
+        )
+    if info.discrete and cfg.log_std_init is not None:
+        raise ConfigError(
+            "log_std_init",
+            f"log_std_init: applies to Box (continuous) action spaces only; {info.env_id} has "
+            f"{info.describe_actions()} actions (got log_std_init={cfg.log_std_init})",
+        )
+
+
+class Trainer:
+    """Vectorized REINFORCE on one device.
+
+    Args:
+        cfg: the run configuration.
+        env: optional ``BatchedEnv`` to train on (default: built from ``cfg.env`` / ``cfg.backend``).
+        policy: optional ``nn.Module`` following the policy contract of ``fastpg.policy``
+            (default: ``MLPPolicy`` from the config).
+
+    Use ``run()`` to train to the budget or the target, or drive it yourself with ``collect()`` and
+    ``update()`` (``epoch()`` is exactly those two plus the metrics). Call ``close()`` when done (or
+    use it as a context manager) to stop environment workers.
+    """
+
+    def __init__(self, cfg: Config, *, env: BatchedEnv | None = None, policy: nn.Module | None = None):
+        self.cfg = cfg
+        self.device = resolve_device(cfg.device)
+        self.env = env if env is not None else make_env(
+            cfg.env, cfg.num_envs, backend=cfg.backend, device=self.device
+        )
+        try:
+            _check_against_env(cfg, self.env)
+            info = self.env.info
+            if policy is None:
+                # Initialize from the run seed without touching the global RNG.
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(cfg.seed)
+                    policy = MLPPolicy(
+                        info,
+                        cfg.hidden_sizes,
+                        cfg.activation,
+                        value_head=cfg.baseline == "value",
+                        log_std_init=0.0 if cfg.log_std_init is None else cfg.log_std_init,
+                    )
+            self.policy = policy.to(self.device)
+            self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=cfg.lr)
+            self.generator = torch.Generator(device=self.device).manual_seed(cfg.seed)
+            self.buf = allocate_storage(info, cfg.num_steps, cfg.num_envs, self.device)
+            self.carry: Carry = init_carry(self.env, cfg.seed)
+        except BaseException:
+            self.env.close()
+            raise
+        self.target_return = cfg.target_return if cfg.target_return is not None else info.reward_threshold
+        self.window = EpisodeWindow(100)
+        self.epoch_count = 0
+        self.env_steps = 0  # valid steps
+        self.total_steps = 0  # valid + reset steps
+        self.episodes = 0
+        self.wall_s = 0.0  # training time: collect + update, evaluation excluded
+        self.stop_reason: str | None = None
+
+    # -- the straight line ---------------------------------------------------------------------
+    def collect(self) -> None:
+        """Fill the storage with T steps of every env (no gradients)."""
+        self.carry = collect(self.env, self.policy, self.buf, self.carry, self.generator)
+
+    def update(self) -> dict[str, torch.Tensor]:
+        """Returns, loss and one optimizer step over the stored epoch; returns detached stats."""
+        cfg, buf, policy = self.cfg, self.buf, self.policy
+        bootstrap = None
+        if cfg.unfinished == "bootstrap":
+            with torch.no_grad():
+                bootstrap = policy.value(self.carry.obs)  # [N]: V(s_T) for unfinished episodes
+        ret = reward_to_go(buf["reward"], buf["done"], cfg.gamma, bootstrap=bootstrap, out=buf["ret"])
+        mask = buf["valid"]  # [T, N]: reset steps never enter the loss
+        if cfg.unfinished == "mask":
+            mask = mask & episode_complete_mask(buf["done"])
+        dist = policy(buf["obs"])  # one batched forward pass over all T x N observations
+        log_prob = dist.log_prob(buf["action"])  # [T, N]
+        entropy = dist.entropy()  # [T, N]
+        value = policy.value(buf["obs"]) if cfg.baseline == "value" else None
+        loss, stats = reinforce_loss(
+            log_prob,
+            ret,
+            mask,
+            baseline=cfg.baseline,
+            normalize=cfg.normalize_returns,
+            value=value,
+            entropy=entropy,
+            entropy_coef=cfg.entropy_coef,
+            value_coef=cfg.value_coef,
+        )
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf
+        grad_norm = nn.utils.clip_grad_norm_(policy.parameters(), max_norm)
+        self.optimizer.step()
+        stats["loss"] = loss.detach()
+        stats["grad_norm"] = grad_norm.detach()
+        return stats
+
+    def epoch(self) -> dict[str, Any]:
+        """One epoch: collect, then update; returns its metrics as Python numbers."""
+        t0 = time.perf_counter()
+        # ENV -> STORAGE
+        self.collect()
+        synchronize(self.device)
+        t1 = time.perf_counter()
+        # STORAGE -> RETURNS -> LOSS -> OPTIMIZER
+        stats = self.update()
+        synchronize(self.device)
+        t2 = time.perf_counter()
+        return self._end_epoch(stats, collect_s=t1 - t0, update_s=t2 - t1)
+
+    def _end_epoch(self, stats: dict[str, torch.Tensor], *, collect_s: float, update_s: float) -> dict[str, Any]:
+        buf = self.buf
+        done = buf["done"]
+        # Host syncs happen here, once per epoch: the scalars, and the finished episodes in
+        # chronological order (t-major).
+        finished_ret = buf["episode_return"][done].tolist()
+        finished_len = buf["episode_length"][done].tolist()
+        names = list(stats)
+        values = torch.stack([stats[k].float() for k in names] + [buf["valid"].sum().float()]).tolist()
+        scalars = dict(zip(names, values[:-1]))
+        epoch_steps = int(values[-1])
+        self.window.extend(finished_ret, finished_len)
+        self.epoch_count += 1
+        self.env_steps += epoch_steps
+        self.total_steps += buf.numel()
+        self.episodes += len(finished_ret)
+        elapsed = collect_s + update_s
+        self.wall_s += elapsed
+        n = len(finished_ret)
+        return {
+            "epoch": self.epoch_count,
+            "env_steps": self.env_steps,
+            "wall_s": self.wall_s,
+            "sps": epoch_steps / elapsed if elapsed > 0 else math.nan,
+            "episodes": n,
+            "return_mean": sum(finished_ret) / n if n else None,
+            "return_mean_100": self.window.mean_return(),
+            "length_mean": sum(finished_len) / n if n else None,
+            "loss": scalars["loss"],
+            "policy_loss": scalars["policy_loss"],
+            "value_loss": scalars["value_loss"],
+            "entropy": scalars["entropy"],
+            "grad_norm": scalars["grad_norm"],
+            "mask_frac": scalars["mask_frac"],
+            "collect_s": collect_s,
+            "update_s": update_s,
+        }
+
+    # -- driving ---------------------------------------------------------------------------------
+    def solved(self) -> bool:
+        """True when the latest 100 finished episodes average at least the target return."""
+        return (
+            self.target_return is not None
+            and self.window.full
+            and self.window.mean_return() >= self.target_return
+        )
+
+    def run(self) -> Iterator[dict[str, Any]]:
+        """Train until the budget is spent or the target is reached, yielding each epoch's metrics.
+
+        ``stop_reason`` is then ``"target_return"``, ``"max_env_steps"`` or ``"max_epochs"``.
+        """
+        cfg = self.cfg
+        self.stop_reason = None
+        while True:
+            if self.env_steps >= cfg.max_env_steps:
+                self.stop_reason = "max_env_steps"
+            elif cfg.max_epochs is not None and self.epoch_count >= cfg.max_epochs:
+                self.stop_reason = "max_epochs"
+            if self.stop_reason:
+                return
+            metrics = self.epoch()
+            if self.solved():
+                self.stop_reason = "target_return"
+            yield metrics
+
+    def evaluate(self, num_episodes: int = 100, *, deterministic: bool = True) -> dict[str, float]:
+        """Mean return of ``num_episodes`` fresh episodes (one per env copy; see ``evaluate``)."""
+        backend = resolve_backend(self.cfg.env, self.cfg.backend)
+        backend = "sync" if backend == "async" else backend  # no need for 100 worker processes
+        env = make_env(self.cfg.env, num_episodes, backend=backend, device=self.device)
+        try:
+            return evaluate(
+                env,
+                self.policy,
+                seed=self.cfg.seed + EVAL_SEED_OFFSET,
+                deterministic=deterministic,
+                generator=torch.Generator(device=self.device).manual_seed(self.cfg.seed + EVAL_SEED_OFFSET),
+            )
+        finally:
+            env.close()
+
+    def close(self) -> None:
+        self.env.close()
+
+    def __enter__(self) -> "Trainer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def evaluate(
+    env: BatchedEnv,
+    policy: nn.Module,
+    *,
+    seed: int | None = None,
+    deterministic: bool = True,
+    generator: torch.Generator | None = None,
+    max_steps: int | None = None,
+) -> dict[str, float]:
+    """Run one episode in each of the ``env.num_envs`` copies and report their mean return.
+
+    Stops when every copy has finished its first episode, or after ``max_steps`` steps (default:
+    the env's time limit, else 100,000); unfinished episodes then count with their partial return
+    and are reported in ``unfinished``.
+    """
+    from fastpg.policy import sample_action
+
+    N = env.num_envs
+    limit = max_steps or env.info.max_episode_steps or 100_000
+    obs = env.reset(seed=seed)
+    ret = torch.zeros(N, device=obs.device)
+    length = torch.zeros(N, dtype=torch.int64, device=obs.device)
+    running = torch.ones(N, dtype=torch.bool, device=obs.device)
+    was_training = policy.training
+    policy.eval()
+    try:
+        with torch.no_grad():
+            for _ in range(limit + 1):  # +1: a NEXT_STEP env may not have started yet
+                dist = policy(obs)
+                action = mode_action(dist) if deterministic else sample_action(dist, generator)
+                step = env.step(action)
+                live = running & step.valid
+                ret += torch.where(live, step.reward, 0.0)
+                length += live
+                running &= ~(live & step.done)
+                obs = step.obs
+                if not bool(running.any()):
+                    break
+    finally:
+        policy.train(was_training)
+    return {
+        "eval_return_mean": ret.mean().item(),
+        "eval_return_std": ret.std(unbiased=False).item(),
+        "eval_length_mean": length.float().mean().item(),
+        "eval_episodes": N,
+        "unfinished": int(running.sum().item()),
+    }
+
+
+def train(cfg: Config, *, policy: nn.Module | None = None) -> dict[str, Any]:
+    """Train with ``cfg`` to its budget or target, evaluate, and return the summary.
+
+    Prints progress lines (unless ``cfg.quiet``) and the summary; writes ``cfg.metrics_file``
+    (one JSON object per epoch, then the summary object) when set. Summary keys: ``solved``
+    (evaluation mean >= target), ``time_to_solve_s`` (training wall time, evaluation excluded),
+    ``env_steps_to_solve``, ``eval_return_mean``, ``sps``, and more.
+    """
+    import json
+
+    sink = JsonlSink(cfg.metrics_file) if cfg.metrics_file is not None else None
+    progress = None if cfg.quiet else ConsoleProgress(cfg.progress_interval_s)
+    try:
+        with Trainer(cfg, policy=policy) as trainer:
+            metrics = None
+            for metrics in trainer.run():
+                if sink:
+                    sink.write(metrics)
+                if progress:
+                    progress(metrics, force=trainer.stop_reason is not None)
+            ev = trainer.evaluate(cfg.eval_episodes, deterministic=cfg.eval_deterministic) if cfg.eval_episodes else {}
+            target = trainer.target_return
+            eval_mean = ev.get("eval_return_mean")
+            solved = None if target is None or eval_mean is None else eval_mean >= target
+            summary = {
+                "summary": True,
+                "env": cfg.env,
+                "backend": resolve_backend(cfg.env, cfg.backend),
+                "device": str(trainer.device),
+                "seed": cfg.seed,
+                "target_return": target,
+                "solved": solved,
+                "stop_reason": trainer.stop_reason,
+                "time_to_solve_s": trainer.wall_s if solved else None,
+                "env_steps_to_solve": trainer.env_steps if solved else None,
+                "train_wall_s": trainer.wall_s,
+                "env_steps": trainer.env_steps,
+                "epochs": trainer.epoch_count,
+                "episodes": trainer.episodes,
+                "sps": trainer.env_steps / trainer.wall_s if trainer.wall_s > 0 else None,
+                "return_mean_100": trainer.window.mean_return(),
+                **ev,
+            }
+        if sink:
+            sink.write(summary)
+    finally:
+        if sink:
+            sink.close()
+    print(json.dumps({k: jsonable(v) for k, v in summary.items()}), flush=True)
+    return summary
