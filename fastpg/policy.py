@@ -8,6 +8,9 @@ The policy contract (what ``Trainer`` needs from a module you pass in yourself):
   spaces and ``[*B, *action_shape]`` float for Box spaces.
 - ``policy.value(obs) -> [*B]``: only with ``baseline="value"``; predicts raw (undiscounted scale,
   unnormalized) returns.
+- optional ``policy.act(obs, generator) -> action``: a fast path for collection that samples an
+  action without building a distribution object; it must sample from the same distribution as
+  ``policy(obs)``. Without it, the collector uses ``sample_action(policy(obs), generator)``.
 
 Sampling uses an explicit ``torch.Generator`` (``sample_action``) so a run is reproducible without
 touching the global RNG. ``Categorical``, ``Normal`` and ``Independent(Normal)`` are sampled that
@@ -88,11 +91,33 @@ class MLPPolicy(nn.Module):
             Normal(out, std, validate_args=False), len(self.action_shape), validate_args=False
         )
 
+    def act(self, obs: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Sample actions for obs [*B, *obs_shape] straight from the network output (no
+        distribution object: building a Categorical normalizes the logits, which sampling does
+        not need). Same distribution as ``forward``."""
+        out = self.net(self._flat(obs))
+        if self.discrete:
+            return _gumbel_argmax(out, generator)
+        std = self.log_std.clamp(LOG_STD_MIN, LOG_STD_MAX).exp()
+        eps = torch.randn(out.shape, generator=generator, device=out.device, dtype=out.dtype)
+        action = torch.addcmul(out, std, eps)
+        return action if self.action_shape == out.shape[-1:] else action.unflatten(-1, self.action_shape)
+
     def value(self, obs: Tensor) -> Tensor:
         """obs: [*B, *obs_shape] -> [*B] predicted return."""
         if self.value_net is None:
             raise RuntimeError("this policy was built without a value head (value_head=False)")
         return self.value_net(self._flat(obs)).squeeze(-1)
+
+
+def _gumbel_argmax(logits: Tensor, generator: torch.Generator | None) -> Tensor:
+    """Sample Categorical(logits=logits) over the last dim with the Gumbel-max trick.
+
+    ``argmax(logits - log E)`` with ``E ~ Exp(1)`` i.i.d. (``-log E`` is standard Gumbel); E is
+    clamped away from 0, where ``log`` would make one action certain.
+    """
+    e = torch.empty_like(logits).exponential_(generator=generator)
+    return (logits - e.clamp_(min=torch.finfo(e.dtype).tiny).log_()).argmax(-1)
 
 
 def _base_normal(dist: Distribution) -> Normal | None:
@@ -108,11 +133,7 @@ def sample_action(dist: Distribution, generator: torch.Generator | None = None) 
     Normal / Independent(Normal): ``loc + scale * eps``. Others: ``dist.sample()`` (global RNG).
     """
     if isinstance(dist, Categorical):
-        logits = dist.logits
-        u = torch.rand(logits.shape, generator=generator, device=logits.device, dtype=logits.dtype)
-        # argmax(logits + Gumbel) samples the softmax; clamp keeps log(0) out of reach.
-        gumbel = -torch.log(-torch.log(u.clamp_(min=torch.finfo(u.dtype).tiny)))
-        return (logits + gumbel).argmax(-1)
+        return _gumbel_argmax(dist.logits, generator)
     normal = _base_normal(dist)
     if normal is not None:
         loc = normal.loc

@@ -280,7 +280,7 @@ def evaluate(
     was_training = policy.training
     policy.eval()
     try:
-        with torch.no_grad():
+        with torch.inference_mode():
             for _ in range(limit + 1):  # +1: a NEXT_STEP env may not have started yet
                 dist = policy(obs)
                 action = mode_action(dist) if deterministic else sample_action(dist, generator)

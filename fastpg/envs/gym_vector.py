@@ -117,7 +117,7 @@ class GymVectorEnv:
         self._action_start = int(getattr(act_space, "start", 0)) if self.info.discrete else 0
         self._action_np_dtype = act_space.dtype
         N, dev = self.num_envs, self.device
-        self._prev_done = torch.zeros(N, dtype=torch.bool, device=dev)
+        self._prev_done = np.zeros(N, dtype=bool)
         self._all_valid = torch.ones(N, dtype=torch.bool, device=dev)
         self._staging: dict[str, Tensor] = {}  # pinned host buffers, CUDA only
         if not self.info.discrete:
@@ -152,19 +152,25 @@ class GymVectorEnv:
     # -- BatchedEnv ------------------------------------------------------------------------------
     def reset(self, seed: int | None = None) -> Tensor:
         obs, _ = self.vec_env.reset(seed=seed)
-        self._prev_done.zero_()
+        self._prev_done = np.zeros(self.num_envs, dtype=bool)
         return self._obs(obs)
 
     def step(self, action: Tensor) -> Step:
         obs, reward, terminated, truncated, _ = self.vec_env.step(self._action(action))
-        term = self._tensor(terminated, torch.bool, "terminated")
-        done = term | self._tensor(truncated, torch.bool, "truncated")
+        # Flag logic in numpy: on N-element arrays it costs a fraction of a torch op.
+        done = np.logical_or(terminated, truncated)
         if self.same_step_reset:
             valid = self._all_valid
         else:
-            valid = ~self._prev_done  # the step after a done is the NEXT_STEP reset step
-            self._prev_done.copy_(done)
-        return Step(self._obs(obs), self._tensor(reward, torch.float32, "reward"), done, valid, term)
+            valid = self._tensor(~self._prev_done, torch.bool, "valid")  # NEXT_STEP reset steps
+            self._prev_done = done
+        return Step(
+            self._obs(obs),
+            self._tensor(reward, torch.float32, "reward"),
+            self._tensor(done, torch.bool, "done"),
+            valid,
+            self._tensor(terminated, torch.bool, "terminated"),
+        )
 
     def close(self) -> None:
         self.vec_env.close()
