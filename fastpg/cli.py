@@ -7,6 +7,7 @@ Bad values print one line naming the flag, the value and what is allowed, and ex
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from collections.abc import Sequence
 
@@ -15,7 +16,32 @@ import tyro
 from fastpg.config import Config, ConfigError
 from fastpg.envs import UnsupportedEnvError
 
-__all__ = ["main"]
+__all__ = ["main", "parse_config"]
+
+_USAGE = """usage: fastpg COMMAND [FLAGS]
+
+fastpg: vectorized REINFORCE for PyTorch.
+
+commands:
+  train    train a policy (fastpg train --help lists every flag)
+"""
+
+
+@dataclasses.dataclass(frozen=True)
+class _ParsedConfig(Config):
+    """Train a policy with vectorized REINFORCE."""
+
+    # tyro reports a ValueError raised while it builds the dataclass in a multi-line box; parsing
+    # into this unvalidated twin and validating by building the real Config here keeps the error
+    # to one line of ours. Fields, defaults and --help text are inherited from Config.
+    def __post_init__(self) -> None:
+        pass
+
+
+def parse_config(argv: Sequence[str]) -> Config:
+    """Parse ``fastpg train`` flags into a validated ``Config`` (raises ``ConfigError``)."""
+    raw = tyro.cli(_ParsedConfig, args=list(argv), prog="fastpg train")
+    return Config(**{f.name: getattr(raw, f.name) for f in dataclasses.fields(Config)})
 
 
 def _error(message: str) -> int:
@@ -23,20 +49,31 @@ def _error(message: str) -> int:
     return 2
 
 
+def _config_error(e: ConfigError) -> int:
+    # str(e) is "field: what is wrong"; show the flag the user typed instead of the field name.
+    return _error(f"{e.flag}: {str(e).split(': ', 1)[-1]}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``fastpg`` console script; returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_USAGE, end="")
+        return 0 if argv else 2
+    command, rest = argv[0], argv[1:]
+    if command != "train":
+        return _error(f"unknown command {command!r} (commands: train)")
+    try:
+        cfg = parse_config(rest)
+    except ConfigError as e:
+        return _config_error(e)
+
     from fastpg.trainer import train
 
     try:
-        cfg = tyro.extras.subcommand_cli_from_dict(
-            {"train": Config}, prog="fastpg", args=argv, description="fastpg: vectorized REINFORCE."
-        )
-    except ConfigError as e:
-        return _error(f"{e.flag}: {str(e).split(': ', 1)[-1]}")
-    try:
         train(cfg)
     except ConfigError as e:
-        return _error(f"{e.flag}: {str(e).split(': ', 1)[-1]}")
+        return _config_error(e)
     except UnsupportedEnvError as e:
         return _error(f"--env: {e}")
     except FileNotFoundError as e:

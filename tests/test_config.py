@@ -1,0 +1,125 @@
+import dataclasses
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from fastpg.cli import main, parse_config
+from fastpg.config import Config, ConfigError
+
+# (changes, field named in the error, words the message must contain)
+BAD = [
+    (dict(num_envs=0), "num_envs", "must be an integer >= 1, got 0"),
+    (dict(num_steps=-1), "num_steps", "got -1"),
+    (dict(max_env_steps=0), "max_env_steps", ">= 1"),
+    (dict(num_envs=2.5), "num_envs", "got 2.5"),
+    (dict(max_epochs=0), "max_epochs", ">= 1"),
+    (dict(target_return=float("nan")), "target_return", "finite"),
+    (dict(gamma=1.5), "gamma", "must be in [0, 1], got 1.5"),
+    (dict(gamma=float("inf")), "gamma", "finite"),
+    (dict(lr=0.0), "lr", "must be > 0"),
+    (dict(lr=float("nan")), "lr", "finite"),
+    (dict(hidden_sizes=(64, 0)), "hidden_sizes", "integers >= 1"),
+    (dict(hidden_sizes=[64]), "hidden_sizes", "tuple"),
+    (dict(activation="sigmoid"), "activation", "tanh, relu"),
+    (dict(baseline="median"), "baseline", "none, mean, value"),
+    (dict(unfinished="drop"), "unfinished", "mask or bootstrap"),
+    (dict(unfinished="bootstrap"), "unfinished", "--baseline value"),
+    (dict(entropy_coef=-0.1), "entropy_coef", ">= 0"),
+    (dict(value_coef=-1.0), "value_coef", ">= 0"),
+    (dict(max_grad_norm=-1.0), "max_grad_norm", ">= 0"),
+    (dict(progress_interval_s=-1.0), "progress_interval_s", ">= 0"),
+    (dict(log_std_init=float("inf")), "log_std_init", "finite"),
+    (dict(seed=-1), "seed", "[0, 2**32)"),
+    (dict(seed=True), "seed", "integer"),
+    (dict(eval_episodes=-5), "eval_episodes", ">= 0"),
+    (dict(backend="gpu"), "backend", "auto, torch, vector, sync, async"),
+    (dict(device="tpu"), "device", "auto, cpu, cuda or cuda:N"),
+    (dict(device="not a device"), "device", "auto, cpu, cuda"),
+    (dict(env="CartPol-v1"), "env", "did you mean CartPole-v1"),
+    (dict(env="Zzzzzz-v9"), "env", "unknown gymnasium environment id 'Zzzzzz-v9'"),
+    (dict(env=""), "env", "must be a gymnasium environment id"),
+    (dict(env="Pendulum-v1", backend="vector"), "backend", "Pendulum-v1 has none"),
+    (dict(env="Acrobot-v1", backend="torch"), "backend", "no native implementation of Acrobot-v1"),
+]
+
+
+@pytest.mark.parametrize("changes, field, words", BAD, ids=[f"{b[1]}-{i}" for i, b in enumerate(BAD)])
+def test_every_validation_branch_raises(changes, field, words):
+    if changes.get("backend") == "torch":
+        from fastpg.envs import native_env_ids
+
+        if changes["env"] in native_env_ids():
+            pytest.skip("env has a native implementation")
+    with pytest.raises(ConfigError) as info:
+        Config(**changes)
+    assert info.value.field == field
+    assert isinstance(info.value, ValueError)
+    assert words in str(info.value)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU message")
+def test_cuda_without_gpu_is_refused():
+    with pytest.raises(ConfigError, match="CUDA is not available"):
+        Config(device="cuda")
+
+
+def test_valid_configs_build_and_derive():
+    cfg = Config(num_envs=4, num_steps=8)
+    assert cfg.batch_size == 32
+    assert dataclasses.replace(cfg, gamma=0.5).gamma == 0.5
+    with pytest.raises(ConfigError):
+        cfg.replace(gamma=2.0)
+    Config(baseline="value", unfinished="bootstrap", device="cpu", target_return=100.0)
+
+
+def test_cli_round_trip():
+    cfg = parse_config(
+        [
+            "--env", "Pendulum-v1", "--backend", "sync", "--num-envs", "4", "--num-steps", "8",
+            "--max-env-steps", "100", "--max-epochs", "3", "--target-return", "-200", "--gamma", "0.9",
+            "--lr", "0.001", "--hidden-sizes", "64", "64", "--activation", "tanh",
+            "--no-normalize-returns", "--baseline", "value", "--unfinished", "bootstrap",
+            "--entropy-coef", "0.01", "--value-coef", "1.0", "--max-grad-norm", "0.5",
+            "--log-std-init", "-1", "--seed", "3", "--device", "cpu", "--metrics-file", "m.jsonl",
+        ]
+    )
+    assert cfg == Config(
+        env="Pendulum-v1", backend="sync", num_envs=4, num_steps=8, max_env_steps=100, max_epochs=3,
+        target_return=-200.0, gamma=0.9, lr=0.001, hidden_sizes=(64, 64), activation="tanh",
+        normalize_returns=False, baseline="value", unfinished="bootstrap", entropy_coef=0.01,
+        value_coef=1.0, max_grad_norm=0.5, log_std_init=-1.0, seed=3, device="cpu",
+        metrics_file=Path("m.jsonl"),
+    )
+    assert type(cfg) is Config
+    assert parse_config([]) == Config()
+
+
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (["train", "--num-envs", "0"], "--num-envs: must be an integer >= 1, got 0"),
+        (["train", "--gamma", "1.5"], "--gamma: must be in [0, 1], got 1.5"),
+        (["train", "--env", "CartPol-v1"], "--env: unknown gymnasium environment id 'CartPol-v1'; did you mean CartPole-v1"),
+        (["train", "--log-std-init", "0.5", "--quiet"], "--log-std-init: applies to Box (continuous) action spaces only; CartPole-v1 has Discrete(2)"),
+        (["train", "--metrics-file", "/nonexistent-dir/m.jsonl", "--max-epochs", "1"], "--metrics-file: directory /nonexistent-dir does not exist"),
+        (["fly"], "unknown command 'fly'"),
+    ],
+)
+def test_cli_bad_values_print_one_line_and_exit_2(argv, words, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("fastpg: error: ")
+    assert words in err
+
+
+def test_cli_bad_value_subprocess_has_no_traceback():
+    proc = subprocess.run(
+        [sys.executable, "-m", "fastpg.cli", "train", "--num-envs", "0"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr == "fastpg: error: --num-envs: must be an integer >= 1, got 0\n"
+    assert "Traceback" not in proc.stdout + proc.stderr
