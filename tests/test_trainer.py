@@ -1,0 +1,131 @@
+import json
+import math
+
+import pytest
+import torch
+
+from fastpg import Config, ConfigError, Trainer, train
+from fastpg.envs import make_env
+
+EPOCH_KEYS = {
+    "epoch", "env_steps", "wall_s", "sps", "episodes", "return_mean", "return_mean_100",
+    "length_mean", "loss", "entropy", "grad_norm", "collect_s", "update_s",
+}
+SUMMARY_KEYS = {"solved", "time_to_solve_s", "env_steps_to_solve", "eval_return_mean", "sps"}
+_TIMING = {"wall_s", "sps", "collect_s", "update_s"}
+
+
+def test_smoke_train_cartpole_in_process(tmp_path, capsys):
+    path = tmp_path / "metrics.jsonl"
+    cfg = Config(num_envs=8, num_steps=16, max_epochs=2, seed=1, metrics_file=path, eval_episodes=5, progress_interval_s=0)
+    summary = train(cfg)
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 3 and out[0].startswith("epoch     1 |")  # two progress lines + summary
+    assert json.loads(out[-1])["epochs"] == 2
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert len(lines) == 3 and lines[-1]["summary"] is True
+    for i, m in enumerate(lines[:2], start=1):
+        assert EPOCH_KEYS <= set(m) and m["epoch"] == i
+        assert 0 < m["env_steps"] <= 8 * 16 * i
+    assert SUMMARY_KEYS <= set(summary) and summary["stop_reason"] == "max_epochs"
+    assert summary["eval_episodes"] == 5 and summary["target_return"] == 475.0
+    assert summary["solved"] is False and summary["time_to_solve_s"] is None
+
+
+def test_env_steps_count_valid_steps_only():
+    with Trainer(Config(num_envs=4, num_steps=64, max_epochs=1, quiet=True)) as tr:
+        m = tr.epoch()
+        valid = tr.buf["valid"]
+        assert not valid.all()  # random CartPole episodes end, so NEXT_STEP reset steps exist
+        assert m["env_steps"] == int(valid.sum()) < 4 * 64
+        assert m["episodes"] == int(tr.buf["done"].sum())
+
+
+def test_storage_is_not_reallocated_across_epochs():
+    with Trainer(Config(num_envs=4, num_steps=8, quiet=True)) as tr:
+        ptrs = {k: v.data_ptr() for k, v in tr.buf.items()}
+        for _ in range(3):
+            tr.epoch()
+        assert {k: v.data_ptr() for k, v in tr.buf.items()} == ptrs
+
+
+@pytest.mark.parametrize("backend", ["vector", "sync"])
+def test_same_seed_same_metrics(backend):
+    def run(seed):
+        cfg = Config(num_envs=4, num_steps=32, max_epochs=3, seed=seed, backend=backend, quiet=True)
+        with Trainer(cfg) as tr:
+            return [{k: v for k, v in m.items() if k not in _TIMING} for m in tr.run()]
+
+    a, b = run(0), run(0)
+    assert a == b
+    assert run(1) != a
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        dict(baseline="mean"),
+        dict(baseline="value"),
+        dict(baseline="value", unfinished="bootstrap"),
+        dict(normalize_returns=False, entropy_coef=0.01, max_grad_norm=0.5),
+        dict(hidden_sizes=(), activation="tanh"),
+    ],
+)
+def test_options_train_and_report_finite_metrics(changes):
+    cfg = Config(num_envs=4, num_steps=32, max_epochs=2, quiet=True, **changes)
+    with Trainer(cfg) as tr:
+        ms = list(tr.run())
+    assert len(ms) == 2
+    for key in ("loss", "entropy", "grad_norm"):
+        assert math.isfinite(ms[-1][key])
+    if changes.get("max_grad_norm"):
+        total = torch.cat([p.grad.flatten() for p in tr.policy.parameters() if p.grad is not None]).norm()
+        assert total <= 0.5 + 1e-5
+
+
+def test_gaussian_policy_on_pendulum(tmp_path):
+    cfg = Config(env="Pendulum-v1", num_envs=4, num_steps=50, max_epochs=2, eval_episodes=2, quiet=True, log_std_init=-0.5)
+    summary = train(cfg)
+    assert summary["backend"] == "sync" or summary["backend"] == "torch"
+    assert summary["target_return"] is None and summary["solved"] is None  # Pendulum has no threshold
+    assert math.isfinite(summary["eval_return_mean"]) and summary["eval_length_mean"] == 200
+
+
+def test_custom_policy_module():
+    class Linear(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(4, 2)
+
+        def forward(self, obs):
+            return torch.distributions.Categorical(logits=self.lin(obs))
+
+    cfg = Config(num_envs=4, num_steps=16, max_epochs=2, quiet=True)
+    with Trainer(cfg, policy=Linear()) as tr:
+        before = tr.policy.lin.weight.detach().clone()
+        list(tr.run())
+        assert not torch.equal(before, tr.policy.lin.weight)
+
+
+def test_env_mismatch_is_a_config_error():
+    env = make_env("CartPole-v1", 3, backend="vector")
+    with pytest.raises(ConfigError, match="num_envs: is 4 but the env given has 3"):
+        Trainer(Config(num_envs=4, quiet=True), env=env)
+
+
+def test_target_return_stops_training():
+    cfg = Config(num_envs=8, num_steps=64, target_return=5.0, max_env_steps=100_000, quiet=True, eval_episodes=3)
+    summary = train(cfg)
+    # Random CartPole episodes last ~20 steps, so a target of 5 is reached once 100 episodes finished.
+    assert summary["stop_reason"] == "target_return" and summary["solved"] is True
+    assert summary["episodes"] >= 100 and summary["time_to_solve_s"] == summary["train_wall_s"]
+    assert summary["env_steps_to_solve"] == summary["env_steps"]
+
+
+@pytest.mark.slow
+def test_return_improves_on_cartpole():
+    cfg = Config(num_envs=16, num_steps=512, max_epochs=12, seed=0, quiet=True)
+    with Trainer(cfg) as tr:
+        ms = list(tr.run())
+    first, last = ms[0]["return_mean"], ms[-1]["return_mean"]
+    assert last > 3 * first, (first, last)  # random policy ~20; this reaches > 100 in 12 epochs
