@@ -16,6 +16,7 @@ import gymnasium as gym
 import torch
 
 from fastpg.envs.base import BatchedEnv, EnvInfo, Step
+from fastpg.envs.classic_control import TorchCartPole
 from fastpg.envs.gym_vector import GymVectorEnv, UnsupportedEnvError, make_gym_vector_env
 
 __all__ = [
@@ -23,6 +24,7 @@ __all__ = [
     "EnvInfo",
     "Step",
     "GymVectorEnv",
+    "TorchCartPole",
     "UnsupportedEnvError",
     "make_env",
     "native_env_ids",
@@ -30,7 +32,10 @@ __all__ = [
 ]
 
 # env id -> factory(num_envs, device, dtype) for native torch environments.
-_NATIVE: dict[str, Callable[..., BatchedEnv]] = {}
+_NATIVE: dict[str, Callable[..., BatchedEnv]] = {
+    "CartPole-v1": lambda num_envs, device, dtype: TorchCartPole(num_envs, device, dtype, env_id="CartPole-v1"),
+    "CartPole-v0": lambda num_envs, device, dtype: TorchCartPole(num_envs, device, dtype, env_id="CartPole-v0"),
+}
 
 
 def native_env_ids() -> tuple[str, ...]:
@@ -50,9 +55,17 @@ def resolve_backend(env_id: str, backend: str = "auto") -> str:
 
 
 def make_env(
-    env_id: str, num_envs: int, *, backend: str = "auto", device: torch.device | str = "cpu"
+    env_id: str,
+    num_envs: int,
+    *,
+    backend: str = "auto",
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
 ) -> BatchedEnv:
-    """Build ``num_envs`` lockstep copies of ``env_id`` with the chosen backend, on ``device``."""
+    """Build ``num_envs`` lockstep copies of ``env_id`` with the chosen backend, on ``device``.
+
+    ``dtype`` is the state dtype of native torch envs (float32 or float64); gymnasium backends
+    compute in numpy and hand over float32 observations."""
     backend = resolve_backend(env_id, backend)
     if backend == "torch":
         if env_id not in _NATIVE:
@@ -60,5 +73,5 @@ def make_env(
                 f"backend 'torch' has no native implementation of {env_id} "
                 f"(native ids: {', '.join(native_env_ids()) or 'none'})"
             )
-        return _NATIVE[env_id](num_envs=num_envs, device=device)
+        return _NATIVE[env_id](num_envs=num_envs, device=device, dtype=dtype)
     return make_gym_vector_env(env_id, backend, num_envs, device)

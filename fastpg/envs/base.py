@@ -3,7 +3,8 @@
 A batched env steps N copies of one environment in lockstep and speaks tensors on the training
 device:
 
-- ``reset(seed) -> obs``: ``obs`` is ``[N, *obs_shape]`` float32.
+- ``reset(seed) -> obs``: ``obs`` is ``[N, *obs_shape]`` float (float32 from gymnasium backends;
+  native envs use their own dtype, float32 by default; storage keeps float32).
 - ``step(action) -> Step``: ``action`` is ``[N]`` int64 (Discrete) or ``[N, *action_shape]`` float
   (Box; the env clips it to the action bounds). ``Step`` holds ``[N]`` tensors (see ``Step``).
 
@@ -64,7 +65,7 @@ class EnvInfo:
 
 class Step(NamedTuple):
     """One lockstep transition of N envs; every field is an ``[N]`` tensor on the env's device
-    except ``obs``, which is ``[N, *obs_shape]`` float32."""
+    except ``obs``, which is ``[N, *obs_shape]`` float."""
 
     obs: Tensor
     reward: Tensor  # float32
