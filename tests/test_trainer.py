@@ -32,13 +32,17 @@ def test_smoke_train_cartpole_in_process(tmp_path, capsys):
     assert summary["solved"] is False and summary["time_to_solve_s"] is None
 
 
-def test_env_steps_count_valid_steps_only():
-    with Trainer(Config(num_envs=4, num_steps=64, max_epochs=1, quiet=True)) as tr:
+@pytest.mark.parametrize("backend", ["vector", "torch"])
+def test_env_steps_count_valid_steps_only(backend):
+    with Trainer(Config(num_envs=4, num_steps=64, max_epochs=1, quiet=True, backend=backend)) as tr:
         m = tr.epoch()
         valid = tr.buf["valid"]
-        assert not valid.all()  # random CartPole episodes end, so NEXT_STEP reset steps exist
-        assert m["env_steps"] == int(valid.sum()) < 4 * 64
-        assert m["episodes"] == int(tr.buf["done"].sum())
+        if backend == "vector":
+            assert not valid.all()  # random episodes end, so NEXT_STEP reset steps exist
+            assert m["env_steps"] == int(valid.sum()) < 4 * 64
+        else:
+            assert valid.all() and m["env_steps"] == 4 * 64  # native envs reset in the done step
+        assert m["episodes"] == int(tr.buf["done"].sum()) > 0
 
 
 def test_storage_is_not_reallocated_across_epochs():
@@ -49,7 +53,7 @@ def test_storage_is_not_reallocated_across_epochs():
         assert {k: v.data_ptr() for k, v in tr.buf.items()} == ptrs
 
 
-@pytest.mark.parametrize("backend", ["vector", "sync"])
+@pytest.mark.parametrize("backend", ["torch", "vector", "sync"])
 def test_same_seed_same_metrics(backend):
     def run(seed):
         cfg = Config(num_envs=4, num_steps=32, max_epochs=3, seed=seed, backend=backend, quiet=True)
