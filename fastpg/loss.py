@@ -143,8 +143,11 @@ def reinforce_loss(
     ent = zero
     if entropy is not None:
         _check_same("entropy", entropy, mask)
-        ent = masked_mean(entropy, mask)
-        loss = loss - entropy_coef * ent
+        if entropy_coef:
+            ent = masked_mean(entropy, mask)
+            loss = loss - entropy_coef * ent
+        else:  # reported only: keep it out of the graph
+            ent = masked_mean(entropy.detach(), mask)
     adv_mean, adv_std = masked_mean_std(adv, mask)
     stats = {
         "policy_loss": policy_loss.detach(),

@@ -104,7 +104,7 @@ class Trainer:
         self.window = EpisodeWindow(100)
         self.epoch_count = 0
         self.env_steps = 0  # valid steps
-        self.total_steps = 0  # valid + reset steps
+        self.total_steps = 0  # valid + NEXT_STEP reset steps (reported as reset_steps)
         self.episodes = 0
         self.wall_s = 0.0  # training time: collect + update, evaluation excluded
         self.stop_reason: str | None = None
@@ -170,7 +170,8 @@ class Trainer:
         finished_ret = buf["episode_return"][done].tolist()
         finished_len = buf["episode_length"][done].tolist()
         names = list(stats)
-        values = torch.stack([stats[k].float() for k in names] + [buf["valid"].sum().float()]).tolist()
+        # float64: counts stay exact far beyond 2**24 steps per epoch.
+        values = torch.stack([stats[k].double() for k in names] + [buf["valid"].sum().double()]).tolist()
         scalars = dict(zip(names, values[:-1]))
         epoch_steps = int(values[-1])
         self.window.extend(finished_ret, finished_len)
@@ -340,6 +341,7 @@ def train(cfg: Config, *, policy: nn.Module | None = None) -> dict[str, Any]:
                 "env_steps_to_solve": trainer.env_steps if solved else None,
                 "train_wall_s": trainer.wall_s,
                 "env_steps": trainer.env_steps,
+                "reset_steps": trainer.total_steps - trainer.env_steps,
                 "epochs": trainer.epoch_count,
                 "episodes": trainer.episodes,
                 "sps": trainer.env_steps / trainer.wall_s if trainer.wall_s > 0 else None,

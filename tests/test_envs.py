@@ -161,3 +161,14 @@ def test_discrete_action_start_offset():
     assert env.step(torch.tensor([0])).reward.item() == -1.0
     assert env.step(torch.tensor([2])).reward.item() == 1.0
     env.close()
+
+
+def test_env_that_cannot_be_built_gives_a_clear_error():
+    import importlib.util
+
+    if importlib.util.find_spec("jax") is not None:
+        pytest.skip("jax is installed, so phys2d envs build")
+    # phys2d/CartPole-v1 registers a jax vector implementation: auto must not pick it without jax.
+    assert resolve_backend("phys2d/CartPole-v1") == "sync"
+    with pytest.raises(UnsupportedEnvError, match=r"could not create phys2d/CartPole-v1: \w+"):
+        make_env("phys2d/CartPole-v1", 2, backend="sync")

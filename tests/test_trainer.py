@@ -133,3 +133,15 @@ def test_return_improves_on_cartpole():
         ms = list(tr.run())
     first, last = ms[0]["return_mean"], ms[-1]["return_mean"]
     assert last > 3 * first, (first, last)  # random policy ~20; this reaches > 100 in 12 epochs
+
+
+@pytest.mark.parametrize(
+    "env_id",
+    ["Acrobot-v1", "MountainCar-v0", "MountainCarContinuous-v0", "Pendulum-v1", "FrozenLake-v1", "Taxi-v4", "CliffWalking-v1"],
+)
+def test_registered_gymnasium_envs_train_without_code_changes(env_id):
+    cfg = Config(env=env_id, num_envs=3, num_steps=20, max_epochs=2, eval_episodes=0, quiet=True)
+    with Trainer(cfg) as tr:
+        ms = list(tr.run())
+    assert len(ms) == 2 and math.isfinite(ms[-1]["loss"])
+    assert tr.buf["obs"].shape[:2] == (20, 3)

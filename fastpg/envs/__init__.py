@@ -14,6 +14,7 @@ from typing import Callable
 
 import gymnasium as gym
 import torch
+from gymnasium.envs.registration import load_env_creator
 
 from fastpg.envs.base import BatchedEnv, EnvInfo, Step
 from fastpg.envs.classic_control import TorchCartPole
@@ -49,9 +50,23 @@ def resolve_backend(env_id: str, backend: str = "auto") -> str:
         return backend
     if env_id in _NATIVE:
         return "torch"
-    if gym.spec(env_id).vector_entry_point is not None:
+    if _vector_entry_point_loads(env_id):
         return "vector"
     return "sync"
+
+
+def _vector_entry_point_loads(env_id: str) -> bool:
+    """True if the id registers a vectorized implementation that imports here (some need jax)."""
+    entry = gym.spec(env_id).vector_entry_point
+    if entry is None:
+        return False
+    if callable(entry):
+        return True
+    try:
+        load_env_creator(entry)
+    except Exception:
+        return False
+    return True
 
 
 def make_env(

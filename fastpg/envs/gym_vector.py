@@ -81,7 +81,10 @@ def make_gym_vector_env(
         raise ValueError(f"backend must be one of {', '.join(_MODES)}, got {backend!r}")
     # Refuse unsupported spaces before starting any worker processes.
     spec = gym.spec(env_id)
-    probe = gym.make(env_id)
+    try:
+        probe = gym.make(env_id)
+    except Exception as e:  # missing optional dependency (box2d, mujoco, jax...), bad kwargs
+        raise UnsupportedEnvError(f"could not create {env_id}: {type(e).__name__}: {e}") from e
     try:
         env_info_from_spaces(env_id, probe.observation_space, probe.action_space, spec)
     finally:
