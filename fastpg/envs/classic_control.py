@@ -27,7 +27,13 @@ __all__ = ["TorchCartPole"]
 
 
 class _NativeEnv:
-    """Shared reset-on-done, seeding and bookkeeping for native envs; subclasses define physics."""
+    """Shared reset-on-done, seeding and bookkeeping for native envs; subclasses define physics.
+
+    The state is stored feature-major, ``[D, N]``, so that each state variable is a contiguous row
+    (elementwise ops on strided columns are several times slower at large N); observations are
+    ``[N, D]`` views of it. Physical constants are 0-dim tensors of the env's dtype: a Python float
+    operand costs a scalar conversion on every op, which at small N doubles the step time.
+    """
 
     same_step_reset = True
     obs_dim: int
@@ -42,56 +48,69 @@ class _NativeEnv:
         self.dtype = dtype
         self.max_episode_steps = max_episode_steps
         self.generator = torch.Generator(device=self.device)
-        self.state = torch.zeros(num_envs, self.obs_dim, dtype=dtype, device=self.device)
-        self.final_obs = torch.zeros_like(self.state)
+        self._state = torch.zeros(self.obs_dim, num_envs, dtype=dtype, device=self.device)
+        self._final = self._state
         self.elapsed = torch.zeros(num_envs, dtype=torch.int64, device=self.device)
         self._valid = torch.ones(num_envs, dtype=torch.bool, device=self.device)
 
+    def _const(self, value: float) -> Tensor:
+        return torch.tensor(value, dtype=self.dtype, device=self.device)
+
+    @property
+    def state(self) -> Tensor:
+        """[N, D] view of the current state (the next action is taken in it)."""
+        return self._state.t()
+
+    @property
+    def final_obs(self) -> Tensor:
+        """[N, D] state reached by the last step, before done envs were reset."""
+        return self._final.t()
+
     # -- subclass hooks -------------------------------------------------------------------------
     def _sample_reset(self, n: int) -> Tensor:
-        """[n, obs_dim] initial states drawn from self.generator."""
+        """[D, n] initial states drawn from self.generator."""
         raise NotImplementedError
 
-    def _dynamics(self, action: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Advance self.state in place; return (obs [N, D], reward [N], terminated [N] bool)."""
+    def _dynamics(self, state: Tensor, action: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """From ``state`` [D, N] (not modified): (next state [D, N], reward [N], terminated [N])."""
         raise NotImplementedError
-
-    def _obs(self) -> Tensor:
-        return self.state
 
     # -- BatchedEnv --------------------------------------------------------------------------------
     def reset(self, seed: int | None = None) -> Tensor:
         if seed is not None:
             self.generator.manual_seed(seed)
-        self.state.copy_(self._sample_reset(self.num_envs))
+        self._state = self._sample_reset(self.num_envs)
+        self._final = self._state
         self.elapsed.zero_()
-        return self._obs()
+        return self.state
 
     def step(self, action: Tensor) -> Step:
-        obs, reward, terminated = self._dynamics(action)
-        self.final_obs.copy_(obs)
+        new, reward, terminated = self._dynamics(self._state, action)
+        self._final = new
         self.elapsed += 1
         if self.max_episode_steps is not None:
             done = terminated | (self.elapsed >= self.max_episode_steps)
         else:
             done = terminated.clone()
-        self._reset_done(done)
-        return Step(self._obs(), reward, done, self._valid, terminated)
+        self._state = self._reset_done(new, done)
+        return Step(self.state, reward, done, self._valid, terminated)
 
-    def _reset_done(self, done: Tensor) -> None:
+    def _reset_done(self, new: Tensor, done: Tensor) -> Tensor:
         if self.device.type == "cpu":
             idx = done.nonzero().squeeze(1)  # no device sync on CPU; draws only what is needed
-            if idx.numel():
-                self.state[idx] = self._sample_reset(idx.numel())
-                self.elapsed[idx] = 0
-        else:
-            fresh = self._sample_reset(self.num_envs)
-            self.state.copy_(torch.where(done.unsqueeze(1), fresh, self.state))
-            self.elapsed.masked_fill_(done, 0)
+            if not idx.numel():
+                return new
+            state = new.clone()  # keep `new` intact as the final observation
+            state[:, idx] = self._sample_reset(idx.numel())
+            self.elapsed[idx] = 0
+            return state
+        fresh = self._sample_reset(self.num_envs)
+        self.elapsed.masked_fill_(done, 0)
+        return torch.where(done, fresh, new)
 
     def set_state(self, state: Tensor, elapsed: Tensor | None = None) -> None:
-        """Overwrite the state of every copy (tests, and restoring checkpoints)."""
-        self.state.copy_(state)
+        """Overwrite the state of every copy from ``state`` [N, D] (tests, checkpoints)."""
+        self._state = state.to(self.dtype).t().contiguous().to(self.device)
         if elapsed is not None:
             self.elapsed.copy_(elapsed)
 
@@ -105,6 +124,7 @@ class TorchCartPole(_NativeEnv):
     State and observation: ``[x, x_dot, theta, theta_dot]``; actions 0 (push left) / 1 (right);
     reward 1 for every step including the terminal one; terminated when ``|x| > 2.4`` or
     ``|theta| > 12 degrees``; reset uniform in ``[-0.05, 0.05]^4``. Euler integration, tau 0.02.
+    The arithmetic is gymnasium's, operation for operation.
     """
 
     obs_dim = 4
@@ -130,30 +150,34 @@ class TorchCartPole(_NativeEnv):
             max_episode_steps=max_steps,
         )
         self._reward = torch.ones(num_envs, dtype=torch.float32, device=self.device)
+        self._force = torch.tensor([-self.force_mag, self.force_mag], dtype=dtype, device=self.device)
+        c = self._const
+        self._c_polemass_length, self._c_total_mass = c(self.polemass_length), c(self.total_mass)
+        self._c_gravity, self._c_masspole, self._c_length = c(self.gravity), c(self.masspole), c(self.length)
+        self._c_4_3, self._c_tau = c(4.0 / 3.0), c(self.tau)
+        self._c_thresholds = torch.tensor([[self.x_threshold], [self.theta_threshold_radians]], dtype=dtype, device=self.device)
 
     def _sample_reset(self, n: int) -> Tensor:
-        u = torch.rand(n, 4, generator=self.generator, dtype=self.dtype, device=self.device)
+        u = torch.rand(4, n, generator=self.generator, dtype=self.dtype, device=self.device)
         return u.mul_(0.1).sub_(0.05)  # uniform in [-0.05, 0.05)
 
-    def _dynamics(self, action: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        x, x_dot, theta, theta_dot = self.state.unbind(1)
-        force = (action.to(self.dtype) * 2.0 - 1.0) * self.force_mag  # 0 -> -10, 1 -> +10
+    def _dynamics(self, state: Tensor, action: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        # Gymnasium's operations in gymnasium's order (in place on fresh temporaries only): the
+        # balanced trajectories of the exactness tests amplify any reassociation, e.g. a fused
+        # multiply-add, past 1e-10 within a few hundred steps.
+        x_dot, theta, theta_dot = state[1], state[2], state[3]
+        force = self._force[action]  # 0 -> -10, 1 -> +10
         costheta, sintheta = torch.cos(theta), torch.sin(theta)
-        temp = (force + self.polemass_length * theta_dot.square() * sintheta) / self.total_mass
-        thetaacc = (self.gravity * sintheta - costheta * temp) / (
-            self.length * (4.0 / 3.0 - self.masspole * costheta.square() / self.total_mass)
-        )
-        xacc = temp - self.polemass_length * thetaacc * costheta / self.total_mass
-        new = torch.stack(
-            (
-                x + self.tau * x_dot,
-                x_dot + self.tau * xacc,
-                theta + self.tau * theta_dot,
-                theta_dot + self.tau * thetaacc,
-            ),
-            dim=1,
-        )
-        self.state.copy_(new)
-        nx, ntheta = new[:, 0], new[:, 2]
-        terminated = (nx.abs() > self.x_threshold) | (ntheta.abs() > self.theta_threshold_radians)
+        # temp = (force + polemass_length * theta_dot^2 * sin) / total_mass
+        temp = self._c_polemass_length * theta_dot.square()
+        temp = temp.mul_(sintheta).add_(force).div_(self._c_total_mass)
+        # thetaacc = (g * sin - cos * temp) / (length * (4/3 - masspole * cos^2 / total_mass))
+        denom = self._c_masspole * costheta.square()
+        denom = torch.sub(self._c_4_3, denom.div_(self._c_total_mass)).mul_(self._c_length)
+        thetaacc = (self._c_gravity * sintheta).sub_(costheta * temp).div_(denom)
+        # xacc = temp - polemass_length * thetaacc * cos / total_mass
+        xacc = torch.sub(temp, (self._c_polemass_length * thetaacc).mul_(costheta).div_(self._c_total_mass))
+        # Euler: [x, x_dot, theta, theta_dot] + tau * [x_dot, xacc, theta_dot, thetaacc]
+        new = torch.stack((x_dot, xacc, theta_dot, thetaacc)).mul_(self._c_tau).add_(state)
+        terminated = (new[0::2].abs() > self._c_thresholds).any(0)  # |x| > 2.4 or |theta| > 12 deg
         return new, self._reward, terminated
