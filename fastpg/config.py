@@ -91,8 +91,9 @@ class Config:
     """Write one JSON object per epoch, then a summary object, to this file (JSON Lines)."""
     eval_episodes: int = 100
     """Episodes of the final evaluation (0 = skip it)."""
-    eval_deterministic: bool = True
-    """Evaluate with the most likely action (argmax / Gaussian mean) instead of sampling."""
+    eval_deterministic: bool = False
+    """Evaluate with the most likely action (argmax / Gaussian mean) instead of sampling from the
+    policy (default: sample, the policy that training optimized and the stop criterion measured)."""
     progress_interval_s: float = 1.0
     """Seconds between console progress lines (0 = every epoch)."""
     quiet: bool = False

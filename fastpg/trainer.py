@@ -229,7 +229,7 @@ class Trainer:
                 self.stop_reason = "target_return"
             yield metrics
 
-    def evaluate(self, num_episodes: int = 100, *, deterministic: bool = True) -> dict[str, float]:
+    def evaluate(self, num_episodes: int = 100, *, deterministic: bool = False) -> dict[str, float]:
         """Mean return of ``num_episodes`` fresh episodes (one per env copy; see ``evaluate``)."""
         backend = resolve_backend(self.cfg.env, self.cfg.backend)
         backend = "sync" if backend == "async" else backend  # no need for 100 worker processes
@@ -260,11 +260,14 @@ def evaluate(
     policy: nn.Module,
     *,
     seed: int | None = None,
-    deterministic: bool = True,
+    deterministic: bool = False,
     generator: torch.Generator | None = None,
     max_steps: int | None = None,
 ) -> dict[str, float]:
     """Run one episode in each of the ``env.num_envs`` copies and report their mean return.
+
+    Actions are sampled from the policy (with ``generator``), or with ``deterministic`` the most
+    likely action is taken.
 
     Stops when every copy has finished its first episode, or after ``max_steps`` steps (default:
     the env's time limit, else 100,000); unfinished episodes then count with their partial return
