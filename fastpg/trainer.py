@@ -114,8 +114,12 @@ class Trainer:
         """Fill the storage with T steps of every env (no gradients)."""
         self.carry = collect(self.env, self.policy, self.buf, self.carry, self.generator)
 
-    def update(self) -> dict[str, torch.Tensor]:
-        """Returns, loss and one optimizer step over the stored epoch; returns detached stats."""
+    def update(self, *, apply: bool = True) -> dict[str, torch.Tensor]:
+        """Returns, loss and one optimizer step over the stored epoch; returns detached stats.
+
+        With ``apply=False`` the loss and gradient norm are computed and reported but the
+        parameters are left unchanged (used for the epoch that reaches the target return).
+        """
         cfg, buf, policy = self.cfg, self.buf, self.policy
         bootstrap = None
         if cfg.unfinished == "bootstrap":
@@ -144,37 +148,54 @@ class Trainer:
         loss.backward()
         max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf
         grad_norm = nn.utils.clip_grad_norm_(policy.parameters(), max_norm)
-        self.optimizer.step()
+        if apply:
+            self.optimizer.step()
         stats["loss"] = loss.detach()
         stats["grad_norm"] = grad_norm.detach()
         return stats
 
     def epoch(self) -> dict[str, Any]:
-        """One epoch: collect, then update; returns its metrics as Python numbers."""
+        """One epoch: collect, then update; returns its metrics as Python numbers.
+
+        If the episodes finished so far reach the target return, the update is computed and
+        reported but not applied: training stops with the policy that produced those episodes,
+        which is the policy then evaluated (an update after the last check would be untested).
+        """
         t0 = time.perf_counter()
         # ENV -> STORAGE
         self.collect()
+        finished = self._record_episodes()  # one host sync: the episodes that ended this epoch
         synchronize(self.device)
         t1 = time.perf_counter()
         # STORAGE -> RETURNS -> LOSS -> OPTIMIZER
-        stats = self.update()
+        stats = self.update(apply=not self.solved())
         synchronize(self.device)
         t2 = time.perf_counter()
-        return self._end_epoch(stats, collect_s=t1 - t0, update_s=t2 - t1)
+        return self._end_epoch(stats, finished, collect_s=t1 - t0, update_s=t2 - t1)
 
-    def _end_epoch(self, stats: dict[str, torch.Tensor], *, collect_s: float, update_s: float) -> dict[str, Any]:
+    def _record_episodes(self) -> tuple[list[float], list[int]]:
+        done = self.buf["done"]
+        # Finished episodes in chronological order (t-major boolean indexing).
+        finished_ret = self.buf["episode_return"][done].tolist()
+        finished_len = self.buf["episode_length"][done].tolist()
+        self.window.extend(finished_ret, finished_len)
+        return finished_ret, finished_len
+
+    def _end_epoch(
+        self,
+        stats: dict[str, torch.Tensor],
+        finished: tuple[list[float], list[int]],
+        *,
+        collect_s: float,
+        update_s: float,
+    ) -> dict[str, Any]:
         buf = self.buf
-        done = buf["done"]
-        # Host syncs happen here, once per epoch: the scalars, and the finished episodes in
-        # chronological order (t-major).
-        finished_ret = buf["episode_return"][done].tolist()
-        finished_len = buf["episode_length"][done].tolist()
-        names = list(stats)
+        finished_ret, finished_len = finished
+        names = list(stats)  # one host sync for all the scalars
         # float64: counts stay exact far beyond 2**24 steps per epoch.
         values = torch.stack([stats[k].double() for k in names] + [buf["valid"].sum().double()]).tolist()
         scalars = dict(zip(names, values[:-1]))
         epoch_steps = int(values[-1])
-        self.window.extend(finished_ret, finished_len)
         self.epoch_count += 1
         self.env_steps += epoch_steps
         self.total_steps += buf.numel()

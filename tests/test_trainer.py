@@ -145,3 +145,16 @@ def test_registered_gymnasium_envs_train_without_code_changes(env_id):
         ms = list(tr.run())
     assert len(ms) == 2 and math.isfinite(ms[-1]["loss"])
     assert tr.buf["obs"].shape[:2] == (20, 3)
+
+
+def test_epoch_that_reaches_the_target_does_not_update():
+    cfg = Config(num_envs=8, num_steps=64, target_return=5.0, quiet=True)
+    with Trainer(cfg) as tr:
+        snapshots = []
+        for metrics in tr.run():
+            snapshots.append([p.detach().clone() for p in tr.policy.parameters()])
+        assert tr.stop_reason == "target_return" and len(snapshots) >= 2
+        # The final epoch reported its loss but left the evaluated policy as it collected.
+        assert all(torch.equal(a, b) for a, b in zip(snapshots[-1], snapshots[-2]))
+        assert not all(torch.equal(a, b) for a, b in zip(snapshots[-2], snapshots[0]))
+        assert math.isfinite(metrics["loss"])
