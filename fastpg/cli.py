@@ -50,8 +50,7 @@ def _error(message: str) -> int:
 
 
 def _config_error(e: ConfigError) -> int:
-    # str(e) is "field: what is wrong"; show the flag the user typed instead of the field name.
-    return _error(f"{e.flag}: {str(e).split(': ', 1)[-1]}")
+    return _error(f"{e.flag}: {e.detail}")  # the flag the user typed, not the field name
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -76,8 +75,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _config_error(e)
     except UnsupportedEnvError as e:
         return _error(f"--env: {e}")
-    except FileNotFoundError as e:
-        return _error(str(e).replace("metrics_file:", "--metrics-file:"))
     except KeyboardInterrupt:
         return _error("interrupted")
     return 0

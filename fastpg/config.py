@@ -25,11 +25,12 @@ Activation = Literal["tanh", "relu", "elu", "gelu", "silu"]
 
 
 class ConfigError(ValueError):
-    """A configuration value is not allowed. ``field`` names the offending Config field."""
+    """A configuration value is not allowed: ``str(e)`` is ``"field: detail"``."""
 
-    def __init__(self, field: str, message: str):
-        super().__init__(message)
+    def __init__(self, field: str, detail: str):
+        super().__init__(f"{field}: {detail}")
         self.field = field
+        self.detail = detail
 
     @property
     def flag(self) -> str:
@@ -114,7 +115,7 @@ class Config:
 
 
 def _fail(field: str, message: str) -> None:
-    raise ConfigError(field, f"{field}: {message}")
+    raise ConfigError(field, message)
 
 
 def _finite(field: str, value: float) -> None:
@@ -165,6 +166,8 @@ def _validate(c: Config) -> None:
         _fail("eval_episodes", f"must be an integer >= 0, got {c.eval_episodes!r}")
     if c.backend not in BACKENDS:
         _fail("backend", f"must be one of {', '.join(BACKENDS)}; got {c.backend!r}")
+    if c.metrics_file is not None and not Path(c.metrics_file).parent.is_dir():
+        _fail("metrics_file", f"directory {Path(c.metrics_file).parent} does not exist")
     _validate_device(c.device)
     _validate_env(c.env, c.backend)
 
@@ -190,18 +193,16 @@ def _validate_device(device: str) -> None:
 def _validate_env(env_id: str, backend: str) -> None:
     import gymnasium as gym
 
-    from fastpg.envs import native_env_ids
+    from fastpg.envs import backend_problem
 
     if not isinstance(env_id, str) or not env_id:
         _fail("env", f"must be a gymnasium environment id, got {env_id!r}")
     try:
-        spec = gym.spec(env_id)
+        gym.spec(env_id)
     except Exception:  # gymnasium raises several error types for unknown / unimportable ids
         close = difflib.get_close_matches(env_id, list(gym.registry.keys()), n=3, cutoff=0.6)
         hint = f"; did you mean {', '.join(close)}?" if close else " (see gymnasium.pprint_registry())"
         _fail("env", f"unknown gymnasium environment id {env_id!r}{hint}")
-    if backend == "vector" and spec.vector_entry_point is None:
-        _fail("backend", f"'vector' needs an env with its own vectorized implementation; {env_id} has none (use sync or async)")
-    if backend == "torch" and env_id not in native_env_ids():
-        ids = ", ".join(native_env_ids()) or "none yet"
-        _fail("backend", f"'torch' has no native implementation of {env_id} (native ids: {ids})")
+    problem = backend_problem(env_id, backend)
+    if problem:
+        _fail("backend", problem)

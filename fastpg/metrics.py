@@ -89,8 +89,6 @@ class JsonlSink:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        if not self.path.parent.exists():
-            raise FileNotFoundError(f"metrics_file: directory {self.path.parent} does not exist")
         self._f = self.path.open("w", encoding="utf-8")
 
     def write(self, record: dict[str, Any]) -> None:

@@ -27,7 +27,7 @@ from fastpg.config import Config, ConfigError
 from fastpg.envs import BatchedEnv, make_env, resolve_backend
 from fastpg.loss import reinforce_loss
 from fastpg.metrics import ConsoleProgress, EpisodeWindow, JsonlSink, jsonable, synchronize
-from fastpg.policy import MLPPolicy, mode_action
+from fastpg.policy import MLPPolicy, mode_action, sample_action
 from fastpg.returns import episode_complete_mask, reward_to_go
 from fastpg.rollout import Carry, collect, init_carry
 from fastpg.storage import allocate_storage
@@ -47,13 +47,11 @@ def resolve_device(device: str) -> torch.device:
 def _check_against_env(cfg: Config, env: BatchedEnv) -> None:
     info = env.info
     if env.num_envs != cfg.num_envs:
-        raise ConfigError(
-            "num_envs", f"num_envs: is {cfg.num_envs} but the env given has {env.num_envs} copies"
-        )
+        raise ConfigError("num_envs", f"is {cfg.num_envs} but the env given has {env.num_envs} copies")
     if info.discrete and cfg.log_std_init is not None:
         raise ConfigError(
             "log_std_init",
-            f"log_std_init: applies to Box (continuous) action spaces only; {info.env_id} has "
+            f"applies to Box (continuous) action spaces only; {info.env_id} has "
             f"{info.describe_actions()} actions (got log_std_init={cfg.log_std_init})",
         )
 
@@ -199,10 +197,10 @@ class Trainer:
         self.epoch_count += 1
         self.env_steps += epoch_steps
         self.total_steps += buf.numel()
-        self.episodes += len(finished_ret)
+        n = len(finished_ret)
+        self.episodes += n
         elapsed = collect_s + update_s
         self.wall_s += elapsed
-        n = len(finished_ret)
         return {
             "epoch": self.epoch_count,
             "env_steps": self.env_steps,
@@ -294,8 +292,6 @@ def evaluate(
     the env's time limit, else 100,000); unfinished episodes then count with their partial return
     and are reported in ``unfinished``.
     """
-    from fastpg.policy import sample_action
-
     N = env.num_envs
     limit = max_steps or env.info.max_episode_steps or 100_000
     obs = env.reset(seed=seed)

@@ -42,6 +42,7 @@ BAD = [
     (dict(env="Zzzzzz-v9"), "env", "unknown gymnasium environment id 'Zzzzzz-v9'"),
     (dict(env=""), "env", "must be a gymnasium environment id"),
     (dict(env="Pendulum-v1", backend="vector"), "backend", "Pendulum-v1 has none"),
+    (dict(metrics_file=Path("/nonexistent-dir/m.jsonl")), "metrics_file", "directory /nonexistent-dir does not exist"),
     (dict(env="Acrobot-v1", backend="torch"), "backend", "no native implementation of Acrobot-v1"),
 ]
 

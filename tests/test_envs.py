@@ -68,6 +68,13 @@ def test_same_seed_same_trajectory():
     assert torch.equal(runs[0], runs[1])
 
 
+def test_make_env_refuses_a_backend_the_id_lacks():
+    with pytest.raises(ValueError, match="backend 'vector' needs an env with its own vectorized implementation; Pendulum-v1 has none"):
+        make_env("Pendulum-v1", 2, backend="vector")
+    with pytest.raises(ValueError, match="backend 'torch' has no native implementation of Acrobot-v1"):
+        make_env("Acrobot-v1", 2, backend="torch")
+
+
 def test_resolve_backend():
     assert resolve_backend("CartPole-v1") in ("torch", "vector")
     assert resolve_backend("Pendulum-v1", "auto") in ("torch", "sync")  # no vector entry point

@@ -29,6 +29,7 @@ __all__ = [
     "UnsupportedEnvError",
     "make_env",
     "native_env_ids",
+    "backend_problem",
     "resolve_backend",
 ]
 
@@ -42,6 +43,15 @@ _NATIVE: dict[str, Callable[..., BatchedEnv]] = {
 def native_env_ids() -> tuple[str, ...]:
     """Environment ids that have a native torch implementation (backend ``torch``)."""
     return tuple(sorted(_NATIVE))
+
+
+def backend_problem(env_id: str, backend: str) -> str | None:
+    """Why ``backend`` cannot step ``env_id`` (a registered id), or None if it can."""
+    if backend == "torch" and env_id not in _NATIVE:
+        return f"'torch' has no native implementation of {env_id} (native ids: {', '.join(native_env_ids()) or 'none'})"
+    if backend == "vector" and gym.spec(env_id).vector_entry_point is None:
+        return f"'vector' needs an env with its own vectorized implementation; {env_id} has none (use sync or async)"
+    return None
 
 
 def resolve_backend(env_id: str, backend: str = "auto") -> str:
@@ -82,11 +92,9 @@ def make_env(
     ``dtype`` is the state dtype of native torch envs (float32 or float64); gymnasium backends
     compute in numpy and hand over float32 observations."""
     backend = resolve_backend(env_id, backend)
+    problem = backend_problem(env_id, backend)
+    if problem:
+        raise ValueError(f"backend {problem}")
     if backend == "torch":
-        if env_id not in _NATIVE:
-            raise ValueError(
-                f"backend 'torch' has no native implementation of {env_id} "
-                f"(native ids: {', '.join(native_env_ids()) or 'none'})"
-            )
         return _NATIVE[env_id](num_envs=num_envs, device=device, dtype=dtype)
     return make_gym_vector_env(env_id, backend, num_envs, device)
