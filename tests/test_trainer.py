@@ -135,12 +135,14 @@ def test_return_improves_on_cartpole():
     assert last > 3 * first, (first, last)  # random policy ~20; this reaches > 100 in 12 epochs
 
 
+@pytest.mark.parametrize("backend", ["auto", "sync"])
 @pytest.mark.parametrize(
     "env_id",
     ["Acrobot-v1", "MountainCar-v0", "MountainCarContinuous-v0", "Pendulum-v1", "FrozenLake-v1", "Taxi-v4", "CliffWalking-v1"],
 )
-def test_registered_gymnasium_envs_train_without_code_changes(env_id):
-    cfg = Config(env=env_id, num_envs=3, num_steps=20, max_epochs=2, eval_episodes=0, quiet=True)
+def test_registered_gymnasium_envs_train_without_code_changes(env_id, backend):
+    # auto is the native torch env for the classic-control ids, gymnasium's for the others.
+    cfg = Config(env=env_id, backend=backend, num_envs=3, num_steps=20, max_epochs=2, eval_episodes=0, quiet=True)
     with Trainer(cfg) as tr:
         ms = list(tr.run())
     assert len(ms) == 2 and math.isfinite(ms[-1]["loss"])

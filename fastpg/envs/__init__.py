@@ -10,14 +10,20 @@ Backends, fastest first (``auto`` takes the first one available for an id):
 
 from __future__ import annotations
 
-from typing import Callable
-
 import gymnasium as gym
 import torch
 from gymnasium.envs.registration import load_env_creator
 
 from fastpg.envs.base import BatchedEnv, EnvInfo, Step
-from fastpg.envs.classic_control import TorchCartPole
+from fastpg.envs.classic_control import (
+    NATIVE_ENVS,
+    NativeEnv,
+    TorchAcrobot,
+    TorchCartPole,
+    TorchMountainCar,
+    TorchMountainCarContinuous,
+    TorchPendulum,
+)
 from fastpg.envs.gym_vector import GymVectorEnv, UnsupportedEnvError, make_gym_vector_env
 
 __all__ = [
@@ -25,7 +31,12 @@ __all__ = [
     "EnvInfo",
     "Step",
     "GymVectorEnv",
+    "NativeEnv",
+    "TorchAcrobot",
     "TorchCartPole",
+    "TorchMountainCar",
+    "TorchMountainCarContinuous",
+    "TorchPendulum",
     "UnsupportedEnvError",
     "make_env",
     "native_env_ids",
@@ -33,11 +44,8 @@ __all__ = [
     "resolve_backend",
 ]
 
-# env id -> factory(num_envs, device, dtype) for native torch environments.
-_NATIVE: dict[str, Callable[..., BatchedEnv]] = {
-    "CartPole-v1": lambda num_envs, device, dtype: TorchCartPole(num_envs, device, dtype, env_id="CartPole-v1"),
-    "CartPole-v0": lambda num_envs, device, dtype: TorchCartPole(num_envs, device, dtype, env_id="CartPole-v0"),
-}
+# env id -> native torch environment class (constructed as cls(num_envs, device, dtype, env_id)).
+_NATIVE: dict[str, type[NativeEnv]] = {env_id: cls for cls in NATIVE_ENVS for env_id in cls.VERSIONS}
 
 
 def native_env_ids() -> tuple[str, ...]:
@@ -96,5 +104,5 @@ def make_env(
     if problem:
         raise ValueError(f"backend {problem}")
     if backend == "torch":
-        return _NATIVE[env_id](num_envs=num_envs, device=device, dtype=dtype)
+        return _NATIVE[env_id](num_envs, device, dtype, env_id=env_id)
     return make_gym_vector_env(env_id, backend, num_envs, device)

@@ -1,0 +1,132 @@
+"""``NativeEnv``: what every native batched torch environment shares.
+
+Subclasses define the physics (``_dynamics``), the reset distribution (``_sample_reset``) and, where
+the observation is not the state itself, ``_observe``. The base class owns the batched state, the
+env's random generator, the time limit and the same-step autoreset.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from fastpg.envs.base import EnvInfo, Step
+
+__all__ = ["NativeEnv"]
+
+
+class NativeEnv:
+    """N copies of one environment as tensors on one device; resets done copies in the same step.
+
+    The state is stored feature-major, ``[D, N]``, so that each state variable is a contiguous row
+    (elementwise ops on strided columns are several times slower at large N); ``state`` is its
+    ``[N, D]`` view. Physical constants are 0-dim tensors of the state dtype: a Python float
+    operand costs a scalar conversion on every op, which at small N doubles the step time.
+
+    Subclass contract: class attributes ``state_dim`` and ``VERSIONS`` (env id -> (max episode
+    steps, reward threshold)); ``__init__`` sets ``self.info``; ``_dynamics`` must not modify the
+    state it is given (it becomes ``final_obs``).
+    """
+
+    same_step_reset = True
+    state_dim: int
+    VERSIONS: dict[str, tuple[int, float | None]]
+
+    def __init__(
+        self,
+        num_envs: int,
+        device: torch.device | str,
+        dtype: torch.dtype,
+        env_id: str,
+        state_dtype: torch.dtype | None = None,
+    ):
+        if env_id not in self.VERSIONS:
+            raise ValueError(f"env_id must be one of {', '.join(self.VERSIONS)}, got {env_id!r}")
+        if not isinstance(num_envs, int) or num_envs < 1:
+            raise ValueError(f"num_envs must be an int >= 1, got {num_envs!r}")
+        if dtype not in (torch.float32, torch.float64):
+            raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
+        self.env_id = env_id
+        self.num_envs = num_envs
+        self.device = torch.device(device)
+        self.dtype = dtype  # observations and rewards
+        self.state_dtype = state_dtype or dtype  # the dynamics' arithmetic
+        self.max_episode_steps, self.reward_threshold = self.VERSIONS[env_id]
+        self.generator = torch.Generator(device=self.device)
+        self._state = torch.zeros(self.state_dim, num_envs, dtype=self.state_dtype, device=self.device)
+        self._final = self._state
+        self.elapsed = torch.zeros(num_envs, dtype=torch.int64, device=self.device)
+        self._valid = torch.ones(num_envs, dtype=torch.bool, device=self.device)
+        self.info: EnvInfo
+
+    def _const(self, value: float, dtype: torch.dtype | None = None) -> Tensor:
+        return torch.tensor(value, dtype=dtype or self.state_dtype, device=self.device)
+
+    @property
+    def state(self) -> Tensor:
+        """[N, D] view of the current state (the next action is taken in it)."""
+        return self._state.t()
+
+    @property
+    def final_obs(self) -> Tensor:
+        """[N, *obs_shape] observation reached by the last step, before done copies were reset."""
+        return self._observe(self._final)
+
+    # -- subclass hooks -------------------------------------------------------------------------
+    def _sample_reset(self, n: int) -> Tensor:
+        """[D, n] initial states drawn from self.generator."""
+        raise NotImplementedError
+
+    def _dynamics(self, state: Tensor, action: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """From ``state`` [D, N] (not modified): (next state [D, N], reward [N], terminated [N])."""
+        raise NotImplementedError
+
+    def _observe(self, state: Tensor) -> Tensor:
+        """[N, *obs_shape] observation of ``state`` [D, N], in ``self.dtype``."""
+        return state.t().to(self.dtype)
+
+    # -- BatchedEnv --------------------------------------------------------------------------------
+    def reset(self, seed: int | None = None) -> Tensor:
+        if seed is not None:
+            self.generator.manual_seed(seed)
+        self._state = self._sample_reset(self.num_envs)
+        self._final = self._state
+        self.elapsed.zero_()
+        return self._observe(self._state)
+
+    def step(self, action: Tensor) -> Step:
+        new, reward, terminated = self._dynamics(self._state, action)
+        self._final = new
+        self.elapsed += 1
+        done = terminated | (self.elapsed >= self.max_episode_steps)
+        self._state = self._reset_done(new, done)
+        return Step(self._observe(self._state), reward, done, self._valid, terminated)
+
+    def _reset_done(self, new: Tensor, done: Tensor) -> Tensor:
+        if self.device.type == "cpu":
+            idx = done.nonzero().squeeze(1)  # no device sync on CPU; draws only what is needed
+            if not idx.numel():
+                return new
+            state = new.clone()  # keep `new` intact as the final observation
+            state[:, idx] = self._sample_reset(idx.numel())
+            self.elapsed[idx] = 0
+            return state
+        # CUDA: fixed shapes, no host sync (nonzero would wait for the GPU every step).
+        fresh = self._sample_reset(self.num_envs)
+        self.elapsed.masked_fill_(done, 0)
+        return torch.where(done, fresh, new)
+
+    def set_state(self, state: Tensor, elapsed: Tensor | None = None) -> None:
+        """Overwrite the state of every copy from ``state`` [N, D] (tests, checkpoints)."""
+        if tuple(state.shape) != (self.num_envs, self.state_dim):
+            raise ValueError(f"state must have shape {(self.num_envs, self.state_dim)}, got {tuple(state.shape)}")
+        self._state = state.to(device=self.device, dtype=self.state_dtype).t().contiguous()
+        self._final = self._state
+        if elapsed is not None:
+            self.elapsed.copy_(elapsed)
+
+    def close(self) -> None:
+        pass
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.env_id!r}, num_envs={self.num_envs}, device={self.device}, dtype={self.dtype})"

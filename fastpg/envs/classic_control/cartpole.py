@@ -1,0 +1,75 @@
+"""CartPole-v1 / CartPole-v0, batched in torch (gymnasium's ``cartpole.py``)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from fastpg.envs.base import EnvInfo
+from fastpg.envs.classic_control._base import NativeEnv
+
+__all__ = ["TorchCartPole"]
+
+
+class TorchCartPole(NativeEnv):
+    """CartPole-v1 (500-step limit, threshold 475) or CartPole-v0 (200, 195), batched in torch.
+
+    State and observation: ``[x, x_dot, theta, theta_dot]``; actions 0 (push left) / 1 (right);
+    reward 1 for every step including the terminal one; terminated when ``|x| > 2.4`` or
+    ``|theta| > 12 degrees``; reset uniform in ``[-0.05, 0.05]^4``. Euler integration, tau 0.02.
+    The arithmetic is gymnasium's, operation for operation.
+    """
+
+    state_dim = 4
+    gravity, masscart, masspole, length, force_mag, tau = 9.8, 1.0, 0.1, 0.5, 10.0, 0.02
+    total_mass = masspole + masscart
+    polemass_length = masspole * length
+    theta_threshold_radians = 12 * 2 * math.pi / 360
+    x_threshold = 2.4
+    VERSIONS = {"CartPole-v1": (500, 475.0), "CartPole-v0": (200, 195.0)}
+
+    def __init__(self, num_envs: int, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, env_id: str = "CartPole-v1"):
+        super().__init__(num_envs, device, dtype, env_id)
+        self.info = EnvInfo(
+            env_id=env_id,
+            obs_shape=(4,),
+            discrete=True,
+            num_actions=2,
+            action_shape=(),
+            reward_threshold=self.reward_threshold,
+            max_episode_steps=self.max_episode_steps,
+        )
+        self._reward = torch.ones(num_envs, dtype=dtype, device=self.device)
+        self._force = torch.tensor([-self.force_mag, self.force_mag], dtype=dtype, device=self.device)
+        c = self._const
+        self._c_polemass_length, self._c_total_mass = c(self.polemass_length), c(self.total_mass)
+        self._c_gravity, self._c_masspole, self._c_length = c(self.gravity), c(self.masspole), c(self.length)
+        self._c_4_3, self._c_tau = c(4.0 / 3.0), c(self.tau)
+        self._c_thresholds = torch.tensor([[self.x_threshold], [self.theta_threshold_radians]], dtype=dtype, device=self.device)
+
+    def _sample_reset(self, n: int) -> Tensor:
+        u = torch.rand(4, n, generator=self.generator, dtype=self.dtype, device=self.device)
+        return u.mul_(0.1).sub_(0.05)  # uniform in [-0.05, 0.05)
+
+    def _dynamics(self, state: Tensor, action: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        # Gymnasium's operations in gymnasium's order (in place on fresh temporaries only): the
+        # balanced trajectories of the exactness tests amplify any reassociation, e.g. a fused
+        # multiply-add, past 1e-10 within a few hundred steps.
+        x_dot, theta, theta_dot = state[1], state[2], state[3]
+        force = self._force[action]  # 0 -> -10, 1 -> +10
+        costheta, sintheta = torch.cos(theta), torch.sin(theta)
+        # temp = (force + polemass_length * theta_dot^2 * sin) / total_mass
+        temp = self._c_polemass_length * theta_dot.square()
+        temp = temp.mul_(sintheta).add_(force).div_(self._c_total_mass)
+        # thetaacc = (g * sin - cos * temp) / (length * (4/3 - masspole * cos^2 / total_mass))
+        denom = self._c_masspole * costheta.square()
+        denom = torch.sub(self._c_4_3, denom.div_(self._c_total_mass)).mul_(self._c_length)
+        thetaacc = (self._c_gravity * sintheta).sub_(costheta * temp).div_(denom)
+        # xacc = temp - polemass_length * thetaacc * cos / total_mass
+        xacc = torch.sub(temp, (self._c_polemass_length * thetaacc).mul_(costheta).div_(self._c_total_mass))
+        # Euler: [x, x_dot, theta, theta_dot] + tau * [x_dot, xacc, theta_dot, thetaacc]
+        new = torch.stack((x_dot, xacc, theta_dot, thetaacc)).mul_(self._c_tau).add_(state)
+        terminated = (new[0::2].abs() > self._c_thresholds).any(0)  # |x| > 2.4 or |theta| > 12 deg
+        return new, self._reward, terminated
