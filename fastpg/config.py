@@ -47,6 +47,9 @@ class Config:
     """How to step the env: torch (native, on the training device), vector (gymnasium's own
     vectorized env), sync (SyncVectorEnv), async (AsyncVectorEnv, one process per env), or auto
     (the fastest available, in that order)."""
+    env_dtype: Literal["float32", "float64"] = "float32"
+    """Float dtype of a native torch env's state and arithmetic (backend torch only; gymnasium
+    backends compute in numpy and hand over float32 observations)."""
     num_envs: int = 16
     """N: environment copies stepped in lockstep."""
     num_steps: int = 512
@@ -104,6 +107,13 @@ class Config:
         _validate(self)
 
     # -- derived values -----------------------------------------------------------------------
+    @property
+    def torch_env_dtype(self):
+        """``env_dtype`` as a torch dtype."""
+        import torch
+
+        return getattr(torch, self.env_dtype)
+
     @property
     def batch_size(self) -> int:
         """Entries per epoch, T * N (valid or not)."""
@@ -168,8 +178,16 @@ def _validate(c: Config) -> None:
         _fail("backend", f"must be one of {', '.join(BACKENDS)}; got {c.backend!r}")
     if c.metrics_file is not None and not Path(c.metrics_file).parent.is_dir():
         _fail("metrics_file", f"directory {Path(c.metrics_file).parent} does not exist")
+    if c.env_dtype not in ("float32", "float64"):
+        _fail("env_dtype", f"must be float32 or float64; got {c.env_dtype!r}")
     _validate_device(c.device)
     _validate_env(c.env, c.backend)
+    if c.env_dtype != "float32":
+        from fastpg.envs import resolve_backend
+
+        backend = resolve_backend(c.env, c.backend)
+        if backend != "torch":
+            _fail("env_dtype", f"{c.env_dtype} applies to native torch envs only; backend {backend!r} for {c.env} computes in numpy")
 
 
 def _validate_device(device: str) -> None:

@@ -74,7 +74,7 @@ class Trainer:
         self.cfg = cfg
         self.device = resolve_device(cfg.device)
         self.env = env if env is not None else make_env(
-            cfg.env, cfg.num_envs, backend=cfg.backend, device=self.device
+            cfg.env, cfg.num_envs, backend=cfg.backend, device=self.device, dtype=cfg.torch_env_dtype
         )
         try:
             _check_against_env(cfg, self.env)
@@ -252,7 +252,7 @@ class Trainer:
         """Mean return of ``num_episodes`` fresh episodes (one per env copy; see ``evaluate``)."""
         backend = resolve_backend(self.cfg.env, self.cfg.backend)
         backend = "sync" if backend == "async" else backend  # no need for 100 worker processes
-        env = make_env(self.cfg.env, num_episodes, backend=backend, device=self.device)
+        env = make_env(self.cfg.env, num_episodes, backend=backend, device=self.device, dtype=self.cfg.torch_env_dtype)
         try:
             return evaluate(
                 env,
@@ -294,7 +294,7 @@ def evaluate(
     """
     N = env.num_envs
     limit = max_steps or env.info.max_episode_steps or 100_000
-    obs = env.reset(seed=seed)
+    obs = env.reset(seed=seed).to(torch.float32)  # policies take float32 (native envs may be float64)
     ret = torch.zeros(N, device=obs.device)
     length = torch.zeros(N, dtype=torch.int64, device=obs.device)
     running = torch.ones(N, dtype=torch.bool, device=obs.device)
@@ -310,7 +310,7 @@ def evaluate(
                 ret += torch.where(live, step.reward, 0.0)
                 length += live
                 running &= ~(live & step.done)
-                obs = step.obs
+                obs = step.obs.to(torch.float32)
                 if not bool(running.any()):
                     break
     finally:

@@ -44,6 +44,8 @@ BAD = [
     (dict(env="Pendulum-v1", backend="vector"), "backend", "Pendulum-v1 has none"),
     (dict(metrics_file=Path("/nonexistent-dir/m.jsonl")), "metrics_file", "directory /nonexistent-dir does not exist"),
     (dict(env="FrozenLake-v1", backend="torch"), "backend", "no native implementation of FrozenLake-v1"),
+    (dict(env_dtype="float16"), "env_dtype", "float32 or float64"),
+    (dict(env="CartPole-v1", backend="sync", env_dtype="float64"), "env_dtype", "native torch envs only"),
 ]
 
 

@@ -282,3 +282,25 @@ def test_float32_stays_close_to_float64(env_id):
         alive &= ~(s64.done | s32.done)
     assert alive.sum() > n // 4
     assert worst <= FLOAT32_TOLERANCE[env_id], worst
+
+
+def test_acrobot_wrap_covers_the_largest_step_and_matches_gymnasium_far_out():
+    from gymnasium.envs.classic_control.acrobot import wrap
+
+    from fastpg.envs.classic_control.acrobot import CUDA_WRAP_ITERATIONS, TorchAcrobot
+
+    n = 400_000
+    env = TorchAcrobot(n, dtype=torch.float64)
+    g = torch.Generator().manual_seed(0)
+    bounds = torch.tensor([[np.pi], [np.pi], [4 * np.pi], [9 * np.pi]], dtype=torch.float64)
+    states = (torch.rand(4, n, generator=g, dtype=torch.float64) * 2 - 1) * bounds
+    states[2:] = states[2:].sign() * bounds[2:]  # both velocities at their bounds: the largest moves
+    wraps = 0.0
+    for a in range(3):
+        raw = env._rk4(states, env._torque[torch.full((n,), a)])[:2]
+        wraps = max(wraps, torch.ceil((raw.abs() - np.pi) / (2 * np.pi)).max().item())
+    assert 4 <= wraps < CUDA_WRAP_ITERATIONS, wraps  # measured: 5
+    # The CPU loop is exact however far out an angle is.
+    far = torch.tensor([[-60.0, 3.2, 100.123, -np.pi, np.pi, 7.0]], dtype=torch.float64)
+    got = TorchAcrobot(6, dtype=torch.float64)._wrap(far)
+    assert got.tolist()[0] == [wrap(x, -np.pi, np.pi) for x in far.tolist()[0]]

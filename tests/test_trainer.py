@@ -160,3 +160,13 @@ def test_epoch_that_reaches_the_target_does_not_update():
         assert all(torch.equal(a, b) for a, b in zip(snapshots[-1], snapshots[-2]))
         assert not all(torch.equal(a, b) for a, b in zip(snapshots[-2], snapshots[0]))
         assert math.isfinite(metrics["loss"])
+
+
+def test_env_dtype_float64_runs_the_native_env_in_float64():
+    cfg = Config(env="Acrobot-v1", env_dtype="float64", num_envs=4, num_steps=16, max_epochs=2, eval_episodes=2, quiet=True)
+    with Trainer(cfg) as tr:
+        ms = list(tr.run())
+        assert tr.env.dtype == torch.float64 and tr.env._state.dtype == torch.float64
+        assert tr.buf["obs"].dtype == torch.float32  # storage keeps float32
+        assert len(ms) == 2 and math.isfinite(ms[-1]["loss"])
+        assert math.isfinite(tr.evaluate(2)["eval_return_mean"])

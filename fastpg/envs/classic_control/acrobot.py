@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
@@ -12,11 +13,12 @@ from fastpg.envs.classic_control._base import NativeEnv
 
 __all__ = ["TorchAcrobot"]
 
-# The most wraps by 2*pi one step can need. A step moves an angle by dt times a weighted mean of
-# the velocities at the four Runge-Kutta stages, which stays below 3 * 2*pi even from the velocity
-# bounds (tests/test_native_envs.py measures the worst case from extreme states); a masked
-# subtraction that is not needed changes nothing, so a fixed count costs a few ops and no sync.
-WRAP_ITERATIONS = 4
+# wrap() on CUDA: how many masked 2*pi steps to take, a fixed count so that no step waits for the
+# GPU. A step moves an angle by dt times a weighted mean of the velocities at the four Runge-Kutta
+# stages; from the velocity bounds the largest move found is 29.7 rad, which needs 5 steps
+# (tests/test_native_classic_control.py searches extreme states). 8 covers 53 rad. On CPU the loop
+# runs until no angle is out of range, so it is exact for any state.
+CUDA_WRAP_ITERATIONS = 8
 
 
 class TorchAcrobot(NativeEnv):
@@ -105,21 +107,31 @@ class TorchAcrobot(NativeEnv):
         ddtheta1 = -(d2 * ddtheta2 + phi1) / d1
         return torch.stack((dtheta1, dtheta2, ddtheta1, ddtheta2))
 
-    def _dynamics(self, state: Tensor, action: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        torque = self._torque[action]
-        # gymnasium's rk4 over t = [0, dt]: one classical Runge-Kutta step.
+    def _rk4(self, state: Tensor, torque: Tensor) -> Tensor:
+        """gymnasium's rk4 over t = [0, dt]: one classical Runge-Kutta step (angles not wrapped)."""
         k1 = self._derivs(state, torque)
         k2 = self._derivs(state + self._dt2 * k1, torque)
         k3 = self._derivs(state + self._dt2 * k2, torque)
         k4 = self._derivs(state + self._dt * k3, torque)
-        new = state + self._dt6 * (k1 + self._two * k2 + self._two * k3 + k4)
-        # wrap(): subtract 2*pi while above pi, then add 2*pi while below -pi (one at a time, as
-        # gymnasium does: x - 2*diff and (x - diff) - diff can round differently).
-        angles = new[:2]
-        for _ in range(WRAP_ITERATIONS):
-            angles = torch.where(angles > self._pi, angles - self._two_pi, angles)
-        for _ in range(WRAP_ITERATIONS):
-            angles = torch.where(angles < -self._pi, angles + self._two_pi, angles)
+        return state + self._dt6 * (k1 + self._two * k2 + self._two * k3 + k4)
+
+    def _wrap(self, angles: Tensor) -> Tensor:
+        """gymnasium's wrap(x, -pi, pi): subtract 2*pi while above pi, then add 2*pi while below
+        -pi, one step at a time (x - 2*d and (x - d) - d can round differently)."""
+        for above in (True, False):
+            for i in itertools.count():
+                mask = angles > self._pi if above else angles < -self._pi
+                if self.device.type == "cpu":
+                    if not mask.any():  # exact for any state; a CPU tensor costs no device sync
+                        break
+                elif i == CUDA_WRAP_ITERATIONS:
+                    break
+                angles = torch.where(mask, angles - self._two_pi if above else angles + self._two_pi, angles)
+        return angles
+
+    def _dynamics(self, state: Tensor, action: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        new = self._rk4(state, self._torque[action])
+        angles = self._wrap(new[:2])
         velocities = torch.minimum(torch.maximum(new[2:], -self._vel_max), self._vel_max)
         new = torch.cat((angles, velocities))
         terminated = (-torch.cos(new[0]) - torch.cos(new[1] + new[0])) > self._one
