@@ -9,9 +9,10 @@ limit and the reset distribution. Differences, by design:
   env, the first observation of its next episode, and every step is ``valid``. The final
   observation of the finished episode is kept in ``final_obs`` until the next step.
 - Randomness comes from a ``torch.Generator`` owned by the env (``reset(seed)`` seeds it), never
-  from the global RNG; the same seed on the same device gives the same trajectories. On CPU only
-  the done rows draw new reset states; on CUDA all rows draw and ``torch.where`` picks, which keeps
-  shapes fixed and avoids a host sync, so the two devices consume the stream differently.
+  from the global RNG; the same seed, N and device give the same trajectories. On CUDA, and on
+  CPU up to 512 copies, every copy draws a reset state each step and ``torch.where`` picks the done
+  ones (fixed shapes, no host sync); on CPU above 512 copies only the done copies draw. The paths
+  consume the generator differently, so trajectories differ between devices and across that N.
 - Rewards and observations are in the env's dtype (gymnasium returns float64 rewards and float32
   observations); in float32 the dynamics run in float32 too, except MountainCarContinuous, whose
   arithmetic is gymnasium's float32/float64 mix in either dtype.

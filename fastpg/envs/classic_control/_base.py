@@ -14,6 +14,11 @@ from fastpg.envs.base import EnvInfo, Step
 
 __all__ = ["NativeEnv"]
 
+# Up to this many copies on CPU, resets draw a fresh state for every copy and select the done ones
+# (three ops); above it, only the done copies draw (nonzero + index_copy: cheaper than drawing 4N
+# numbers). The choice depends on N alone, so the same seed, N and device give the same run.
+SELECT_RESET_MAX_ENVS = 512
+
 
 class NativeEnv:
     """N copies of one environment as tensors on one device; resets done copies in the same step.
@@ -83,7 +88,7 @@ class NativeEnv:
 
     def _observe(self, state: Tensor) -> Tensor:
         """[N, *obs_shape] observation of ``state`` [D, N], in ``self.dtype``."""
-        return state.t().to(self.dtype)
+        return state.t() if state.dtype == self.dtype else state.t().to(self.dtype)
 
     # -- BatchedEnv --------------------------------------------------------------------------------
     def reset(self, seed: int | None = None) -> Tensor:
@@ -98,23 +103,23 @@ class NativeEnv:
         new, reward, terminated = self._dynamics(self._state, action)
         self._final = new
         self.elapsed += 1
-        done = terminated | (self.elapsed >= self.max_episode_steps)
+        done = torch.bitwise_or(terminated, self.elapsed >= self.max_episode_steps)
         self._state = self._reset_done(new, done)
         return Step(self._observe(self._state), reward, done, self._valid, terminated)
 
     def _reset_done(self, new: Tensor, done: Tensor) -> Tensor:
-        if self.device.type == "cpu":
-            idx = done.nonzero().squeeze(1)  # no device sync on CPU; draws only what is needed
-            if not idx.numel():
-                return new
-            state = new.clone()  # keep `new` intact as the final observation
-            state[:, idx] = self._sample_reset(idx.numel())
-            self.elapsed[idx] = 0
-            return state
-        # CUDA: fixed shapes, no host sync (nonzero would wait for the GPU every step).
-        fresh = self._sample_reset(self.num_envs)
-        self.elapsed.masked_fill_(done, 0)
-        return torch.where(done, fresh, new)
+        """The state after resetting the done copies; ``new`` is left intact (it is ``final_obs``)."""
+        if self.device.type != "cpu" or self.num_envs <= SELECT_RESET_MAX_ENVS:
+            # Draw a reset state for every copy and select: fixed shapes, and no host sync on CUDA
+            # (nonzero would wait for the GPU every step); on CPU it is the cheaper way at small N.
+            self.elapsed.masked_fill_(done, 0)
+            return torch.where(done, self._sample_reset(self.num_envs), new)
+        # Large N on CPU: draw only for the done copies (drawing for all N costs more).
+        idx = done.nonzero().squeeze(1)
+        if not idx.numel():
+            return new
+        self.elapsed.index_fill_(0, idx, 0)
+        return new.index_copy(1, idx, self._sample_reset(idx.numel()))
 
     def set_state(self, state: Tensor, elapsed: Tensor | None = None) -> None:
         """Overwrite the state of every copy from ``state`` [N, D] (tests, checkpoints)."""

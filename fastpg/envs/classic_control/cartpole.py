@@ -47,29 +47,31 @@ class TorchCartPole(NativeEnv):
         self._c_polemass_length, self._c_total_mass = c(self.polemass_length), c(self.total_mass)
         self._c_gravity, self._c_masspole, self._c_length = c(self.gravity), c(self.masspole), c(self.length)
         self._c_4_3, self._c_tau = c(4.0 / 3.0), c(self.tau)
-        self._c_thresholds = torch.tensor([[self.x_threshold], [self.theta_threshold_radians]], dtype=dtype, device=self.device)
+        # Per state row; the velocities never terminate.
+        thresholds = [[self.x_threshold], [math.inf], [self.theta_threshold_radians], [math.inf]]
+        self._c_thresholds = torch.tensor(thresholds, dtype=dtype, device=self.device)
 
     def _sample_reset(self, n: int) -> Tensor:
-        u = torch.rand(4, n, generator=self.generator, dtype=self.dtype, device=self.device)
-        return u.mul_(0.1).sub_(0.05)  # uniform in [-0.05, 0.05)
+        u = torch.empty(4, n, dtype=self.dtype, device=self.device)
+        return u.uniform_(-0.05, 0.05, generator=self.generator)
 
     def _dynamics(self, state: Tensor, action: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         # Gymnasium's operations in gymnasium's order (in place on fresh temporaries only): the
         # balanced trajectories of the exactness tests amplify any reassociation, e.g. a fused
         # multiply-add, past 1e-10 within a few hundred steps.
-        x_dot, theta, theta_dot = state[1], state[2], state[3]
-        force = self._force[action]  # 0 -> -10, 1 -> +10
+        _, x_dot, theta, theta_dot = state.unbind(0)
+        force = self._force.index_select(0, action)  # 0 -> -10, 1 -> +10
         costheta, sintheta = torch.cos(theta), torch.sin(theta)
         # temp = (force + polemass_length * theta_dot^2 * sin) / total_mass
-        temp = self._c_polemass_length * theta_dot.square()
+        temp = self._c_polemass_length * (theta_dot * theta_dot)  # x * x: one op cheaper than square
         temp = temp.mul_(sintheta).add_(force).div_(self._c_total_mass)
         # thetaacc = (g * sin - cos * temp) / (length * (4/3 - masspole * cos^2 / total_mass))
-        denom = self._c_masspole * costheta.square()
+        denom = self._c_masspole * (costheta * costheta)
         denom = torch.sub(self._c_4_3, denom.div_(self._c_total_mass)).mul_(self._c_length)
         thetaacc = (self._c_gravity * sintheta).sub_(costheta * temp).div_(denom)
         # xacc = temp - polemass_length * thetaacc * cos / total_mass
         xacc = torch.sub(temp, (self._c_polemass_length * thetaacc).mul_(costheta).div_(self._c_total_mass))
         # Euler: [x, x_dot, theta, theta_dot] + tau * [x_dot, xacc, theta_dot, thetaacc]
         new = torch.stack((x_dot, xacc, theta_dot, thetaacc)).mul_(self._c_tau).add_(state)
-        terminated = (new[0::2].abs() > self._c_thresholds).any(0)  # |x| > 2.4 or |theta| > 12 deg
+        terminated = (new.abs() > self._c_thresholds).any(0)  # |x| > 2.4 or |theta| > 12 deg
         return new, self._reward, terminated
