@@ -1,0 +1,95 @@
+"""Env-only steps per second with random actions: native torch envs against gymnasium.
+
+    .venv/bin/python -m pytest benchmarks/bench_env_sps.py --benchmark-json benchmarks/results/env_sps.json
+
+Compared in one run: fastpg's native CartPole-v1 (``backend torch``, float32) against gymnasium's
+numpy-vectorized CartPole (``CartPoleVectorEnv``, the id's vector entry point) at N = 256, 4096 and
+65536, and against gymnasium's ``SyncVectorEnv`` at N = 256. Actions are drawn before timing
+(16 action batches, cycled), so only stepping is timed; gymnasium gets numpy actions and the native
+env torch tensors, each what it takes. The native env runs under ``torch.inference_mode()``, as
+fastpg's collector runs it. A "step" is one transition of one env copy; the native env resets
+within the done step, gymnasium's vector envs spend a step on each reset (NEXT_STEP autoreset), and
+those reset steps are counted here too (env-only SPS, as gymnasium users measure it).
+
+With a GPU, the native env is also measured on CUDA at N = 2^16 and 2^20 (synchronized before the
+clock is read).
+"""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+from conftest import declare_ratio
+from fastpg.envs import make_env
+
+ROUNDS = 7
+CPU_SIZES = (256, 4096, 65536)
+STEPS_PER_ROUND = {256: 200, 4096: 50, 65536: 12, 2**20: 50}
+
+for n in CPU_SIZES:
+    declare_ratio(f"native / gymnasium CartPoleVectorEnv, N={n}", ("native", n, "cpu"), ("gym-vector", n, "cpu"))
+declare_ratio("native / gymnasium SyncVectorEnv, N=256", ("native", 256, "cpu"), ("gym-sync", 256, "cpu"))
+
+
+def _native_runner(n: int, device: str):
+    env = make_env("CartPole-v1", n, backend="torch", device=device)
+    env.reset(seed=0)
+    g = torch.Generator(device=device).manual_seed(0)
+    actions = [torch.randint(0, 2, (n,), generator=g, device=device) for _ in range(16)]
+    steps = STEPS_PER_ROUND.get(n, 20)
+
+    def run():
+        with torch.inference_mode():
+            for i in range(steps):
+                env.step(actions[i % 16])
+        if device != "cpu":
+            torch.cuda.synchronize()
+
+    return run, steps
+
+
+def _gym_runner(n: int, mode: str):
+    env = gym.make_vec("CartPole-v1", num_envs=n, vectorization_mode=mode)
+    env.reset(seed=0)
+    rng = np.random.default_rng(0)
+    actions = [rng.integers(0, 2, size=n) for _ in range(16)]
+    steps = 20 if mode == "sync" else STEPS_PER_ROUND[n]
+
+    def run():
+        for i in range(steps):
+            env.step(actions[i % 16])
+
+    return run, steps, env
+
+
+@pytest.mark.parametrize("n", CPU_SIZES)
+def test_native_cartpole_cpu(benchmark, record, n):
+    run, steps = _native_runner(n, "cpu")
+    benchmark.pedantic(run, rounds=ROUNDS, warmup_rounds=2)
+    record(benchmark, "native", n, n * steps)
+
+
+@pytest.mark.parametrize("n", CPU_SIZES)
+def test_gymnasium_cartpole_vector_env(benchmark, record, n):
+    run, steps, env = _gym_runner(n, "vector_entry_point")
+    benchmark.pedantic(run, rounds=ROUNDS, warmup_rounds=2)
+    record(benchmark, "gym-vector", n, n * steps)
+    env.close()
+
+
+def test_gymnasium_sync_vector_env(benchmark, record):
+    run, steps, env = _gym_runner(256, "sync")
+    benchmark.pedantic(run, rounds=ROUNDS, warmup_rounds=1)
+    record(benchmark, "gym-sync", 256, 256 * steps)
+    env.close()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("n", [2**16, 2**20])
+def test_native_cartpole_cuda(benchmark, record, n):
+    run, steps = _native_runner(n, "cuda")
+    benchmark.pedantic(run, rounds=ROUNDS, warmup_rounds=3)
+    record(benchmark, "native", n, n * steps, device="cuda")
