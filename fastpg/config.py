@@ -50,6 +50,9 @@ class Config:
     env_dtype: Literal["float32", "float64"] = "float32"
     """Float dtype of a native torch env's state and arithmetic (backend torch only; gymnasium
     backends compute in numpy and hand over float32 observations)."""
+    env_kernel: Literal["torch", "cpp"] = "torch"
+    """Step implementation of native CartPole on CPU: torch (torch ops) or cpp (one fused C++
+    loop, compiled on first use, about a minute, then cached; several times faster at small N)."""
     num_envs: int = 16
     """N: environment copies stepped in lockstep."""
     num_steps: int = 512
@@ -182,12 +185,27 @@ def _validate(c: Config) -> None:
         _fail("env_dtype", f"must be float32 or float64; got {c.env_dtype!r}")
     _validate_device(c.device)
     _validate_env(c.env, c.backend)
+    if c.env_kernel not in ("torch", "cpp"):
+        _fail("env_kernel", f"must be torch or cpp; got {c.env_kernel!r}")
+    if c.env_kernel == "cpp":
+        from fastpg.envs import FUSED_ENV_IDS, resolve_backend
+
+        if c.env not in FUSED_ENV_IDS or resolve_backend(c.env, c.backend) != "torch":
+            _fail("env_kernel", f"'cpp' exists for the native (backend torch) {', '.join(FUSED_ENV_IDS)} only; got {c.env} with backend {c.backend}")
+        if c.device != "cpu" and not (c.device == "auto" and not _cuda_available()):
+            _fail("env_kernel", f"'cpp' is a CPU kernel; use --device cpu (got device {c.device!r})")
     if c.env_dtype != "float32":
         from fastpg.envs import resolve_backend
 
         backend = resolve_backend(c.env, c.backend)
         if backend != "torch":
             _fail("env_dtype", f"{c.env_dtype} applies to native torch envs only; backend {backend!r} for {c.env} computes in numpy")
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def _validate_device(device: str) -> None:

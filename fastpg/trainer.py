@@ -74,7 +74,12 @@ class Trainer:
         self.cfg = cfg
         self.device = resolve_device(cfg.device)
         self.env = env if env is not None else make_env(
-            cfg.env, cfg.num_envs, backend=cfg.backend, device=self.device, dtype=cfg.torch_env_dtype
+            cfg.env,
+            cfg.num_envs,
+            backend=cfg.backend,
+            device=self.device,
+            dtype=cfg.torch_env_dtype,
+            fused=cfg.env_kernel == "cpp",
         )
         try:
             _check_against_env(cfg, self.env)
@@ -252,7 +257,14 @@ class Trainer:
         """Mean return of ``num_episodes`` fresh episodes (one per env copy; see ``evaluate``)."""
         backend = resolve_backend(self.cfg.env, self.cfg.backend)
         backend = "sync" if backend == "async" else backend  # no need for 100 worker processes
-        env = make_env(self.cfg.env, num_episodes, backend=backend, device=self.device, dtype=self.cfg.torch_env_dtype)
+        env = make_env(
+            self.cfg.env,
+            num_episodes,
+            backend=backend,
+            device=self.device,
+            dtype=self.cfg.torch_env_dtype,
+            fused=self.cfg.env_kernel == "cpp",
+        )
         try:
             return evaluate(
                 env,

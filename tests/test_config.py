@@ -45,6 +45,9 @@ BAD = [
     (dict(metrics_file=Path("/nonexistent-dir/m.jsonl")), "metrics_file", "directory /nonexistent-dir does not exist"),
     (dict(env="FrozenLake-v1", backend="torch"), "backend", "no native implementation of FrozenLake-v1"),
     (dict(env_dtype="float16"), "env_dtype", "float32 or float64"),
+    (dict(env_kernel="numba"), "env_kernel", "torch or cpp"),
+    (dict(env="Acrobot-v1", env_kernel="cpp"), "env_kernel", "CartPole-v1, CartPole-v0 only"),
+    (dict(backend="vector", env_kernel="cpp"), "env_kernel", "backend vector"),
     (dict(env="CartPole-v1", backend="sync", env_dtype="float64"), "env_dtype", "native torch envs only"),
 ]
 

@@ -17,8 +17,12 @@ def _gym_envs(env_id, n, seed):
     return envs
 
 
+FUSED = [False, pytest.param(True, id="fused")]
+
+
+@pytest.mark.parametrize("fused", FUSED)
 @pytest.mark.parametrize("env_id", ["CartPole-v1", "CartPole-v0"])
-def test_cartpole_one_step_matches_gymnasium_from_same_states(env_id):
+def test_cartpole_one_step_matches_gymnasium_from_same_states(env_id, fused):
     rng = np.random.default_rng(0)
     n = 2000
     # States across and beyond the termination boundaries (|x| = 2.4, |theta| = 0.2094).
@@ -30,7 +34,7 @@ def test_cartpole_one_step_matches_gymnasium_from_same_states(env_id):
     limit = gym.spec(env_id).max_episode_steps
     elapsed[:30] = limit - 1  # these truncate on this step
 
-    native = TorchCartPole(n, dtype=torch.float64, env_id=env_id)
+    native = TorchCartPole(n, dtype=torch.float64, env_id=env_id, fused=fused)
     native.reset(seed=0)
     native.set_state(torch.from_numpy(states), torch.from_numpy(elapsed).clamp(max=limit - 1))
     step = native.step(torch.from_numpy(actions))
@@ -46,6 +50,8 @@ def test_cartpole_one_step_matches_gymnasium_from_same_states(env_id):
         exp_obs.append(env.unwrapped.state.copy())
         exp_rew.append(r), exp_term.append(term), exp_trunc.append(trunc)
     torch.testing.assert_close(native.final_obs, torch.tensor(np.array(exp_obs)), rtol=RTOL, atol=1e-12)
+    if fused:  # the C library's cos/sin, as numpy: bit for bit
+        assert torch.equal(native.final_obs, torch.tensor(np.array(exp_obs)))
     assert step.terminated.tolist() == exp_term
     truncated = step.done & ~step.terminated
     assert truncated.tolist() == [tr and not te for tr, te in zip(exp_trunc, exp_term)]
@@ -59,8 +65,9 @@ def _balance(obs):
     return (obs[:, 2] + 0.5 * obs[:, 3] > 0).astype(np.int64)
 
 
+@pytest.mark.parametrize("fused", FUSED)
 @pytest.mark.parametrize("env_id", ["CartPole-v1", "CartPole-v0"])
-def test_cartpole_trajectories_match_gymnasium(env_id):
+def test_cartpole_trajectories_match_gymnasium(env_id, fused):
     """Thousands of steps of many envs, half balanced to the time limit, half random.
 
     After each done the native env's fresh state is replaced by gymnasium's reset state (the two
@@ -69,7 +76,7 @@ def test_cartpole_trajectories_match_gymnasium(env_id):
     n, steps = 48, 2500 if env_id == "CartPole-v1" else 1200
     envs = _gym_envs(env_id, n, seed=100)
     gym_state = np.array([e.unwrapped.state for e in envs])
-    native = TorchCartPole(n, dtype=torch.float64, env_id=env_id)
+    native = TorchCartPole(n, dtype=torch.float64, env_id=env_id, fused=fused)
     native.reset(seed=0)
     native.set_state(torch.from_numpy(gym_state))
     rng = np.random.default_rng(1)
@@ -81,6 +88,8 @@ def test_cartpole_trajectories_match_gymnasium(env_id):
         results = [e.step(int(a)) for e, a in zip(envs, actions)]
         expected = np.array([e.unwrapped.state for e in envs])
         np.testing.assert_allclose(native.final_obs.numpy(), expected, rtol=RTOL, atol=1e-12, err_msg=f"step {t}")
+        if fused:
+            assert np.array_equal(native.final_obs.numpy(), expected), t
         term = np.array([r[2] for r in results])
         trunc = np.array([r[3] for r in results])
         assert np.array_equal(step.terminated.numpy(), term), t
@@ -163,3 +172,44 @@ def test_cartpole_cuda_matches_cpu_dynamics():
     c, g = cpu.step(a), gpu.step(a.cuda())
     torch.testing.assert_close(gpu.final_obs.cpu(), cpu.final_obs, rtol=RTOL, atol=1e-12)
     assert torch.equal(c.done, g.done.cpu())
+
+
+@pytest.mark.parametrize("n", [64, 1024])  # reset by selection / by index (SELECT_RESET_MAX_ENVS)
+def test_fused_cartpole_resets_seeds_and_refusals(n):
+    def run(seed):
+        env = make_env("CartPole-v1", n, fused=True)
+        obs = [env.reset(seed=seed).clone()]
+        g = torch.Generator().manual_seed(0)
+        dones = 0
+        for _ in range(120):
+            step = env.step(torch.randint(0, 2, (n,), generator=g))
+            obs.append(step.obs.clone())
+            d = step.done
+            dones += int(d.sum())
+            # Done copies come back fresh with a zeroed counter; final_obs keeps where they ended.
+            assert (step.obs[d].abs() <= 0.05).all() and (env.elapsed[d] == 0).all()
+            assert (env.final_obs[step.terminated].abs() > torch.tensor([2.4, float("inf"), 0.2094, float("inf")])).any(1).all()
+            assert step.valid.all()
+        assert dones > n  # random actions end episodes every ~20 steps
+        return torch.stack(obs)
+
+    before = torch.random.get_rng_state()
+    a = run(5)
+    assert torch.equal(torch.random.get_rng_state(), before)
+    assert torch.equal(a, run(5)) and not torch.equal(a, run(6))
+
+
+def test_fused_is_refused_where_it_does_not_exist():
+    with pytest.raises(ValueError, match="fused C\\+\\+ step exists for native CartPole-v1, CartPole-v0 only"):
+        make_env("Acrobot-v1", 2, fused=True)
+    with pytest.raises(ValueError, match="only"):
+        make_env("CartPole-v1", 2, backend="sync", fused=True)
+
+
+def test_trainer_with_the_fused_kernel_matches_its_config():
+    from fastpg import Config, Trainer
+
+    cfg = Config(env_kernel="cpp", device="cpu", num_envs=8, num_steps=64, max_epochs=2, eval_episodes=4, quiet=True)
+    with Trainer(cfg) as tr:
+        ms = list(tr.run())
+        assert tr.env.fused and len(ms) == 2 and ms[-1]["episodes"] > 0

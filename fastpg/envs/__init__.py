@@ -48,6 +48,10 @@ __all__ = [
 _NATIVE: dict[str, type[NativeEnv]] = {env_id: cls for cls in NATIVE_ENVS for env_id in cls.VERSIONS}
 
 
+# Native ids with a fused C++ CPU step (``make_env(..., fused=True)``).
+FUSED_ENV_IDS = tuple(TorchCartPole.VERSIONS)
+
+
 def native_env_ids() -> tuple[str, ...]:
     """Environment ids that have a native torch implementation (backend ``torch``)."""
     return tuple(sorted(_NATIVE))
@@ -94,15 +98,20 @@ def make_env(
     backend: str = "auto",
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
+    fused: bool = False,
 ) -> BatchedEnv:
     """Build ``num_envs`` lockstep copies of ``env_id`` with the chosen backend, on ``device``.
 
     ``dtype`` is the state dtype of native torch envs (float32 or float64); gymnasium backends
-    compute in numpy and hand over float32 observations."""
+    compute in numpy and hand over float32 observations. ``fused=True`` selects the compiled C++
+    CPU step of native CartPole (``TorchCartPole``); other ids and backends refuse it."""
     backend = resolve_backend(env_id, backend)
     problem = backend_problem(env_id, backend)
     if problem:
         raise ValueError(f"backend {problem}")
+    if fused and (backend != "torch" or env_id not in FUSED_ENV_IDS):
+        raise ValueError(f"fused=True: the fused C++ step exists for native {', '.join(FUSED_ENV_IDS)} only, not {backend} {env_id}")
     if backend == "torch":
-        return _NATIVE[env_id](num_envs, device, dtype, env_id=env_id)
+        extra = {"fused": True} if fused else {}
+        return _NATIVE[env_id](num_envs, device, dtype, env_id=env_id, **extra)
     return make_gym_vector_env(env_id, backend, num_envs, device)

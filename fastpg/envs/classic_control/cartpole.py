@@ -7,8 +7,9 @@ import math
 import torch
 from torch import Tensor
 
-from fastpg.envs.base import EnvInfo
-from fastpg.envs.classic_control._base import NativeEnv
+from fastpg.envs.base import EnvInfo, Step
+from fastpg.envs.classic_control._base import SELECT_RESET_MAX_ENVS, NativeEnv
+from fastpg.envs.classic_control._cpp import cartpole_kernel
 
 __all__ = ["TorchCartPole"]
 
@@ -20,6 +21,10 @@ class TorchCartPole(NativeEnv):
     reward 1 for every step including the terminal one; terminated when ``|x| > 2.4`` or
     ``|theta| > 12 degrees``; reset uniform in ``[-0.05, 0.05]^4``. Euler integration, tau 0.02.
     The arithmetic is gymnasium's, operation for operation.
+
+    ``fused=True`` (CPU only) steps with one compiled C++ loop instead of ~35 torch ops: several
+    times faster at small N, and bit-identical to gymnasium in float64; it is compiled on first use
+    (see ``fastpg.envs.classic_control._cpp``).
     """
 
     state_dim = 4
@@ -30,8 +35,21 @@ class TorchCartPole(NativeEnv):
     x_threshold = 2.4
     VERSIONS = {"CartPole-v1": (500, 475.0), "CartPole-v0": (200, 195.0)}
 
-    def __init__(self, num_envs: int, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, env_id: str = "CartPole-v1"):
+    def __init__(
+        self,
+        num_envs: int,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+        env_id: str = "CartPole-v1",
+        fused: bool = False,
+    ):
         super().__init__(num_envs, device, dtype, env_id)
+        self.fused = fused
+        if fused:
+            if self.device.type != "cpu":
+                raise ValueError(f"fused=True is a CPU kernel; this env is on {self.device} (use fused=False)")
+            self._kernel = cartpole_kernel()
+            self._no_tensor = torch.empty(0, dtype=dtype)
         self.info = EnvInfo(
             env_id=env_id,
             obs_shape=(4,),
@@ -75,3 +93,19 @@ class TorchCartPole(NativeEnv):
         new = torch.stack((x_dot, xacc, theta_dot, thetaacc)).mul_(self._c_tau).add_(state)
         terminated = (new.abs() > self._c_thresholds).any(0)  # |x| > 2.4 or |theta| > 12 deg
         return new, self._reward, terminated
+
+    def step(self, action: Tensor) -> Step:
+        if not self.fused:
+            return super().step(action)
+        # The fused kernel: dynamics, termination, time limit and (up to SELECT_RESET_MAX_ENVS
+        # copies) the reset selection in one loop; same generator draws as the torch path.
+        n, state = self.num_envs, self._state
+        select = n <= SELECT_RESET_MAX_ENVS
+        fresh = self._sample_reset(n) if select else self._no_tensor
+        final, after = torch.empty_like(state), torch.empty_like(state) if select else self._no_tensor
+        done, terminated = torch.empty(n, dtype=torch.bool), torch.empty(n, dtype=torch.bool)
+        action = action.to(torch.int64).contiguous()
+        self._kernel.cartpole_step(state, final, after, fresh, action, self.elapsed, done, terminated, self.max_episode_steps)
+        self._final = final
+        self._state = after if select else self._reset_done(final, done)
+        return Step(self._observe(self._state), self._reward, done, self._valid, terminated)
