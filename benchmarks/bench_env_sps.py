@@ -2,7 +2,8 @@
 
     .venv/bin/python -m pytest benchmarks/bench_env_sps.py --benchmark-json benchmarks/results/env_sps.json
 
-Compared in one run: fastpg's native CartPole-v1 (``backend torch``, float32) against gymnasium's
+Compared in one run: fastpg's native CartPole-v1 (``backend torch``, float32), both its torch-op
+step ("native") and its fused C++ CPU step ("native-fused", ``--env-kernel cpp``), against gymnasium's
 numpy-vectorized CartPole (``CartPoleVectorEnv``, the id's vector entry point) at N = 256, 4096 and
 65536, and against gymnasium's ``SyncVectorEnv`` at N = 256. Actions are drawn before timing
 (16 action batches, cycled), so only stepping is timed; gymnasium gets numpy actions and the native
@@ -29,13 +30,14 @@ ROUNDS = 7
 CPU_SIZES = (256, 4096, 65536)
 STEPS_PER_ROUND = {256: 200, 4096: 50, 65536: 12, 2**20: 50}
 
-for n in CPU_SIZES:
-    declare_ratio(f"native / gymnasium CartPoleVectorEnv, N={n}", ("native", n, "cpu"), ("gym-vector", n, "cpu"))
-declare_ratio("native / gymnasium SyncVectorEnv, N=256", ("native", 256, "cpu"), ("gym-sync", 256, "cpu"))
+for impl in ("native", "native-fused"):
+    for n in CPU_SIZES:
+        declare_ratio(f"{impl} / gymnasium CartPoleVectorEnv, N={n}", (impl, n, "cpu"), ("gym-vector", n, "cpu"))
+    declare_ratio(f"{impl} / gymnasium SyncVectorEnv, N=256", (impl, 256, "cpu"), ("gym-sync", 256, "cpu"))
 
 
-def _native_runner(n: int, device: str):
-    env = make_env("CartPole-v1", n, backend="torch", device=device)
+def _native_runner(n: int, device: str, fused: bool = False):
+    env = make_env("CartPole-v1", n, backend="torch", device=device, fused=fused)
     env.reset(seed=0)
     g = torch.Generator(device=device).manual_seed(0)
     actions = [torch.randint(0, 2, (n,), generator=g, device=device) for _ in range(16)]
@@ -70,6 +72,13 @@ def test_native_cartpole_cpu(benchmark, record, n):
     run, steps = _native_runner(n, "cpu")
     benchmark.pedantic(run, rounds=ROUNDS, warmup_rounds=2)
     record(benchmark, "native", n, n * steps)
+
+
+@pytest.mark.parametrize("n", CPU_SIZES)
+def test_native_cartpole_cpu_fused(benchmark, record, n):
+    run, steps = _native_runner(n, "cpu", fused=True)  # the kernel is built (or loaded) before timing
+    benchmark.pedantic(run, rounds=ROUNDS, warmup_rounds=2)
+    record(benchmark, "native-fused", n, n * steps)
 
 
 @pytest.mark.parametrize("n", CPU_SIZES)
