@@ -304,3 +304,25 @@ def test_acrobot_wrap_covers_the_largest_step_and_matches_gymnasium_far_out():
     far = torch.tensor([[-60.0, 3.2, 100.123, -np.pi, np.pi, 7.0]], dtype=torch.float64)
     got = TorchAcrobot(6, dtype=torch.float64)._wrap(far)
     assert got.tolist()[0] == [wrap(x, -np.pi, np.pi) for x in far.tolist()[0]]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("env_id", native_env_ids())
+def test_cuda_step_matches_cpu_step(env_id):
+    """The CUDA path (fixed-count wrap, draw-all resets) computes the same dynamics as the CPU path."""
+    rng = np.random.default_rng(0)
+    n = 2000
+    if env_id.startswith("CartPole"):
+        states = rng.uniform(-0.3, 0.3, size=(n, 4))
+        actions, elapsed = rng.integers(0, 2, size=n), rng.integers(1, 100, size=n)
+    else:
+        states, actions, elapsed = _edge_states(env_id, rng, n)
+    cpu, gpu = _native(env_id, n), make_env(env_id, n, backend="torch", device="cuda", dtype=torch.float64)
+    gpu.reset(seed=0)
+    for env in (cpu, gpu):
+        env.set_state(torch.from_numpy(states), torch.from_numpy(elapsed))
+    a = _native_action(env_id, actions)
+    c, g = cpu.step(a), gpu.step(a.cuda())
+    torch.testing.assert_close(gpu._final.cpu(), cpu._final, rtol=RTOL, atol=ATOL)
+    torch.testing.assert_close(g.reward.cpu(), c.reward, rtol=RTOL, atol=ATOL)
+    assert torch.equal(g.done.cpu(), c.done) and torch.equal(g.terminated.cpu(), c.terminated)
