@@ -64,6 +64,21 @@ class NativeEnv:
         self._valid = torch.ones(num_envs, dtype=torch.bool, device=self.device)
         self.info: EnvInfo
 
+    def _make_info(self, obs_dim: int, *, num_actions: int | None = None, action_bound: float | None = None) -> EnvInfo:
+        """EnvInfo for ``Discrete(num_actions)`` or ``Box(-action_bound, action_bound, (1,))`` actions."""
+        box = action_bound is not None
+        return EnvInfo(
+            env_id=self.env_id,
+            obs_shape=(obs_dim,),
+            discrete=not box,
+            num_actions=None if box else num_actions,
+            action_shape=(1,) if box else (),
+            action_low=torch.tensor([-action_bound]) if box else None,
+            action_high=torch.tensor([action_bound]) if box else None,
+            reward_threshold=self.reward_threshold,
+            max_episode_steps=self.max_episode_steps,
+        )
+
     def _const(self, value: float, dtype: torch.dtype | None = None) -> Tensor:
         return torch.tensor(value, dtype=dtype or self.state_dtype, device=self.device)
 

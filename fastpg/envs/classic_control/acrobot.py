@@ -8,7 +8,6 @@ import math
 import torch
 from torch import Tensor
 
-from fastpg.envs.base import EnvInfo
 from fastpg.envs.classic_control._base import NativeEnv
 
 __all__ = ["TorchAcrobot"]
@@ -48,17 +47,7 @@ class TorchAcrobot(NativeEnv):
 
     def __init__(self, num_envs: int, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, env_id: str = "Acrobot-v1"):
         super().__init__(num_envs, device, dtype, env_id)
-        high = torch.tensor([1.0, 1.0, 1.0, 1.0, self.MAX_VEL_1, self.MAX_VEL_2])
-        self.info = EnvInfo(
-            env_id=env_id,
-            obs_shape=(6,),
-            discrete=True,
-            num_actions=3,
-            action_shape=(),
-            reward_threshold=self.reward_threshold,
-            max_episode_steps=self.max_episode_steps,
-        )
-        self.observation_high = high
+        self.info = self._make_info(6, num_actions=3)
         m1, m2, l1 = self.LINK_MASS_1, self.LINK_MASS_2, self.LINK_LENGTH_1
         lc1, lc2, I1, I2, g = self.LINK_COM_POS_1, self.LINK_COM_POS_2, self.LINK_MOI, self.LINK_MOI, self.g
         c = self._const

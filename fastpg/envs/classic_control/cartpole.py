@@ -7,7 +7,7 @@ import math
 import torch
 from torch import Tensor
 
-from fastpg.envs.base import EnvInfo, Step
+from fastpg.envs.base import Step
 from fastpg.envs.classic_control._base import SELECT_RESET_MAX_ENVS, NativeEnv
 from fastpg.envs.classic_control._cpp import cartpole_kernel
 
@@ -50,15 +50,7 @@ class TorchCartPole(NativeEnv):
                 raise ValueError(f"fused=True is a CPU kernel; this env is on {self.device} (use fused=False)")
             self._kernel = cartpole_kernel()
             self._no_tensor = torch.empty(0, dtype=dtype)
-        self.info = EnvInfo(
-            env_id=env_id,
-            obs_shape=(4,),
-            discrete=True,
-            num_actions=2,
-            action_shape=(),
-            reward_threshold=self.reward_threshold,
-            max_episode_steps=self.max_episode_steps,
-        )
+        self.info = self._make_info(4, num_actions=2)
         self._reward = torch.ones(num_envs, dtype=dtype, device=self.device)
         self._force = torch.tensor([-self.force_mag, self.force_mag], dtype=dtype, device=self.device)
         c = self._const

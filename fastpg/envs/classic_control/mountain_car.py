@@ -6,7 +6,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from fastpg.envs.base import EnvInfo
 from fastpg.envs.classic_control._base import NativeEnv
 
 __all__ = ["TorchMountainCar", "TorchMountainCarContinuous"]
@@ -38,15 +37,7 @@ class TorchMountainCar(NativeEnv):
 
     def __init__(self, num_envs: int, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, env_id: str = "MountainCar-v0"):
         super().__init__(num_envs, device, dtype, env_id)
-        self.info = EnvInfo(
-            env_id=env_id,
-            obs_shape=(2,),
-            discrete=True,
-            num_actions=3,
-            action_shape=(),
-            reward_threshold=self.reward_threshold,
-            max_episode_steps=self.max_episode_steps,
-        )
+        self.info = self._make_info(2, num_actions=3)
         c = self._const
         # gymnasium: velocity += (action - 1) * force + cos(3 * position) * (-gravity)
         self._push = torch.tensor([(a - 1) * self.force for a in range(3)], dtype=self.state_dtype, device=self.device)
@@ -87,17 +78,7 @@ class TorchMountainCarContinuous(NativeEnv):
 
     def __init__(self, num_envs: int, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, env_id: str = "MountainCarContinuous-v0"):
         super().__init__(num_envs, device, dtype, env_id, state_dtype=torch.float64)
-        self.info = EnvInfo(
-            env_id=env_id,
-            obs_shape=(2,),
-            discrete=False,
-            num_actions=None,
-            action_shape=(1,),
-            action_low=torch.tensor([self.min_action]),
-            action_high=torch.tensor([self.max_action]),
-            reward_threshold=self.reward_threshold,
-            max_episode_steps=self.max_episode_steps,
-        )
+        self.info = self._make_info(2, action_bound=self.max_action)
         f32 = torch.float32
         c = self._const
         self._power32, self._power64 = c(self.power, f32), c(self.power)

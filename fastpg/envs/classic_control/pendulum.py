@@ -7,7 +7,6 @@ import math
 import torch
 from torch import Tensor
 
-from fastpg.envs.base import EnvInfo
 from fastpg.envs.classic_control._base import NativeEnv
 
 __all__ = ["TorchPendulum"]
@@ -28,17 +27,7 @@ class TorchPendulum(NativeEnv):
 
     def __init__(self, num_envs: int, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, env_id: str = "Pendulum-v1"):
         super().__init__(num_envs, device, dtype, env_id)
-        self.info = EnvInfo(
-            env_id=env_id,
-            obs_shape=(3,),
-            discrete=False,
-            num_actions=None,
-            action_shape=(1,),
-            action_low=torch.tensor([-self.max_torque]),
-            action_high=torch.tensor([self.max_torque]),
-            reward_threshold=self.reward_threshold,
-            max_episode_steps=self.max_episode_steps,
-        )
+        self.info = self._make_info(3, action_bound=self.max_torque)
         c, f32 = self._const, torch.float32
         g, m, l = self.g, self.m, self.l
         self._gravity_k, self._torque_k = c(3 * g / (2 * l)), c(3.0 / (m * l**2), f32)
