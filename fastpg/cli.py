@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 import tyro
 
+from fastpg.bench import BenchConfig
 from fastpg.config import Config, ConfigError
 from fastpg.envs import UnsupportedEnvError
 
@@ -24,6 +25,7 @@ fastpg: vectorized REINFORCE for PyTorch.
 
 commands:
   train    train a policy (fastpg train --help lists every flag)
+  bench    measure steps/s per phase, backend and N (fastpg bench --help)
 """
 
 
@@ -38,10 +40,24 @@ class _ParsedConfig(Config):
         pass
 
 
+@dataclasses.dataclass(frozen=True)
+class _ParsedBenchConfig(BenchConfig):
+    """Measure fastpg's throughput per phase, backend and number of envs."""
+
+    def __post_init__(self) -> None:  # validated by building the real BenchConfig (see above)
+        pass
+
+
 def parse_config(argv: Sequence[str]) -> Config:
     """Parse ``fastpg train`` flags into a validated ``Config`` (raises ``ConfigError``)."""
     raw = tyro.cli(_ParsedConfig, args=list(argv), prog="fastpg train")
     return Config(**{f.name: getattr(raw, f.name) for f in dataclasses.fields(Config)})
+
+
+def parse_bench_config(argv: Sequence[str]) -> BenchConfig:
+    """Parse ``fastpg bench`` flags into a validated ``BenchConfig`` (raises ``ConfigError``)."""
+    raw = tyro.cli(_ParsedBenchConfig, args=list(argv), prog="fastpg bench")
+    return BenchConfig(**{f.name: getattr(raw, f.name) for f in dataclasses.fields(BenchConfig)})
 
 
 def _error(message: str) -> int:
@@ -60,8 +76,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(_USAGE, end="")
         return 0 if argv else 2
     command, rest = argv[0], argv[1:]
+    if command == "bench":
+        return _bench(rest)
     if command != "train":
-        return _error(f"unknown command {command!r} (commands: train)")
+        return _error(f"unknown command {command!r} (commands: train, bench)")
     try:
         cfg = parse_config(rest)
     except ConfigError as e:
@@ -71,6 +89,24 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         train(cfg)
+    except ConfigError as e:
+        return _config_error(e)
+    except UnsupportedEnvError as e:
+        return _error(f"--env: {e}")
+    except KeyboardInterrupt:
+        return _error("interrupted")
+    return 0
+
+
+def _bench(argv: Sequence[str]) -> int:
+    try:
+        b = parse_bench_config(argv)
+    except ConfigError as e:
+        return _config_error(e)
+    from fastpg.bench import main_bench
+
+    try:
+        main_bench(b)
     except ConfigError as e:
         return _config_error(e)
     except UnsupportedEnvError as e:
