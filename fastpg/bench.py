@@ -55,8 +55,7 @@ class BenchConfig:
     backends: tuple[Literal["torch", "vector", "sync", "async"], ...] = ("torch", "vector")
     """Backends to compare (sync/async are skipped above N = 4096)."""
     num_envs: tuple[int, ...] = (16, 256, 4096)
-    """Values of N (the defaults finish in a few minutes on 2 CPU cores; add 65536 and more on a
-    GPU or for patient runs: on CPU one update of T x N = 8.4M samples takes ~30 s)."""
+    """Values of N. The defaults take a few minutes on 2 CPU cores; larger N suits a GPU (on CPU one update of 128 x 65536 samples takes ~30 s)."""
     num_steps: int = 128
     """T: steps per epoch (collect, update, train) and rows of the returns kernel."""
     phases: tuple[Phase, ...] = PHASES
