@@ -1,0 +1,48 @@
+"""The update and one end-to-end epoch, per backend, at realistic sizes.
+
+    .venv/bin/python -m pytest benchmarks/bench_train.py --benchmark-json benchmarks/results/train.json
+
+CartPole-v1, T = 128. ``update``: ``Trainer.update()`` on a stored epoch (samples/s over all
+T x N entries). ``epoch``: ``Trainer.epoch()`` (collect + update + metrics; valid env steps/s).
+Policies: fastpg's default (MLP 128, relu) and the tch-rs example's (MLP 32, tanh). ``extra_info``
+records T, N, device and policy.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fastpg import Config, Trainer
+
+T = 128
+ROUNDS = 5
+POLICIES = {"mlp128-relu": ((128,), "relu"), "mlp32-tanh": ((32,), "tanh")}
+SIZES = [("torch", 256), ("torch", 4096), ("vector", 4096)]
+
+
+def _trainer(backend: str, n: int, policy: str) -> Trainer:
+    hidden, activation = POLICIES[policy]
+    cfg = Config(backend=backend, num_envs=n, num_steps=T, hidden_sizes=hidden, activation=activation,
+                 device="cpu", eval_episodes=0, quiet=True)
+    return Trainer(cfg)
+
+
+@pytest.mark.parametrize("policy", list(POLICIES))
+@pytest.mark.parametrize("backend,n", SIZES, ids=[f"{b}-{n}" for b, n in SIZES])
+def test_update(benchmark, record, backend, n, policy):
+    with _trainer(backend, n, policy) as tr:
+        tr.collect()
+        benchmark.pedantic(tr.update, rounds=ROUNDS, warmup_rounds=1)
+        benchmark.extra_info.update(T=T, policy=policy)
+        record(benchmark, f"update-{backend}-{policy}", n, T * n)
+
+
+@pytest.mark.parametrize("policy", list(POLICIES))
+@pytest.mark.parametrize("backend,n", SIZES, ids=[f"{b}-{n}" for b, n in SIZES])
+def test_epoch(benchmark, record, backend, n, policy):
+    with _trainer(backend, n, policy) as tr:
+        benchmark.pedantic(tr.epoch, rounds=ROUNDS, warmup_rounds=1)
+        valid = int(tr.buf["valid"].sum())  # the last epoch's valid steps (NEXT_STEP resets excluded)
+        benchmark.extra_info.update(T=T, policy=policy, valid_fraction=valid / (T * n))
+        record(benchmark, f"epoch-{backend}-{policy}", n, valid)
