@@ -16,6 +16,8 @@ __all__ = [
     "masked_normalize",
     "reinforce_loss",
     "reinforce_loss_reference",
+    "advantage",
+    "surrogate",
     "BASELINES",
 ]
 
@@ -123,8 +125,29 @@ def reinforce_loss(
             raise ValueError("baseline='value' needs the value predictions")
         _check_same("value", value, mask)
 
+    adv, stats = advantage(ret, mask, baseline=baseline, normalize=normalize, value=value)
+    if entropy is not None:
+        _check_same("entropy", entropy, mask)
+    count = mask.to(log_prob.dtype).sum().clamp_min(1.0)
+    loss, parts = surrogate(
+        log_prob, adv, mask, count, ret=ret, value=value if baseline == "value" else None,
+        entropy=entropy, entropy_coef=entropy_coef, value_coef=value_coef,
+    )
+    return loss, {**parts, **stats}
+
+
+def advantage(
+    ret: Tensor, mask: Tensor, *, baseline: str = "none", normalize: bool = True, value: Tensor | None = None
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """The advantage ``A`` of ``reinforce_loss`` (detached) and its statistics.
+
+    Args and the baselines as in ``reinforce_loss``; ``value`` may be detached predictions.
+
+    Returns:
+        (adv [T, N], stats): detached scalars ``adv_mean, adv_std, ret_mean, mask_frac``.
+    """
     ret = ret.detach()
-    ret_mean, ret_std = masked_mean_std(ret, mask)
+    ret_mean, _ = masked_mean_std(ret, mask)
     if baseline == "value":
         adv = ret - value.detach()
     elif baseline == "mean":
@@ -133,32 +156,48 @@ def reinforce_loss(
         adv = ret
     if normalize:
         adv = masked_normalize(adv, mask)
-    policy_loss = -masked_mean(adv * log_prob, mask)
+    adv_mean, adv_std = masked_mean_std(adv, mask)
+    return adv, {"adv_mean": adv_mean, "adv_std": adv_std, "ret_mean": ret_mean, "mask_frac": mask.float().mean()}
+
+
+def surrogate(
+    log_prob: Tensor,
+    adv: Tensor,
+    mask: Tensor,
+    count: Tensor,
+    *,
+    ret: Tensor | None = None,
+    value: Tensor | None = None,
+    entropy: Tensor | None = None,
+    entropy_coef: float = 0.0,
+    value_coef: float = 0.5,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """The terms of ``reinforce_loss`` for a slice of the entries, each sum divided by ``count``.
+
+    With ``count`` the number of masked entries of the whole batch, the losses of disjoint slices
+    add up to ``reinforce_loss`` of the batch (so the update can run slice by slice, accumulating
+    gradients). ``value`` (with ``ret``) adds the value loss; ``entropy`` the entropy term, kept out
+    of the graph when ``entropy_coef`` is 0.
+
+    Returns:
+        (loss, parts): parts are detached ``policy_loss, value_loss, entropy`` (their slice's share).
+    """
+    m = mask.to(log_prob.dtype)
+    policy_loss = -(adv * log_prob * m).sum() / count
     loss = policy_loss
     zero = torch.zeros((), dtype=log_prob.dtype, device=log_prob.device)
     value_loss = zero
-    if baseline == "value":
-        value_loss = 0.5 * masked_mean((value - ret) ** 2, mask)
+    if value is not None:
+        value_loss = 0.5 * (((value - ret.detach()) ** 2) * m).sum() / count
         loss = loss + value_coef * value_loss
     ent = zero
     if entropy is not None:
-        _check_same("entropy", entropy, mask)
         if entropy_coef:
-            ent = masked_mean(entropy, mask)
+            ent = (entropy * m).sum() / count
             loss = loss - entropy_coef * ent
         else:  # reported only: keep it out of the graph
-            ent = masked_mean(entropy.detach(), mask)
-    adv_mean, adv_std = masked_mean_std(adv, mask)
-    stats = {
-        "policy_loss": policy_loss.detach(),
-        "value_loss": value_loss.detach(),
-        "entropy": ent.detach(),
-        "adv_mean": adv_mean,
-        "adv_std": adv_std,
-        "ret_mean": ret_mean,
-        "mask_frac": mask.float().mean(),
-    }
-    return loss, stats
+            ent = (entropy.detach() * m).sum() / count
+    return loss, {"policy_loss": policy_loss.detach(), "value_loss": value_loss.detach(), "entropy": ent.detach()}
 
 
 def reinforce_loss_reference(

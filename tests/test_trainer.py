@@ -170,3 +170,45 @@ def test_env_dtype_float64_runs_the_native_env_in_float64():
         assert tr.buf["obs"].dtype == torch.float32  # storage keeps float32
         assert len(ms) == 2 and math.isfinite(ms[-1]["loss"])
         assert math.isfinite(tr.evaluate(2)["eval_return_mean"])
+
+
+@pytest.mark.parametrize(
+    "env_id, changes",
+    [
+        ("CartPole-v1", dict()),
+        ("CartPole-v1", dict(baseline="mean", entropy_coef=0.01)),
+        ("CartPole-v1", dict(baseline="value", normalize_returns=False)),
+        ("CartPole-v1", dict(baseline="value", unfinished="bootstrap")),
+        ("Pendulum-v1", dict(baseline="value", unfinished="bootstrap", entropy_coef=0.02)),  # T < episode: bootstrap
+    ],
+)
+def test_sliced_update_has_the_gradient_of_the_whole_batch_loss(env_id, changes):
+    """update() runs the loss slice by slice; its gradient and stats equal reinforce_loss on the
+    whole batch (the specification, tested against its reference in test_loss.py)."""
+    from fastpg.loss import reinforce_loss
+    from fastpg.returns import episode_complete_mask, reward_to_go
+
+    cfg = Config(env=env_id, num_envs=6, num_steps=40, hidden_sizes=(16,), quiet=True, eval_episodes=0, **changes)
+    with Trainer(cfg) as tr:
+        tr.collect()
+        tr.update_rows = 7  # many slices, the last one partial
+        stats = tr.update(apply=False)
+        sliced = [p.grad.clone() for p in tr.policy.parameters()]
+        buf, pol = tr.buf, tr.policy
+        bootstrap = pol.value(tr.carry.obs).detach() if cfg.unfinished == "bootstrap" else None
+        ret = reward_to_go(buf["reward"], buf["done"], cfg.gamma, bootstrap=bootstrap)
+        mask = buf["valid"] & (episode_complete_mask(buf["done"]) if cfg.unfinished == "mask" else True)
+        dist = pol(buf["obs"])
+        loss, ref_stats = reinforce_loss(
+            dist.log_prob(buf["action"]), ret, mask, baseline=cfg.baseline, normalize=cfg.normalize_returns,
+            value=pol.value(buf["obs"]) if cfg.baseline == "value" else None, entropy=dist.entropy(),
+            entropy_coef=cfg.entropy_coef, value_coef=cfg.value_coef,
+        )
+        pol.zero_grad()
+        loss.backward()
+        for a, b in zip(sliced, [p.grad for p in pol.parameters()]):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(stats["loss"], loss.detach(), rtol=1e-4, atol=1e-6)
+        for k in ("policy_loss", "value_loss", "entropy", "adv_mean", "adv_std", "ret_mean"):
+            torch.testing.assert_close(stats[k], ref_stats[k], rtol=1e-4, atol=1e-6)
+        assert any(g.abs().sum() > 0 for g in sliced)
