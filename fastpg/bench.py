@@ -34,6 +34,7 @@ from typing import Any, Callable, Literal
 import torch
 
 from fastpg.config import ACTIVATIONS, Config, ConfigError
+from fastpg.metrics import format_si, synchronize
 
 __all__ = ["BenchConfig", "run_bench", "PHASES", "format_table", "machine_info"]
 
@@ -140,21 +141,16 @@ def _validate(b: BenchConfig) -> None:
 # -- measurement ----------------------------------------------------------------------------------
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _time(fn: Callable[[], Any], device: torch.device, warmup: int, repeats: int) -> tuple[list[float], list[Any]]:
     """Wall times of ``repeats`` calls of ``fn`` after ``warmup`` calls, and what each returned."""
     for _ in range(warmup):
         fn()
-    _sync(device)
+    synchronize(device)
     times, outs = [], []
     for _ in range(repeats):
         t0 = time.perf_counter()
         out = fn()
-        _sync(device)
+        synchronize(device)
         times.append(time.perf_counter() - t0)
         outs.append(out)
     return times, outs
@@ -182,7 +178,7 @@ def _measure_env(cfg: Config, device: torch.device, warmup: int, repeats: int) -
             t1 = time.perf_counter()
             for i in range(3):
                 env.step(actions[i % 16])
-            _sync(device)
+            synchronize(device)
             per_step = (time.perf_counter() - t1) / 3
             steps = int(min(2000, max(4, ENV_REPEAT_TARGET_S / max(per_step, 1e-7))))
 
@@ -299,7 +295,7 @@ def run_bench(b: BenchConfig, progress: Callable[[str], None] | None = None) -> 
             if "skipped" in row:
                 progress(f"{label} skipped: {row['skipped']}")
             else:
-                progress(f"{label} {_si(row['rate_median'])} {row['unit']} (min {_si(row['rate_min'])}, max {_si(row['rate_max'])})")
+                progress(f"{label} {format_si(row['rate_median'])} {row['unit']} (min {format_si(row['rate_min'])}, max {format_si(row['rate_max'])})")
     return {"config": _jsonable_config(b), "device": str(device), "machine": machine_info(device), "results": results}
 
 
@@ -341,13 +337,6 @@ def machine_info(device: torch.device) -> dict[str, Any]:
 # -- output -----------------------------------------------------------------------------------------
 
 
-def _si(x: float) -> str:
-    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(x) >= scale:
-            return f"{x / scale:.3g}{unit}"
-    return f"{x:.3g}"
-
-
 def format_table(report: dict[str, Any]) -> str:
     """Rates (median of the repetitions) as a table: a row per phase and backend, a column per N."""
     rows = report["results"]
@@ -362,7 +351,7 @@ def format_table(report: dict[str, Any]) -> str:
         cells = []
         for n in ns:
             r = next((r for r in rows if (r["phase"], r["backend"], r["num_envs"]) == (phase, backend, n)), None)
-            cells.append("" if r is None else "skipped" if "skipped" in r else _si(r["rate_median"]))
+            cells.append("" if r is None else "skipped" if "skipped" in r else format_si(r["rate_median"]))
         lines.append(f"{phase:<8} {backend or '-':<8} {RATE_UNIT[phase]:<11}" + "".join(f"{c:>11}" for c in cells))
     m = report["machine"]
     lines.append(
@@ -410,7 +399,7 @@ def main_bench(b: BenchConfig) -> dict[str, Any]:
     report = run_bench(b, progress)
     print(format_table(report), flush=True)
     if b.json is not None:
-        Path(b.json).write_text(json.dumps(report, indent=1, default=lambda v: None if isinstance(v, float) and not math.isfinite(v) else str(v)) + "\n")
+        Path(b.json).write_text(json.dumps(report, indent=1, default=str) + "\n")
     if b.plot is not None:
         write_plot(report, Path(b.plot))
     return report

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import tyro
 
-from fastpg.bench import BenchConfig
+from fastpg.bench import BenchConfig, main_bench
 from fastpg.config import Config, ConfigError
 from fastpg.envs import UnsupportedEnvError
 
@@ -48,16 +48,29 @@ class _ParsedBenchConfig(BenchConfig):
         pass
 
 
+def _parse(parsed_cls: type, cls: type, argv: Sequence[str], prog: str):
+    raw = tyro.cli(parsed_cls, args=list(argv), prog=prog)
+    return cls(**{f.name: getattr(raw, f.name) for f in dataclasses.fields(cls)})
+
+
 def parse_config(argv: Sequence[str]) -> Config:
     """Parse ``fastpg train`` flags into a validated ``Config`` (raises ``ConfigError``)."""
-    raw = tyro.cli(_ParsedConfig, args=list(argv), prog="fastpg train")
-    return Config(**{f.name: getattr(raw, f.name) for f in dataclasses.fields(Config)})
+    return _parse(_ParsedConfig, Config, argv, "fastpg train")
 
 
 def parse_bench_config(argv: Sequence[str]) -> BenchConfig:
     """Parse ``fastpg bench`` flags into a validated ``BenchConfig`` (raises ``ConfigError``)."""
-    raw = tyro.cli(_ParsedBenchConfig, args=list(argv), prog="fastpg bench")
-    return BenchConfig(**{f.name: getattr(raw, f.name) for f in dataclasses.fields(BenchConfig)})
+    return _parse(_ParsedBenchConfig, BenchConfig, argv, "fastpg bench")
+
+
+def _train(cfg: Config) -> None:
+    from fastpg.trainer import train
+
+    train(cfg)
+
+
+# command -> (parse flags into a validated config, run it)
+_COMMANDS = {"train": (parse_config, _train), "bench": (parse_bench_config, main_bench)}
 
 
 def _error(message: str) -> int:
@@ -76,37 +89,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(_USAGE, end="")
         return 0 if argv else 2
     command, rest = argv[0], argv[1:]
-    if command == "bench":
-        return _bench(rest)
-    if command != "train":
-        return _error(f"unknown command {command!r} (commands: train, bench)")
+    if command not in _COMMANDS:
+        return _error(f"unknown command {command!r} (commands: {', '.join(_COMMANDS)})")
+    parse, run = _COMMANDS[command]
     try:
-        cfg = parse_config(rest)
+        cfg = parse(rest)
     except ConfigError as e:
         return _config_error(e)
-
-    from fastpg.trainer import train
-
     try:
-        train(cfg)
-    except ConfigError as e:
-        return _config_error(e)
-    except UnsupportedEnvError as e:
-        return _error(f"--env: {e}")
-    except KeyboardInterrupt:
-        return _error("interrupted")
-    return 0
-
-
-def _bench(argv: Sequence[str]) -> int:
-    try:
-        b = parse_bench_config(argv)
-    except ConfigError as e:
-        return _config_error(e)
-    from fastpg.bench import main_bench
-
-    try:
-        main_bench(b)
+        run(cfg)
     except ConfigError as e:
         return _config_error(e)
     except UnsupportedEnvError as e:

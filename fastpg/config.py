@@ -187,20 +187,18 @@ def _validate(c: Config) -> None:
     _validate_env(c.env, c.backend)
     if c.env_kernel not in ("torch", "cpp"):
         _fail("env_kernel", f"must be torch or cpp; got {c.env_kernel!r}")
-    if c.env_kernel == "cpp":
-        from fastpg.envs import FUSED_ENV_IDS, resolve_backend
+    if c.env_kernel == "torch" and c.env_dtype == "float32":
+        return
+    from fastpg.envs import FUSED_ENV_IDS, resolve_backend
 
-        if c.env not in FUSED_ENV_IDS or resolve_backend(c.env, c.backend) != "torch":
+    backend = resolve_backend(c.env, c.backend)  # resolved once, only for the native-only options
+    if c.env_kernel == "cpp":
+        if c.env not in FUSED_ENV_IDS or backend != "torch":
             _fail("env_kernel", f"'cpp' exists for the native (backend torch) {', '.join(FUSED_ENV_IDS)} only; got {c.env} with backend {c.backend}")
         if c.device != "cpu" and not (c.device == "auto" and not _cuda_available()):
             _fail("env_kernel", f"'cpp' is a CPU kernel; use --device cpu (got device {c.device!r})")
-    if c.env_dtype != "float32":
-        from fastpg.envs import resolve_backend
-
-        backend = resolve_backend(c.env, c.backend)
-        if backend != "torch":
-            _fail("env_dtype", f"{c.env_dtype} applies to native torch envs only; backend {backend!r} for {c.env} computes in numpy")
-
+    if c.env_dtype != "float32" and backend != "torch":
+        _fail("env_dtype", f"{c.env_dtype} applies to native torch envs only; backend {backend!r} for {c.env} computes in numpy")
 
 def _cuda_available() -> bool:
     import torch

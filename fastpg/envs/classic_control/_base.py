@@ -122,9 +122,15 @@ class NativeEnv:
         self._state = self._reset_done(new, done)
         return Step(self._observe(self._state), reward, done, self._valid, terminated)
 
+    @property
+    def selects_resets(self) -> bool:
+        """True when resets draw a state for every copy and select the done ones (CUDA, and CPU up
+        to ``SELECT_RESET_MAX_ENVS`` copies); False when only the done copies draw."""
+        return self.device.type != "cpu" or self.num_envs <= SELECT_RESET_MAX_ENVS
+
     def _reset_done(self, new: Tensor, done: Tensor) -> Tensor:
         """The state after resetting the done copies; ``new`` is left intact (it is ``final_obs``)."""
-        if self.device.type != "cpu" or self.num_envs <= SELECT_RESET_MAX_ENVS:
+        if self.selects_resets:
             # Draw a reset state for every copy and select: fixed shapes, and no host sync on CUDA
             # (nonzero would wait for the GPU every step); on CPU it is the cheaper way at small N.
             self.elapsed.masked_fill_(done, 0)

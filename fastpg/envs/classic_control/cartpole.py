@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from fastpg.envs.base import Step
-from fastpg.envs.classic_control._base import SELECT_RESET_MAX_ENVS, NativeEnv
+from fastpg.envs.classic_control._base import NativeEnv
 from fastpg.envs.classic_control._cpp import cartpole_kernel
 
 __all__ = ["TorchCartPole"]
@@ -89,10 +89,10 @@ class TorchCartPole(NativeEnv):
     def step(self, action: Tensor) -> Step:
         if not self.fused:
             return super().step(action)
-        # The fused kernel: dynamics, termination, time limit and (up to SELECT_RESET_MAX_ENVS
-        # copies) the reset selection in one loop; same generator draws as the torch path.
+        # The fused kernel: dynamics, termination, time limit and (where resets select) the reset
+        # selection in one loop; same generator draws as the torch path.
         n, state = self.num_envs, self._state
-        select = n <= SELECT_RESET_MAX_ENVS
+        select = self.selects_resets
         fresh = self._sample_reset(n) if select else self._no_tensor
         final, after = torch.empty_like(state), torch.empty_like(state) if select else self._no_tensor
         done, terminated = torch.empty(n, dtype=torch.bool), torch.empty(n, dtype=torch.bool)
