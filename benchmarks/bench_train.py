@@ -5,20 +5,25 @@
 CartPole-v1, T = 128. ``update``: ``Trainer.update()`` on a stored epoch (samples/s over all
 T x N entries). ``epoch``: ``Trainer.epoch()`` (collect + update + metrics; valid env steps/s).
 Policies: fastpg's default (MLP 128, relu) and the tch-rs example's (MLP 32, tanh). ``extra_info``
-records T, N, device and policy.
+records T, N, device and policy. ``update-one-pass`` runs the update as one whole-batch pass (no
+slices), the baseline of the sliced update's ratio.
 """
 
 from __future__ import annotations
 
 import pytest
-import torch
 
+from conftest import declare_ratio
 from fastpg import Config, Trainer
 
 T = 128
 ROUNDS = 5
 POLICIES = {"mlp128-relu": ((128,), "relu"), "mlp32-tanh": ((32,), "tanh")}
 SIZES = [("torch", 256), ("torch", 4096), ("vector", 4096)]
+
+
+for _policy in POLICIES:
+    declare_ratio(f"update sliced / one pass, native N=4096, {_policy}", (f"update-torch-{_policy}", 4096, "cpu"), (f"update-one-pass-{_policy}", 4096, "cpu"))
 
 
 def _trainer(backend: str, n: int, policy: str) -> Trainer:
@@ -36,6 +41,16 @@ def test_update(benchmark, record, backend, n, policy):
         benchmark.pedantic(tr.update, rounds=ROUNDS, warmup_rounds=1)
         benchmark.extra_info.update(T=T, policy=policy)
         record(benchmark, f"update-{backend}-{policy}", n, T * n)
+
+
+@pytest.mark.parametrize("policy", list(POLICIES))
+def test_update_one_pass(benchmark, record, policy):
+    with _trainer("torch", 4096, policy) as tr:
+        tr.update_rows = T * 4096  # the whole batch in one slice
+        tr.collect()
+        benchmark.pedantic(tr.update, rounds=ROUNDS, warmup_rounds=1)
+        benchmark.extra_info.update(T=T, policy=policy)
+        record(benchmark, f"update-one-pass-{policy}", 4096, T * 4096)
 
 
 @pytest.mark.parametrize("policy", list(POLICIES))
