@@ -1,12 +1,14 @@
 """The per-episode REINFORCE of the classic CartPole tutorials, as a baseline for fastpg.
 
 One gymnasium ``CartPole-v1`` env, one episode per update; MLP 4-128-2 (ReLU), Adam lr 1e-2,
-gamma 0.99, returns normalized per episode, loss ``-sum(log_prob * G)``. It stops with fastpg's
-criterion (mean return of the latest 100 episodes >= the target), then evaluates 100 fresh
-episodes sampling from the policy, as fastpg does by default; evaluation time is excluded from the
-training time.
+gamma 0.99, returns normalized per episode, loss ``-sum(log_prob * G)``, actions sampled with
+``torch.distributions.Categorical`` from the global RNG (seeded), as the tutorials do.
 
-    python benchmarks/classic_reinforce.py --seed 0
+``ClassicReinforce(seed).episode()`` plays and learns from one episode; ``peers.py`` drives it under
+the common time-to-solve protocol. Run alone, it trains until the mean return of the latest 100
+episodes reaches 475 (or the time limit) and prints the steps and time:
+
+    .venv/bin/python benchmarks/classic_reinforce.py --seed 0
 """
 
 from __future__ import annotations
@@ -22,77 +24,70 @@ import torch
 from torch import nn
 
 
-def train_classic(seed: int = 0, target: float = 475.0, max_time_s: float = 300.0, max_episodes: int = 20_000) -> dict:
-    torch.manual_seed(seed)
-    env = gym.make("CartPole-v1")
-    policy = nn.Sequential(nn.Linear(4, 128), nn.ReLU(), nn.Linear(128, 2))
-    opt = torch.optim.Adam(policy.parameters(), lr=1e-2)
-    window: deque[float] = deque(maxlen=100)
-    gamma, eps = 0.99, np.finfo(np.float32).eps.item()
-    steps, episodes, solved_window = 0, 0, False
-    t0 = time.perf_counter()
-    obs, _ = env.reset(seed=seed)
-    while time.perf_counter() - t0 < max_time_s and episodes < max_episodes:
+class ClassicReinforce:
+    """The tutorial loop, one episode per call of ``episode()``."""
+
+    def __init__(self, seed: int = 0, gamma: float = 0.99, lr: float = 1e-2):
+        torch.manual_seed(seed)
+        self.env = gym.make("CartPole-v1")
+        self.policy = nn.Sequential(nn.Linear(4, 128), nn.ReLU(), nn.Linear(128, 2))
+        self.opt = torch.optim.Adam(self.policy.parameters(), lr=lr)
+        self.gamma = gamma
+        self.eps = np.finfo(np.float32).eps.item()
+        self.obs, _ = self.env.reset(seed=seed)
+        self.steps = 0
+        self.episodes = 0
+
+    def logits(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.policy(obs)
+
+    def episode(self) -> float:
+        """Play one episode, update once; returns the episode's return."""
         log_probs, rewards = [], []
         done = False
         while not done:
-            dist = torch.distributions.Categorical(logits=policy(torch.as_tensor(obs, dtype=torch.float32)))
+            dist = torch.distributions.Categorical(logits=self.policy(torch.as_tensor(self.obs, dtype=torch.float32)))
             action = dist.sample()
             log_probs.append(dist.log_prob(action))
-            obs, reward, terminated, truncated, _ = env.step(action.item())
+            self.obs, reward, terminated, truncated, _ = self.env.step(action.item())
             rewards.append(float(reward))
             done = terminated or truncated
-        obs, _ = env.reset()
-        steps += len(rewards)
-        episodes += 1
-        window.append(sum(rewards))
+        self.obs, _ = self.env.reset()
         returns, g = [], 0.0
         for r in reversed(rewards):
-            g = r + gamma * g
+            g = r + self.gamma * g
             returns.insert(0, g)
         ret = torch.tensor(returns)
-        ret = (ret - ret.mean()) / (ret.std() + eps)
+        ret = (ret - ret.mean()) / (ret.std() + self.eps)
         loss = -(torch.stack(log_probs) * ret).sum()
-        opt.zero_grad()
+        self.opt.zero_grad()
         loss.backward()
-        opt.step()
-        if len(window) == 100 and sum(window) / 100 >= target:
-            solved_window = True
-            break
-    train_s = time.perf_counter() - t0
-    eval_returns = []
-    g = torch.Generator().manual_seed(10_000_000 + seed)
-    with torch.no_grad():
-        for i in range(100):
-            o, _ = env.reset(seed=10_000_000 + seed * 1000 + i)
-            total, done = 0.0, False
-            while not done:
-                probs = torch.softmax(policy(torch.as_tensor(o, dtype=torch.float32)), -1)
-                a = torch.multinomial(probs, 1, generator=g).item()
-                o, r, term, trunc, _ = env.step(a)
-                total += r
-                done = term or trunc
-            eval_returns.append(total)
-    env.close()
-    eval_mean = float(np.mean(eval_returns))
-    solved = solved_window and eval_mean >= target
-    return {
-        "system": "classic_reinforce",
-        "seed": seed,
-        "solved": solved,
-        "time_to_solve_s": train_s if solved else None,
-        "env_steps_to_solve": steps if solved else None,
-        "train_wall_s": train_s,
-        "env_steps": steps,
-        "episodes": episodes,
-        "eval_return_mean": eval_mean,
-        "sps": steps / train_s,
-    }
+        self.opt.step()
+        self.steps += len(rewards)
+        self.episodes += 1
+        return sum(rewards)
+
+    def close(self) -> None:
+        self.env.close()
 
 
-if __name__ == "__main__":
+def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-time-s", type=float, default=300.0)
     args = p.parse_args()
-    print(json.dumps(train_classic(args.seed, max_time_s=args.max_time_s)))
+    learner = ClassicReinforce(args.seed)
+    window: deque[float] = deque(maxlen=100)
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < args.max_time_s:
+        window.append(learner.episode())
+        if len(window) == 100 and sum(window) / 100 >= 475:
+            break
+    train_s = time.perf_counter() - t0
+    learner.close()
+    print(json.dumps({"seed": args.seed, "last100_mean": sum(window) / len(window), "env_steps": learner.steps,
+                      "episodes": learner.episodes, "train_s": train_s, "sps": learner.steps / train_s}))
+
+
+if __name__ == "__main__":
+    main()

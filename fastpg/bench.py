@@ -14,7 +14,7 @@ Phases (each a rate from the median of ``repeats`` timed repetitions, after ``wa
 A step is a valid transition: gymnasium's NEXT_STEP reset steps are not counted in the rates and
 are reported on their own (``reset_steps``). CUDA is synchronized before every clock read. Setup
 (building envs and policy; compiling the fused kernel on its first use) is timed separately as
-``setup_s`` and never enters a rate.
+``setup_s``, and the untimed warm-up repetitions as ``warmup_s``; neither enters a rate.
 """
 
 from __future__ import annotations
@@ -141,11 +141,14 @@ def _validate(b: BenchConfig) -> None:
 # -- measurement ----------------------------------------------------------------------------------
 
 
-def _time(fn: Callable[[], Any], device: torch.device, warmup: int, repeats: int) -> tuple[list[float], list[Any]]:
-    """Wall times of ``repeats`` calls of ``fn`` after ``warmup`` calls, and what each returned."""
+def _time(fn: Callable[[], Any], device: torch.device, warmup: int, repeats: int) -> tuple[list[float], list[Any], float]:
+    """Wall times of ``repeats`` calls of ``fn`` after ``warmup`` calls, what each returned, and
+    the warm-up's total time (where first-call compilation lands)."""
+    t0 = time.perf_counter()
     for _ in range(warmup):
         fn()
     synchronize(device)
+    warmup_s = time.perf_counter() - t0
     times, outs = [], []
     for _ in range(repeats):
         t0 = time.perf_counter()
@@ -153,7 +156,7 @@ def _time(fn: Callable[[], Any], device: torch.device, warmup: int, repeats: int
         synchronize(device)
         times.append(time.perf_counter() - t0)
         outs.append(out)
-    return times, outs
+    return times, outs, warmup_s
 
 
 def _random_actions(info, n: int, device: torch.device, g: torch.Generator, count: int = 16) -> list[torch.Tensor]:
@@ -188,11 +191,11 @@ def _measure_env(cfg: Config, device: torch.device, warmup: int, repeats: int) -
                     valid += env.step(actions[i % 16]).valid.sum()
                 return int(valid), steps * cfg.num_envs
 
-            times, outs = _time(run, device, warmup, repeats)
+            times, outs, warmup_s = _time(run, device, warmup, repeats)
     finally:
         env.close()
     valid, total = outs[0]
-    return _result(times, valid, total - valid, setup_s, steps=steps)
+    return _result(times, valid, total - valid, setup_s, warmup_s=warmup_s, steps=steps)
 
 
 def _measure_trainer(phase: str, cfg: Config, device: torch.device, warmup: int, repeats: int) -> dict[str, Any]:
@@ -222,13 +225,13 @@ def _measure_trainer(phase: str, cfg: Config, device: torch.device, warmup: int,
                 trainer.epoch()
                 return int(trainer.buf["valid"].sum()), T * N
 
-        times, outs = _time(run, device, warmup, repeats)
+        times, outs, warmup_s = _time(run, device, warmup, repeats)
     finally:
         trainer.close()
     items = [o[0] for o in outs]
     if phase == "update":
-        return _result(times, items[0], 0, setup_s)
-    return _result(times, statistics.median(items), T * N - statistics.median(items), setup_s, per_repeat_items=items)
+        return _result(times, items[0], 0, setup_s, warmup_s=warmup_s)
+    return _result(times, statistics.median(items), T * N - statistics.median(items), setup_s, warmup_s=warmup_s, per_repeat_items=items)
 
 
 def _measure_returns(T: int, N: int, device: torch.device, seed: int, warmup: int, repeats: int) -> dict[str, Any]:
@@ -238,8 +241,8 @@ def _measure_returns(T: int, N: int, device: torch.device, seed: int, warmup: in
     reward = torch.rand(T, N, generator=g, device=device)
     done = torch.rand(T, N, generator=g, device=device) < 0.02
     out = torch.empty_like(reward)
-    times, _ = _time(lambda: reward_to_go(reward, done, 0.99, out=out), device, warmup, repeats)
-    return _result(times, T * N, 0, 0.0)
+    times, _, warmup_s = _time(lambda: reward_to_go(reward, done, 0.99, out=out), device, warmup, repeats)
+    return _result(times, T * N, 0, 0.0, warmup_s=warmup_s)
 
 
 def _result(times: list[float], items: float, reset_steps: float, setup_s: float, **extra: Any) -> dict[str, Any]:

@@ -11,7 +11,15 @@ from torch import Tensor, nn
 from fastpg.envs.base import BatchedEnv
 from fastpg.policy import sample_action
 
-__all__ = ["Carry", "init_carry", "collect", "episode_totals", "episode_totals_reference"]
+__all__ = [
+    "Carry",
+    "init_carry",
+    "collect",
+    "episode_totals",
+    "episode_totals_scan",
+    "episode_totals_cumsum",
+    "episode_totals_reference",
+]
 
 
 @dataclass
@@ -78,6 +86,13 @@ def collect(
     return carry
 
 
+# On CPU from this many envs up, episode_totals runs the scan over T (2 ops per step) instead of
+# the cumsum form (~15 whole-[T, N] passes). Measured on the 2-core CPU: [128, 512] 3.7 vs 5.5 ms,
+# [128, 4096] 18 vs 45 ms, [128, 16384] 43 vs 195 ms; at [512, 16] the scan's 1,024 small ops cost
+# 7.1 ms against 0.36 ms.
+SCAN_MIN_ENVS = 512
+
+
 def episode_totals(
     reward: Tensor, done: Tensor, valid: Tensor, start_return: Tensor, start_length: Tensor
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -88,6 +103,11 @@ def episode_totals(
     ``ep_length`` counts its valid steps likewise. At a done step they are the finished episode's
     totals. Invalid (reset) steps add nothing.
 
+    Two implementations, the same numbers: a scan over T (one fused multiply-add per step and
+    statistic; bit-identical to ``episode_totals_reference``), used on CPU from ``SCAN_MIN_ENVS``
+    envs up, and prefix sums over the whole ``[T, N]`` block (fewer, larger ops: better for few
+    envs and on GPUs; returns summed in float64, so they match the reference to float32 rounding).
+
     Args:
         reward: [T, N] float; done, valid: [T, N] bool; start_return: [N] float;
         start_length: [N] int64 (running totals carried in from the previous epoch).
@@ -96,6 +116,35 @@ def episode_totals(
         (ep_return [T, N] reward dtype, ep_length [T, N] int64, end_return [N], end_length [N]):
         the last two are the totals to carry into the next epoch (0 where the last step is done).
     """
+    if reward.device.type == "cpu" and reward.shape[1] >= SCAN_MIN_ENVS:
+        return episode_totals_scan(reward, done, valid, start_return, start_length)
+    return episode_totals_cumsum(reward, done, valid, start_return, start_length)
+
+
+def episode_totals_scan(
+    reward: Tensor, done: Tensor, valid: Tensor, start_return: Tensor, start_length: Tensor
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``episode_totals`` as a forward scan: ``x[t] = r[t] + keep[t - 1] * x[t - 1]``."""
+    T = reward.shape[0]
+    r = torch.where(valid, reward, torch.zeros((), dtype=reward.dtype, device=reward.device))
+    v = valid.long()
+    if T == 0:
+        return r, v, start_return.clone(), start_length.clone()
+    keep = ~done
+    keep_r, keep_l = keep.to(reward.dtype), keep.long()
+    ep_return, ep_length = torch.empty_like(r), torch.empty_like(v)
+    torch.add(r[0], start_return.to(reward.dtype), out=ep_return[0])
+    torch.add(v[0], start_length, out=ep_length[0])
+    for t in range(1, T):  # keep is exactly 0 or 1: r + 1 * x rounds as r + x does
+        torch.addcmul(r[t], keep_r[t - 1], ep_return[t - 1], out=ep_return[t])
+        torch.addcmul(v[t], keep_l[t - 1], ep_length[t - 1], out=ep_length[t])
+    return ep_return, ep_length, ep_return[-1] * keep_r[-1], ep_length[-1] * keep_l[-1]
+
+
+def episode_totals_cumsum(
+    reward: Tensor, done: Tensor, valid: Tensor, start_return: Tensor, start_length: Tensor
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``episode_totals`` from prefix sums over the whole block (float64 for the returns)."""
     T = reward.shape[0]
     if T == 0:
         return reward.clone(), valid.long(), start_return.clone(), start_length.clone()

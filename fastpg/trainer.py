@@ -151,6 +151,13 @@ class Trainer:
         # more in page faults than the arithmetic (measured 2-4x; benchmarks/NOTES.md).
         obs, action = buf["obs"].flatten(0, 1), buf["action"].flatten(0, 1)
         ret_flat, mask_flat = ret.flatten(), mask.flatten()
+        # Only the masked entries enter the loss: the others add exactly zero to it and to its
+        # gradient, so they are left out of the passes below (one host sync for their count).
+        mask_frac = mask_flat.float().mean()
+        keep = mask_flat.nonzero().squeeze(1)
+        if keep.numel() < mask_flat.numel():
+            obs, action, ret_flat = obs[keep], action[keep], ret_flat[keep]
+            mask_flat = torch.ones_like(mask_flat[: keep.numel()])
         rows = self.update_rows
         value_all = None
         if cfg.baseline == "value":  # the baseline enters the advantage of every slice: one no-grad pass first
@@ -160,26 +167,17 @@ class Trainer:
         count = mask_flat.to(ret.dtype).sum().clamp_min(1.0)
         self.optimizer.zero_grad(set_to_none=True)
         loss = torch.zeros((), device=ret.device)
-        parts_total: dict[str, torch.Tensor] = {}
+        zero = torch.zeros((), device=ret.device)
+        parts_total = {"policy_loss": zero, "value_loss": zero, "entropy": zero}  # stay 0 if no entry is masked
         for i in range(0, obs.shape[0], rows):
             sl = slice(i, i + rows)
-            dist = policy(obs[sl])  # one batched forward pass per slice
-            part, parts = surrogate(
-                dist.log_prob(action[sl]),
-                adv[sl],
-                mask_flat[sl],
-                count,
-                ret=ret_flat[sl],
-                value=policy.value(obs[sl]) if cfg.baseline == "value" else None,
-                entropy=dist.entropy(),
-                entropy_coef=cfg.entropy_coef,
-                value_coef=cfg.value_coef,
-            )
+            part, parts = self._slice_loss(obs[sl], action[sl], adv[sl], mask_flat[sl], ret_flat[sl], count)
             part.backward()
             loss += part.detach()
             for k, v in parts.items():
-                parts_total[k] = parts_total[k] + v if k in parts_total else v
+                parts_total[k] = parts_total[k] + v
         stats.update(parts_total)
+        stats["mask_frac"] = mask_frac
         max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf
         grad_norm = nn.utils.clip_grad_norm_(policy.parameters(), max_norm)
         if apply:
@@ -187,6 +185,24 @@ class Trainer:
         stats["loss"] = loss.detach()
         stats["grad_norm"] = grad_norm.detach()
         return stats
+
+    def _slice_loss(
+        self, obs: torch.Tensor, action: torch.Tensor, adv: torch.Tensor, mask: torch.Tensor, ret: torch.Tensor, count: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """One slice's share of the loss: a batched forward pass and ``surrogate``."""
+        cfg, policy = self.cfg, self.policy
+        dist = policy(obs)
+        return surrogate(
+            dist.log_prob(action),
+            adv,
+            mask,
+            count,
+            ret=ret,
+            value=policy.value(obs) if cfg.baseline == "value" else None,
+            entropy=dist.entropy(),
+            entropy_coef=cfg.entropy_coef,
+            value_coef=cfg.value_coef,
+        )
 
     def epoch(self) -> dict[str, Any]:
         """One epoch: collect, then update; returns its metrics as Python numbers.

@@ -5,7 +5,15 @@ from hypothesis import strategies as st
 
 from fastpg.envs.base import EnvInfo, Step
 from fastpg.policy import MLPPolicy
-from fastpg.rollout import collect, episode_totals, episode_totals_reference, init_carry
+from fastpg.rollout import (
+    SCAN_MIN_ENVS,
+    collect,
+    episode_totals,
+    episode_totals_cumsum,
+    episode_totals_reference,
+    episode_totals_scan,
+    init_carry,
+)
 from fastpg.storage import allocate_storage
 
 
@@ -111,11 +119,23 @@ def test_episode_totals_matches_reference(T, N, p, seed):
     done = torch.rand(T, N, generator=g) < p
     valid = torch.rand(T, N, generator=g) < 0.8
     start_ret, start_len = torch.randn(N, generator=g), torch.randint(0, 9, (N,), generator=g)
-    fast = episode_totals(reward, done, valid, start_ret, start_len)
     ref = episode_totals_reference(reward, done, valid, start_ret, start_len)
-    for a, b in zip(fast, ref):
+    for a, b in zip(episode_totals_cumsum(reward, done, valid, start_ret, start_len), ref):
         assert a.dtype == b.dtype
         torch.testing.assert_close(a, b)
+    for a, b in zip(episode_totals_scan(reward, done, valid, start_ret, start_len), ref):
+        assert a.dtype == b.dtype and torch.equal(a, b)  # the same additions in the same order
+
+
+def test_episode_totals_uses_the_scan_from_scan_min_envs(monkeypatch):
+    g = torch.Generator().manual_seed(0)
+    T = 16
+    for n, expected in ((SCAN_MIN_ENVS - 1, "cumsum"), (SCAN_MIN_ENVS, "scan")):
+        calls = []
+        monkeypatch.setattr("fastpg.rollout.episode_totals_scan", lambda *a: calls.append("scan"))
+        monkeypatch.setattr("fastpg.rollout.episode_totals_cumsum", lambda *a: calls.append("cumsum"))
+        episode_totals(torch.rand(T, n, generator=g), torch.zeros(T, n, dtype=torch.bool), torch.ones(T, n, dtype=torch.bool), torch.zeros(n), torch.zeros(n, dtype=torch.int64))
+        assert calls == [expected]
 
 
 def test_collect_with_policy_without_act_fast_path():

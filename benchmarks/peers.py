@@ -1,0 +1,421 @@
+"""fastpg side by side with its peers on CartPole-v1: one run, one machine, ratios fastpg / peer.
+
+    .venv/bin/pip install -c constraints.txt -e '.[peers]'      # stable-baselines3 (optional)
+    .venv/bin/python benchmarks/peers.py --json benchmarks/results/peers.json
+
+Sections (``--sections``; each prints its table as it finishes, the ratios come at the end):
+
+- ``env``: env-only steps/s with random actions (``fastpg bench``'s env phase): gymnasium's
+  ``SyncVectorEnv`` and ``AsyncVectorEnv`` (N = 8, 256), its ``CartPoleVectorEnv`` and fastpg's
+  native env (torch ops, and the fused C++ step) at N = 8, 256, 4096, 65536.
+- ``returns``: reward-to-go elements/s at [T, N] = [128, 65536], float32: fastpg's kernel against a
+  tuned torch loop over T, the reference loop and torchrl's ``reward2go`` (when torchrl imports).
+- ``sps``: fastpg's end-to-end training steps/s (``fastpg bench``'s train phase, T = 128) with the
+  tch-rs example's policy (one hidden layer of 32, tanh) and the default policy (128, relu).
+- ``solve``: time to solve CartPole-v1 for every seed, under one protocol for every system:
+  fastpg on its defaults, stable-baselines3 A2C and PPO with the rl-zoo CartPole-v1
+  hyperparameters (8 envs, ``DummyVecEnv``), and the classic per-episode REINFORCE loop of the
+  tutorials (``classic_reinforce.py``). The peers' training steps/s come from these runs.
+
+Time-to-solve protocol. A system's clock runs only while it trains (collecting and updating):
+setup before training and every evaluation are excluded. After each of its updates (fastpg: an
+epoch; stable-baselines3: a rollout and its training; classic: an episode), once ``--eval-every-s``
+seconds of training time have passed since its last evaluation, the policy plays 100 fresh
+episodes of gymnasium's ``CartPoleVectorEnv`` (one per copy, new seeds each time), actions sampled
+from the policy (``--eval-deterministic``: the most likely action). The first evaluation with a
+mean return >= 475 stops the run, and its training time is the time to solve. Every system is thus
+evaluated on the same wall-clock grid, whatever its update size; a run that has not solved after
+``--max-train-s`` of training (or, for the peers, its rl-zoo step budget) counts as not solved.
+Medians over seeds count an unsolved run as longer than every solved one.
+
+Run it on an otherwise idle machine: two CPU-bound processes on 2 cores slow each other down by
+far more than 2x.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+from torch.distributions import Categorical
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from classic_reinforce import ClassicReinforce  # noqa: E402
+from returns_impls import returns_data, returns_impls  # noqa: E402
+
+from fastpg import Config, Trainer  # noqa: E402
+from fastpg.bench import BenchConfig, machine_info, run_bench  # noqa: E402
+from fastpg.envs import make_env  # noqa: E402
+from fastpg.metrics import format_si  # noqa: E402
+from fastpg.trainer import evaluate  # noqa: E402
+
+SECTIONS = ("env", "returns", "sps", "solve")
+SYSTEMS = ("fastpg", "sb3-a2c", "sb3-ppo", "classic")
+TARGET = 475.0
+EVAL_EPISODES = 100
+
+# rl-baselines3-zoo, hyperparams/ppo.yml and a2c.yml, CartPole-v1 ("lin_X": X times the remaining
+# fraction of the step budget; everything not listed is stable-baselines3's default).
+RL_ZOO = {
+    "sb3-ppo": {
+        "n_envs": 8,
+        "n_timesteps": 100_000,
+        "kwargs": dict(n_steps=32, batch_size=256, gae_lambda=0.8, gamma=0.98, n_epochs=20, ent_coef=0.0,
+                       learning_rate=("lin", 1e-3), clip_range=("lin", 0.2)),
+    },
+    "sb3-a2c": {"n_envs": 8, "n_timesteps": 500_000, "kwargs": dict(ent_coef=0.0)},
+}
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+# -- the time-to-solve protocol ---------------------------------------------------------------------
+
+
+class LogitsPolicy(nn.Module):
+    """A policy for ``fastpg.trainer.evaluate`` from any function obs [B, 4] -> logits [B, 2]."""
+
+    def __init__(self, logits: Callable[[torch.Tensor], torch.Tensor]):
+        super().__init__()
+        self.logits = logits
+
+    def forward(self, obs: torch.Tensor) -> Categorical:
+        return Categorical(logits=self.logits(obs), validate_args=False)
+
+
+class SolveClock:
+    """Training time with evaluations excluded, and the evaluation grid of the protocol."""
+
+    def __init__(self, logits: Callable[[torch.Tensor], torch.Tensor], seed: int, args: argparse.Namespace, eval_env):
+        self.policy = LogitsPolicy(logits)
+        self.seed, self.args, self.eval_env = seed, args, eval_env
+        self.train_s = 0.0
+        self.next_eval_s = args.eval_every_s
+        self.evals: list[tuple[float, int, float]] = []  # (train_s, env_steps, eval mean)
+        self.solved = False
+        self._t = None
+
+    def start(self) -> None:
+        self._t = time.perf_counter()
+
+    def boundary(self, env_steps: int) -> bool:
+        """Call after each update; True when the run should stop (solved or out of time)."""
+        self.train_s += time.perf_counter() - self._t
+        if self.train_s >= self.next_eval_s:
+            g = torch.Generator().manual_seed(10_000 * self.seed + len(self.evals))
+            with torch.no_grad():
+                ev = evaluate(self.eval_env, self.policy, seed=1_000_003 + 10_000 * self.seed + len(self.evals),
+                              deterministic=self.args.eval_deterministic, generator=g)
+            self.evals.append((self.train_s, env_steps, ev["eval_return_mean"]))
+            self.solved = ev["eval_return_mean"] >= TARGET
+            self.next_eval_s = self.train_s + self.args.eval_every_s
+        stop = self.solved or self.train_s >= self.args.max_train_s
+        self._t = time.perf_counter()
+        return stop
+
+    def result(self, system: str, env_steps: int) -> dict[str, Any]:
+        return {
+            "system": system,
+            "seed": self.seed,
+            "solved": self.solved,
+            "time_to_solve_s": self.train_s if self.solved else None,
+            "env_steps_to_solve": self.evals[-1][1] if self.solved else None,
+            "train_s": self.train_s,
+            "env_steps": env_steps,
+            "sps": env_steps / self.train_s if self.train_s > 0 else None,
+            "evaluations": len(self.evals),
+            "last_eval_mean": self.evals[-1][2] if self.evals else None,
+        }
+
+
+def solve_fastpg(seed: int, args: argparse.Namespace, eval_env) -> dict[str, Any]:
+    # fastpg's own early stop (latest 100 training episodes >= target) is switched off: the
+    # protocol's evaluations decide, as for every system.
+    cfg = Config(seed=seed, quiet=True, eval_episodes=0, target_return=1e9, max_env_steps=10**9)
+    with Trainer(cfg) as tr:
+        clock = SolveClock(tr.policy.net, seed, args, eval_env)
+        clock.start()
+        while True:
+            tr.epoch()
+            if clock.boundary(tr.env_steps):
+                return clock.result("fastpg", tr.env_steps)
+
+
+def solve_classic(seed: int, args: argparse.Namespace, eval_env) -> dict[str, Any]:
+    learner = ClassicReinforce(seed)
+    clock = SolveClock(learner.logits, seed, args, eval_env)
+    clock.start()
+    try:
+        while True:
+            learner.episode()
+            if clock.boundary(learner.steps):
+                return clock.result("classic", learner.steps)
+    finally:
+        learner.close()
+
+
+def _sb3_kwargs(system: str) -> dict[str, Any]:
+    kwargs = {}
+    for k, v in RL_ZOO[system]["kwargs"].items():
+        if isinstance(v, tuple):  # ("lin", x): linear decay to 0 over the budget, as rl-zoo's lin_x
+            x = v[1]
+            kwargs[k] = lambda progress_remaining, x=x: progress_remaining * x
+        else:
+            kwargs[k] = v
+    return kwargs
+
+
+def solve_sb3(system: str, seed: int, args: argparse.Namespace, eval_env) -> dict[str, Any]:
+    from stable_baselines3 import A2C, PPO
+    from stable_baselines3.common.callbacks import BaseCallback
+    from stable_baselines3.common.env_util import make_vec_env
+
+    spec = RL_ZOO[system]
+    algo = PPO if system == "sb3-ppo" else A2C
+    env = make_vec_env("CartPole-v1", n_envs=spec["n_envs"], seed=seed)
+    model = algo("MlpPolicy", env, seed=seed, device="cpu", verbose=0, **_sb3_kwargs(system))
+
+    def logits(obs: torch.Tensor) -> torch.Tensor:
+        return model.policy.get_distribution(obs).distribution.logits
+
+    clock = SolveClock(logits, seed, args, eval_env)
+
+    class Protocol(BaseCallback):
+        stop = False
+
+        def _on_training_start(self) -> None:
+            clock.start()
+
+        def _on_rollout_start(self) -> None:  # after each training phase (and once before the first rollout)
+            if self.num_timesteps > 0 and not self.stop:
+                self.stop = clock.boundary(self.num_timesteps)
+
+        def _on_step(self) -> bool:
+            return not self.stop
+
+    try:
+        model.learn(total_timesteps=spec["n_timesteps"], callback=Protocol())
+        if not clock.solved and clock.evals and clock.evals[-1][1] < model.num_timesteps:
+            clock.boundary(model.num_timesteps)  # the budget ended between two boundaries
+        return clock.result(system, model.num_timesteps)
+    finally:
+        env.close()
+
+
+def run_solve(args: argparse.Namespace) -> list[dict[str, Any]]:
+    eval_env = make_env("CartPole-v1", EVAL_EPISODES, backend="vector")
+    rows = []
+    try:
+        for system in args.systems:
+            seeds = args.classic_seeds if system == "classic" else args.seeds
+            for seed in seeds:
+                with contextlib.redirect_stdout(io.StringIO()):
+                    if system == "fastpg":
+                        row = solve_fastpg(seed, args, eval_env)
+                    elif system == "classic":
+                        row = solve_classic(seed, args, eval_env)
+                    else:
+                        row = solve_sb3(system, seed, args, eval_env)
+                rows.append(row)
+                t = f"{row['time_to_solve_s']:.2f} s" if row["solved"] else f"not solved in {row['train_s']:.1f} s"
+                log(f"solve  {system:<8} seed {seed}: {t}, {row['env_steps']:,} steps, {format_si(row['sps'])} steps/s, {row['evaluations']} evaluations")
+    finally:
+        eval_env.close()
+    return rows
+
+
+def median_time(rows: list[dict[str, Any]]) -> float | None:
+    """Median time to solve, unsolved runs counting as infinitely long (None if the median is one)."""
+    times = sorted(r["time_to_solve_s"] if r["solved"] else math.inf for r in rows)
+    if not times:
+        return None
+    m = statistics.median(times)
+    return None if math.isinf(m) else m
+
+
+# -- throughput sections --------------------------------------------------------------------------
+
+
+def run_env(args: argparse.Namespace) -> list[dict[str, Any]]:
+    common = dict(phases=("env",), device="cpu", repeats=args.repeats, quiet=True)
+    cells = [
+        BenchConfig(backends=("sync", "async"), num_envs=(8, 256), **common),
+        BenchConfig(backends=("vector", "torch"), num_envs=(8, 256, 4096, 65536), **common),
+        BenchConfig(backends=("torch",), num_envs=(8, 256, 4096, 65536), env_kernel="cpp", **common),
+    ]
+    rows = []
+    for b in cells:
+        for r in run_bench(b, progress=log)["results"]:
+            r["impl"] = "fused" if b.env_kernel == "cpp" else r["backend"]
+            rows.append(r)
+    return rows
+
+
+def run_returns(args: argparse.Namespace) -> list[dict[str, Any]]:
+    T, N = 128, 65536
+    reward, done = returns_data(T, N)
+    out = torch.empty_like(reward)
+    rows = []
+    for name, fn in returns_impls().items():
+        fn(reward, done, out)
+        times = []
+        for _ in range(args.repeats):
+            t0 = time.perf_counter()
+            fn(reward, done, out)
+            times.append(time.perf_counter() - t0)
+        rate = T * N / statistics.median(times)
+        rows.append({"impl": name, "T": T, "N": N, "rate_median": rate, "times_s": times})
+        log(f"returns {name:<10} [{T}, {N}]: {format_si(rate)} elements/s")
+    return rows
+
+
+def run_sps(args: argparse.Namespace) -> list[dict[str, Any]]:
+    rows = []
+    for hidden, act in (((32,), "tanh"), ((128,), "relu")):
+        b = BenchConfig(phases=("train",), backends=("torch",), num_envs=tuple(args.sps_num_envs), hidden_sizes=hidden,
+                        activation=act, device="cpu", repeats=args.repeats, quiet=True)
+        for r in run_bench(b, progress=log)["results"]:
+            r["policy"] = f"{hidden[0]}-{act}"
+            rows.append(r)
+    return rows
+
+
+# -- report ---------------------------------------------------------------------------------------
+
+
+def _rate(rows, **match) -> float | None:
+    for r in rows:
+        if all(r.get(k) == v for k, v in match.items()) and "rate_median" in r:
+            return r["rate_median"]
+    return None
+
+
+def ratios(report: dict[str, Any]) -> list[tuple[str, float | None, str]]:
+    out: list[tuple[str, float | None, str]] = []
+
+    def add(label: str, num: float | None, den: float | None, target: str = "") -> None:
+        out.append((label, num / den if num and den else None, target))
+
+    env = report.get("env", [])
+    for n in (8, 256, 4096, 65536):
+        add(f"env: native (torch ops) / CartPoleVectorEnv, N={n}", _rate(env, impl="torch", num_envs=n), _rate(env, impl="vector", num_envs=n))
+        add(f"env: native (fused) / CartPoleVectorEnv, N={n}", _rate(env, impl="fused", num_envs=n), _rate(env, impl="vector", num_envs=n))
+    for n in (8, 256):
+        for peer in ("sync", "async"):
+            add(f"env: native (fused) / {peer} vector env, N={n}", _rate(env, impl="fused", num_envs=n), _rate(env, impl=peer, num_envs=n))
+    ret = report.get("returns", [])
+    add("returns: fastpg / torch loop over T, [128, 65536]", _rate(ret, impl="fast"), _rate(ret, impl="torch-loop"), ">= 2x")
+    add("returns: fastpg / reference loop, [128, 65536]", _rate(ret, impl="fast"), _rate(ret, impl="reference"))
+    add("returns: fastpg / torchrl reward2go, [128, 65536]", _rate(ret, impl="fast"), _rate(ret, impl="torchrl"), ">= 100x")
+    sps = report.get("sps", [])
+    solve = report.get("solve", [])
+    best = max((r["rate_median"] for r in sps if r.get("policy") == "32-tanh" and "rate_median" in r), default=None)
+    for system in ("sb3-ppo", "sb3-a2c", "classic"):
+        peer = [r["sps"] for r in solve if r["system"] == system and r["sps"]]
+        add(f"training steps/s: fastpg 32-tanh (best N) / {system}", best, statistics.median(peer) if peer else None,
+            ">= 500x" if system == "sb3-ppo" else "")
+    fastpg_t = median_time([r for r in solve if r["system"] == "fastpg"])
+    for system in ("sb3-ppo", "sb3-a2c", "classic"):
+        peer_rows = [r for r in solve if r["system"] == system]
+        if peer_rows:
+            peer_t = median_time(peer_rows)
+            # time ratio peer / fastpg: > 1 means fastpg solves faster
+            out.append((f"time to solve: {system} median / fastpg median", peer_t / fastpg_t if peer_t and fastpg_t else None,
+                        "> 1" if system != "classic" else ""))
+    return out
+
+
+def format_report(report: dict[str, Any]) -> str:
+    lines = []
+    if report.get("env"):
+        lines.append("env-only steps/s (random actions)")
+        for r in report["env"]:
+            val = format_si(r["rate_median"]) if "rate_median" in r else "skipped"
+            lines.append(f"  {r['impl']:<7} N={r['num_envs']:<6} {val}")
+    if report.get("returns"):
+        lines.append("reward-to-go elements/s, [128, 65536] float32")
+        lines += [f"  {r['impl']:<11} {format_si(r['rate_median'])}" for r in report["returns"]]
+    if report.get("sps"):
+        lines.append("fastpg end-to-end training steps/s (T = 128, native CartPole-v1)")
+        lines += [f"  {r['policy']:<9} N={r['num_envs']:<6} {format_si(r['rate_median'])}" for r in report["sps"] if "rate_median" in r]
+    if report.get("solve"):
+        lines.append("time to solve CartPole-v1 (training time, evaluations excluded)")
+        lines.append(f"  {'system':<9} {'solved':>6} {'median s':>9} {'min s':>7} {'max s':>7} {'median steps':>13} {'median steps/s':>15}")
+        for system in dict.fromkeys(r["system"] for r in report["solve"]):
+            rows = [r for r in report["solve"] if r["system"] == system]
+            solved = [r for r in rows if r["solved"]]
+            med = median_time(rows)
+            ts = [r["time_to_solve_s"] for r in solved]
+            steps = [r["env_steps_to_solve"] for r in solved]
+            lines.append(
+                f"  {system:<9} {len(solved)}/{len(rows):<4} {med if med is None else f'{med:.2f}':>9} "
+                f"{min(ts) if ts else float('nan'):>7.2f} {max(ts) if ts else float('nan'):>7.2f} "
+                f"{int(statistics.median(steps)) if steps else 0:>13,} {format_si(statistics.median(r['sps'] for r in rows)):>15}"
+            )
+    lines.append("ratios (fastpg / peer; same run)")
+    for label, value, target in report["ratios"]:
+        v = "n/a" if value is None else f"{value:,.2f}x"
+        lines.append(f"  {label:<62} {v:>10}" + (f"   target {target}" if target else ""))
+    return "\n".join(lines)
+
+
+def versions() -> dict[str, str | None]:
+    out = {}
+    for mod in ("stable_baselines3", "torchrl"):
+        try:
+            out[mod] = __import__(mod).__version__
+        except ImportError:
+            out[mod] = None
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS))
+    p.add_argument("--systems", nargs="+", choices=SYSTEMS, default=list(SYSTEMS), help="systems of the solve section")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    p.add_argument("--classic-seeds", type=int, nargs="+", default=[0, 1, 2],
+                   help="seeds of the classic loop (it takes minutes per seed)")
+    p.add_argument("--eval-every-s", type=float, default=0.5, help="training seconds between evaluations")
+    p.add_argument("--eval-deterministic", action="store_true", help="evaluate with the most likely action")
+    p.add_argument("--max-train-s", type=float, default=300.0, help="training time after which a run counts as unsolved")
+    p.add_argument("--sps-num-envs", type=int, nargs="+", default=[4096, 16384, 65536])
+    p.add_argument("--repeats", type=int, default=5, help="timed repetitions of the throughput measurements")
+    p.add_argument("--json", type=Path, default=None)
+    args = p.parse_args()
+    if "solve" in args.sections and any(s.startswith("sb3") for s in args.systems):
+        try:
+            import stable_baselines3  # noqa: F401
+        except ImportError:
+            p.error("stable-baselines3 is not installed: pip install -c constraints.txt -e '.[peers]' (or drop sb3-* from --systems)")
+
+    t0 = time.perf_counter()
+    report: dict[str, Any] = {"machine": machine_info(torch.device("cpu")), "peers": versions(), "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}}
+    runners = {"env": run_env, "returns": run_returns, "sps": run_sps, "solve": run_solve}
+    for section in SECTIONS:
+        if section in args.sections:
+            log(f"== {section}")
+            report[section] = runners[section](args)
+    report["ratios"] = ratios(report)
+    report["wall_s"] = time.perf_counter() - t0
+    print(format_report(report))
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=1) + "\n")
+        log(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
