@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import io
 import json
 import math
@@ -54,7 +55,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from classic_reinforce import ClassicReinforce  # noqa: E402
 from returns_impls import returns_data, returns_impls  # noqa: E402
 
-from fastpg import Config, Trainer  # noqa: E402
+from fastpg import Config, ConfigError, Trainer  # noqa: E402
 from fastpg.bench import BenchConfig, machine_info, run_bench  # noqa: E402
 from fastpg.envs import make_env  # noqa: E402
 from fastpg.metrics import format_si  # noqa: E402
@@ -144,7 +145,7 @@ class SolveClock:
 def solve_fastpg(seed: int, args: argparse.Namespace, eval_env) -> dict[str, Any]:
     # fastpg's own early stop (latest 100 training episodes >= target) is switched off: the
     # protocol's evaluations decide, as for every system.
-    cfg = Config(seed=seed, quiet=True, eval_episodes=0, target_return=1e9, max_env_steps=10**9)
+    cfg = Config(seed=seed, quiet=True, eval_episodes=0, target_return=1e9, max_env_steps=10**9, **args.fastpg)
     with Trainer(cfg) as tr:
         clock = SolveClock(tr.policy.net, seed, args, eval_env)
         clock.start()
@@ -310,23 +311,25 @@ def ratios(report: dict[str, Any]) -> list[tuple[str, float | None, str]]:
         out.append((label, num / den if num and den else None, target))
 
     env = report.get("env", [])
-    for n in (8, 256, 4096, 65536):
+    for n in (8, 256, 4096, 65536) if env else ():
         add(f"env: native (torch ops) / CartPoleVectorEnv, N={n}", _rate(env, impl="torch", num_envs=n), _rate(env, impl="vector", num_envs=n))
         add(f"env: native (fused) / CartPoleVectorEnv, N={n}", _rate(env, impl="fused", num_envs=n), _rate(env, impl="vector", num_envs=n))
-    for n in (8, 256):
+    for n in (8, 256) if env else ():
         for peer in ("sync", "async"):
             add(f"env: native (fused) / {peer} vector env, N={n}", _rate(env, impl="fused", num_envs=n), _rate(env, impl=peer, num_envs=n))
     ret = report.get("returns", [])
-    add("returns: fastpg / torch loop over T, [128, 65536]", _rate(ret, impl="fast"), _rate(ret, impl="torch-loop"), ">= 2x")
-    add("returns: fastpg / reference loop, [128, 65536]", _rate(ret, impl="fast"), _rate(ret, impl="reference"))
-    add("returns: fastpg / torchrl reward2go, [128, 65536]", _rate(ret, impl="fast"), _rate(ret, impl="torchrl"), ">= 100x")
+    if ret:
+        add("returns: fastpg / torch loop over T, [128, 65536]", _rate(ret, impl="fast"), _rate(ret, impl="torch-loop"), ">= 2x")
+        add("returns: fastpg / reference loop, [128, 65536]", _rate(ret, impl="fast"), _rate(ret, impl="reference"))
+        add("returns: fastpg / torchrl reward2go, [128, 65536]", _rate(ret, impl="fast"), _rate(ret, impl="torchrl"), ">= 100x")
     sps = report.get("sps", [])
     solve = report.get("solve", [])
     best = max((r["rate_median"] for r in sps if r.get("policy") == "32-tanh" and "rate_median" in r), default=None)
-    for system in ("sb3-ppo", "sb3-a2c", "classic"):
+    for system in ("sb3-ppo", "sb3-a2c", "classic") if sps else ():
         peer = [r["sps"] for r in solve if r["system"] == system and r["sps"]]
-        add(f"training steps/s: fastpg 32-tanh (best N) / {system}", best, statistics.median(peer) if peer else None,
-            ">= 500x" if system == "sb3-ppo" else "")
+        if peer:
+            add(f"training steps/s: fastpg 32-tanh (best N) / {system}", best, statistics.median(peer),
+                ">= 500x" if system == "sb3-ppo" else "")
     fastpg_t = median_time([r for r in solve if r["system"] == "fastpg"])
     for system in ("sb3-ppo", "sb3-a2c", "classic"):
         peer_rows = [r for r in solve if r["system"] == system]
@@ -382,6 +385,26 @@ def versions() -> dict[str, str | None]:
     return out
 
 
+def parse_overrides(p: argparse.ArgumentParser, items: list[str]) -> dict[str, Any]:
+    """``FIELD=VALUE`` pairs (VALUE as JSON where it parses, else a string; lists become tuples)."""
+    fields = {f.name for f in dataclasses.fields(Config)}
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or key not in fields:
+            p.error(f"--fastpg {item!r}: expected FIELD=VALUE with FIELD one of {', '.join(sorted(fields))}")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        out[key] = tuple(value) if isinstance(value, list) else value
+    try:
+        Config(**out)
+    except (ConfigError, TypeError) as e:
+        p.error(f"--fastpg: {e}")
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS))
@@ -394,8 +417,11 @@ def main() -> None:
     p.add_argument("--max-train-s", type=float, default=300.0, help="training time after which a run counts as unsolved")
     p.add_argument("--sps-num-envs", type=int, nargs="+", default=[4096, 16384, 65536])
     p.add_argument("--repeats", type=int, default=5, help="timed repetitions of the throughput measurements")
+    p.add_argument("--fastpg", nargs="*", default=[], metavar="FIELD=VALUE",
+                   help="fastpg Config fields for the solve section (default: fastpg's defaults), e.g. env_kernel=cpp")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args()
+    args.fastpg = parse_overrides(p, args.fastpg)
     if "solve" in args.sections and any(s.startswith("sb3") for s in args.systems):
         try:
             import stable_baselines3  # noqa: F401

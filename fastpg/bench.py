@@ -6,7 +6,9 @@ Phases (each a rate from the median of ``repeats`` timed repetitions, after ``wa
   ``BatchedEnv`` interface (tensors in and out, as the trainer sees it);
 - ``collect``: env + policy sampling + storage writes, one epoch of T steps (``Trainer.collect``);
 - ``update``: samples/s of the batched loss, backward and optimizer step over the ``[T, N]`` epoch
-  (``Trainer.update``; every stored entry is processed, valid or not);
+  (``Trainer.update``), counted as the epoch's T x N stored entries per second; as in training, the
+  entries outside the loss (reset steps; steps of unfinished episodes under ``unfinished="mask"``)
+  skip the forward and backward passes, and the JSON records their share (``mask_frac``);
 - ``train``: end-to-end training steps/s (``Trainer.epoch``: collect + update + metrics);
 - ``returns``: elements/s of the ``reward_to_go`` kernel on ``[T, N]`` float32 (random rewards,
   done with probability 0.02), written into a preallocated output as the trainer does.
@@ -215,9 +217,9 @@ def _measure_trainer(phase: str, cfg: Config, device: torch.device, warmup: int,
         elif phase == "update":
             trainer.collect()
 
-            def run() -> tuple[int, int]:
-                trainer.update()
-                return T * N, 0  # every stored entry goes through forward and backward
+            def run() -> tuple[int, float]:
+                frac = float(trainer.update()["mask_frac"])
+                return T * N, frac  # T x N entries per update; frac of them in the loss
 
         else:  # train
 
@@ -230,7 +232,7 @@ def _measure_trainer(phase: str, cfg: Config, device: torch.device, warmup: int,
         trainer.close()
     items = [o[0] for o in outs]
     if phase == "update":
-        return _result(times, items[0], 0, setup_s, warmup_s=warmup_s)
+        return _result(times, items[0], 0, setup_s, warmup_s=warmup_s, mask_frac=[o[1] for o in outs])
     return _result(times, statistics.median(items), T * N - statistics.median(items), setup_s, warmup_s=warmup_s, per_repeat_items=items)
 
 
