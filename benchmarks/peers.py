@@ -6,14 +6,17 @@
 Sections (``--sections``; each prints its table as it finishes, the ratios come at the end):
 
 - ``env``: env-only steps/s with random actions (``fastpg bench``'s env phase): gymnasium's
-  ``SyncVectorEnv`` and ``AsyncVectorEnv`` (N = 8, 256), its ``CartPoleVectorEnv`` and fastpg's
-  native env (torch ops, and the fused C++ step) at N = 8, 256, 4096, 65536.
+  ``SyncVectorEnv`` (N = 8, 256) and ``AsyncVectorEnv`` (N = 8: one worker process per copy, each
+  ~100 MB as it imports torch; 256 of them exhaust this machine's 24 GB), its
+  ``CartPoleVectorEnv`` and fastpg's native env (torch ops, and the fused C++ step) at N = 8, 256,
+  4096, 65536.
 - ``returns``: reward-to-go elements/s at [T, N] = [128, 65536], float32: fastpg's kernel against a
   tuned torch loop over T, the reference loop and torchrl's ``reward2go`` (when torchrl imports).
 - ``sps``: fastpg's end-to-end training steps/s (``fastpg bench``'s train phase, T = 128) with the
   tch-rs example's policy (one hidden layer of 32, tanh) and the default policy (128, relu).
 - ``solve``: time to solve CartPole-v1 for every seed, under one protocol for every system:
-  fastpg on its defaults, stable-baselines3 A2C and PPO with the rl-zoo CartPole-v1
+  fastpg on its defaults (``fastpg``) and with the fused C++ CartPole step (``fastpg-cpp``,
+  ``--env-kernel cpp``), stable-baselines3 A2C and PPO with the rl-zoo CartPole-v1
   hyperparameters (8 envs, ``DummyVecEnv``), and the classic per-episode REINFORCE loop of the
   tutorials (``classic_reinforce.py``). The peers' training steps/s come from these runs.
 
@@ -62,7 +65,7 @@ from fastpg.metrics import format_si  # noqa: E402
 from fastpg.trainer import evaluate  # noqa: E402
 
 SECTIONS = ("env", "returns", "sps", "solve")
-SYSTEMS = ("fastpg", "sb3-a2c", "sb3-ppo", "classic")
+SYSTEMS = ("fastpg", "fastpg-cpp", "sb3-a2c", "sb3-ppo", "classic")
 TARGET = 475.0
 EVAL_EPISODES = 100
 
@@ -142,17 +145,19 @@ class SolveClock:
         }
 
 
-def solve_fastpg(seed: int, args: argparse.Namespace, eval_env) -> dict[str, Any]:
+def solve_fastpg(system: str, seed: int, args: argparse.Namespace, eval_env) -> dict[str, Any]:
     # fastpg's own early stop (latest 100 training episodes >= target) is switched off: the
-    # protocol's evaluations decide, as for every system.
-    cfg = Config(seed=seed, quiet=True, eval_episodes=0, target_return=1e9, max_env_steps=10**9, **args.fastpg)
+    # protocol's evaluations decide, as for every system. fastpg-cpp: the same with the fused C++
+    # CartPole step (--env-kernel cpp; compiled before the clock starts, cached after first use).
+    extra = {"env_kernel": "cpp"} if system == "fastpg-cpp" else {}
+    cfg = Config(seed=seed, quiet=True, eval_episodes=0, target_return=1e9, max_env_steps=10**9, **{**args.fastpg, **extra})
     with Trainer(cfg) as tr:
         clock = SolveClock(tr.policy.net, seed, args, eval_env)
         clock.start()
         while True:
             tr.epoch()
             if clock.boundary(tr.env_steps):
-                return clock.result("fastpg", tr.env_steps)
+                return clock.result(system, tr.env_steps)
 
 
 def solve_classic(seed: int, args: argparse.Namespace, eval_env) -> dict[str, Any]:
@@ -224,8 +229,8 @@ def run_solve(args: argparse.Namespace) -> list[dict[str, Any]]:
             seeds = args.classic_seeds if system == "classic" else args.seeds
             for seed in seeds:
                 with contextlib.redirect_stdout(io.StringIO()):
-                    if system == "fastpg":
-                        row = solve_fastpg(seed, args, eval_env)
+                    if system.startswith("fastpg"):
+                        row = solve_fastpg(system, seed, args, eval_env)
                     elif system == "classic":
                         row = solve_classic(seed, args, eval_env)
                     else:
@@ -253,7 +258,8 @@ def median_time(rows: list[dict[str, Any]]) -> float | None:
 def run_env(args: argparse.Namespace) -> list[dict[str, Any]]:
     common = dict(phases=("env",), device="cpu", repeats=args.repeats, quiet=True)
     cells = [
-        BenchConfig(backends=("sync", "async"), num_envs=(8, 256), **common),
+        BenchConfig(backends=("sync", "async"), num_envs=(8,), **common),
+        BenchConfig(backends=("sync",), num_envs=(256,), **common),
         BenchConfig(backends=("vector", "torch"), num_envs=(8, 256, 4096, 65536), **common),
         BenchConfig(backends=("torch",), num_envs=(8, 256, 4096, 65536), env_kernel="cpp", **common),
     ]
@@ -269,16 +275,19 @@ def run_returns(args: argparse.Namespace) -> list[dict[str, Any]]:
     T, N = 128, 65536
     reward, done = returns_data(T, N)
     out = torch.empty_like(reward)
-    rows = []
-    for name, fn in returns_impls().items():
-        fn(reward, done, out)
-        times = []
-        for _ in range(args.repeats):
+    impls = returns_impls()
+    times: dict[str, list[float]] = {name: [] for name in impls}
+    for fn in impls.values():
+        fn(reward, done, out)  # warm-up
+    for _ in range(args.repeats):  # round robin: drift of the machine hits every implementation alike
+        for name, fn in impls.items():
             t0 = time.perf_counter()
             fn(reward, done, out)
-            times.append(time.perf_counter() - t0)
-        rate = T * N / statistics.median(times)
-        rows.append({"impl": name, "T": T, "N": N, "rate_median": rate, "times_s": times})
+            times[name].append(time.perf_counter() - t0)
+    rows = []
+    for name, ts in times.items():
+        rate = T * N / statistics.median(ts)
+        rows.append({"impl": name, "T": T, "N": N, "rate_median": rate, "times_s": ts})
         log(f"returns {name:<10} [{T}, {N}]: {format_si(rate)} elements/s")
     return rows
 
@@ -314,9 +323,8 @@ def ratios(report: dict[str, Any]) -> list[tuple[str, float | None, str]]:
     for n in (8, 256, 4096, 65536) if env else ():
         add(f"env: native (torch ops) / CartPoleVectorEnv, N={n}", _rate(env, impl="torch", num_envs=n), _rate(env, impl="vector", num_envs=n))
         add(f"env: native (fused) / CartPoleVectorEnv, N={n}", _rate(env, impl="fused", num_envs=n), _rate(env, impl="vector", num_envs=n))
-    for n in (8, 256) if env else ():
-        for peer in ("sync", "async"):
-            add(f"env: native (fused) / {peer} vector env, N={n}", _rate(env, impl="fused", num_envs=n), _rate(env, impl=peer, num_envs=n))
+    for n, peer in ((8, "sync"), (8, "async"), (256, "sync")) if env else ():
+        add(f"env: native (fused) / {peer} vector env, N={n}", _rate(env, impl="fused", num_envs=n), _rate(env, impl=peer, num_envs=n))
     ret = report.get("returns", [])
     if ret:
         add("returns: fastpg / torch loop over T, [128, 65536]", _rate(ret, impl="fast"), _rate(ret, impl="torch-loop"), ">= 2x")
@@ -330,14 +338,18 @@ def ratios(report: dict[str, Any]) -> list[tuple[str, float | None, str]]:
         if peer:
             add(f"training steps/s: fastpg 32-tanh (best N) / {system}", best, statistics.median(peer),
                 ">= 500x" if system == "sb3-ppo" else "")
-    fastpg_t = median_time([r for r in solve if r["system"] == "fastpg"])
-    for system in ("sb3-ppo", "sb3-a2c", "classic"):
-        peer_rows = [r for r in solve if r["system"] == system]
-        if peer_rows:
-            peer_t = median_time(peer_rows)
-            # time ratio peer / fastpg: > 1 means fastpg solves faster
-            out.append((f"time to solve: {system} median / fastpg median", peer_t / fastpg_t if peer_t and fastpg_t else None,
-                        "> 1" if system != "classic" else ""))
+    for ours in ("fastpg", "fastpg-cpp"):
+        ours_rows = [r for r in solve if r["system"] == ours]
+        if not ours_rows:
+            continue
+        ours_t = median_time(ours_rows)
+        for system in ("sb3-ppo", "sb3-a2c", "classic"):
+            peer_rows = [r for r in solve if r["system"] == system]
+            if peer_rows:
+                peer_t = median_time(peer_rows)
+                # time ratio peer / fastpg: > 1 means fastpg solves faster
+                out.append((f"time to solve: {system} median / {ours} median", peer_t / ours_t if peer_t and ours_t else None,
+                            "> 1" if system != "classic" and ours == "fastpg" else ""))
     return out
 
 

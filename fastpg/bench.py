@@ -45,6 +45,9 @@ Phase = Literal["env", "collect", "update", "train", "returns"]
 # Building this many gymnasium env objects in one process (sync) or processes (async) takes
 # minutes; larger N for those backends is skipped and reported as skipped.
 MAX_ENVS_GYM_LOOP = 4096
+# async starts one worker process per copy, each ~100 MB (it imports torch): 256 of them filled the
+# 24 GB of the development machine. Larger N is skipped for async.
+MAX_ENVS_ASYNC = 64
 # Target length of one timed repetition of the env phase (it adapts its step count to it).
 ENV_REPEAT_TARGET_S = 0.25
 
@@ -56,7 +59,7 @@ class BenchConfig:
     env: str = "CartPole-v1"
     """Gymnasium environment id."""
     backends: tuple[Literal["torch", "vector", "sync", "async"], ...] = ("torch", "vector")
-    """Backends to compare (sync/async are skipped above N = 4096)."""
+    """Backends to compare (sync is skipped above N = 4096, async above 64)."""
     num_envs: tuple[int, ...] = (16, 256, 4096)
     """Values of N. The defaults take a few minutes on 2 CPU cores; larger N suits a GPU (on CPU one update of 128 x 65536 samples takes ~30 s)."""
     num_steps: int = 128
@@ -283,6 +286,8 @@ def run_bench(b: BenchConfig, progress: Callable[[str], None] | None = None) -> 
         row: dict[str, Any] = {"phase": phase, "backend": backend, "num_envs": n, "num_steps": b.num_steps, "unit": RATE_UNIT[phase]}
         if backend in ("sync", "async") and n > MAX_ENVS_GYM_LOOP:
             row["skipped"] = f"{backend} builds one gymnasium env per copy; N > {MAX_ENVS_GYM_LOOP} is skipped"
+        elif backend == "async" and n > MAX_ENVS_ASYNC:
+            row["skipped"] = f"async runs one worker process per copy (~100 MB each); N > {MAX_ENVS_ASYNC} is skipped"
         else:
             try:
                 if phase == "returns":

@@ -2,7 +2,9 @@
 
     fastpg train [--env CartPole-v1] [--num-envs 16] ...   (fastpg train --help lists every flag)
 
-Bad values print one line naming the flag, the value and what is allowed, and exit with code 2.
+Bad values print one line naming the flag, the value and what is allowed, and exit with code 2. A
+run stopped by Ctrl-C / SIGTERM exits with 128 + the signal number (after its checkpoint and
+summary); a failed env worker or too many non-finite updates print one line and exit with 1.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import tyro
 
 from fastpg.bench import BenchConfig, main_bench
 from fastpg.config import Config, ConfigError
-from fastpg.envs import UnsupportedEnvError
+from fastpg.envs import EnvWorkerError, UnsupportedEnvError
 
 __all__ = ["main", "parse_config"]
 
@@ -63,10 +65,10 @@ def parse_bench_config(argv: Sequence[str]) -> BenchConfig:
     return _parse(_ParsedBenchConfig, BenchConfig, argv, "fastpg bench")
 
 
-def _train(cfg: Config) -> None:
+def _train(cfg: Config) -> int:
     from fastpg.trainer import train
 
-    train(cfg)
+    return train(cfg)["exit_code"]  # 128 + signal number after Ctrl-C / SIGTERM, else 0
 
 
 # command -> (parse flags into a validated config, run it)
@@ -96,15 +98,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = parse(rest)
     except ConfigError as e:
         return _config_error(e)
+    from fastpg.trainer import NonFiniteError
+
     try:
-        run(cfg)
+        result = run(cfg)
     except ConfigError as e:
         return _config_error(e)
     except UnsupportedEnvError as e:
         return _error(f"--env: {e}")
+    except (EnvWorkerError, NonFiniteError) as e:
+        print(f"fastpg: error: {e}", file=sys.stderr, flush=True)
+        return 1
     except KeyboardInterrupt:
-        return _error("interrupted")
-    return 0
+        print("fastpg: interrupted", file=sys.stderr, flush=True)
+        return 130
+    return result if isinstance(result, int) else 0
 
 
 if __name__ == "__main__":

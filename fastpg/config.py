@@ -95,7 +95,24 @@ class Config:
     device: str = "auto"
     """Training device: auto (cuda if available, else cpu), cpu, cuda or cuda:N."""
     metrics_file: Path | None = None
-    """Write one JSON object per epoch, then a summary object, to this file (JSON Lines)."""
+    """Write one JSON object per epoch, then a summary object, to this file (JSON Lines; flushed
+    every line). An existing file is refused unless --overwrite, and appended to with --resume."""
+    checkpoint_dir: Path | None = None
+    """Write a checkpoint (policy, optimizer, counters, RNG and env state) to DIR/checkpoint.pt every
+    --checkpoint-every epochs, at the end of training and on Ctrl-C / SIGTERM; atomically (a kill
+    mid-write leaves the previous checkpoint). An existing checkpoint is refused unless --overwrite
+    or --resume."""
+    checkpoint_every: int = 10
+    """Epochs between checkpoints (with --checkpoint-dir or --resume)."""
+    resume: Path | None = None
+    """Continue the run checkpointed in this directory. Env, backend, N, T, env dtype and the
+    policy's shape must match the checkpoint; budgets, learning rate and logging may change.
+    Checkpoints go on being written there (unless --checkpoint-dir names another directory)."""
+    overwrite: bool = False
+    """Allow replacing an existing metrics file or checkpoint."""
+    max_bad_updates: int = 5
+    """Updates with a non-finite loss, gradient or parameter are skipped and counted; this many in a
+    row stop training with an error."""
     eval_episodes: int = 100
     """Episodes of the final evaluation (0 = skip it)."""
     eval_deterministic: bool = False
@@ -181,6 +198,14 @@ def _validate(c: Config) -> None:
         _fail("backend", f"must be one of {', '.join(BACKENDS)}; got {c.backend!r}")
     if c.metrics_file is not None and not Path(c.metrics_file).parent.is_dir():
         _fail("metrics_file", f"directory {Path(c.metrics_file).parent} does not exist")
+    for name in ("checkpoint_every", "max_bad_updates"):
+        v = getattr(c, name)
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            _fail(name, f"must be an integer >= 1, got {v!r}")
+    if c.resume is not None and not Path(c.resume).is_dir():
+        _fail("resume", f"directory {c.resume} does not exist")
+    if c.checkpoint_dir is not None and Path(c.checkpoint_dir).exists() and not Path(c.checkpoint_dir).is_dir():
+        _fail("checkpoint_dir", f"{c.checkpoint_dir} exists and is not a directory")
     if c.env_dtype not in ("float32", "float64"):
         _fail("env_dtype", f"must be float32 or float64; got {c.env_dtype!r}")
     _validate_device(c.device)

@@ -87,9 +87,9 @@ class ConsoleProgress:
 class JsonlSink:
     """Writes one JSON object per line and flushes it at once, so a killed run keeps every line."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, *, append: bool = False):
         self.path = Path(path)
-        self._f = self.path.open("w", encoding="utf-8")
+        self._f = self.path.open("a" if append else "w", encoding="utf-8")
 
     def write(self, record: dict[str, Any]) -> None:
         self._f.write(json.dumps({k: jsonable(v) for k, v in record.items()}) + "\n")

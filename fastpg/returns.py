@@ -61,7 +61,7 @@ def reward_to_go_reference(
     return ret
 
 
-_CHUNK = 32  # rows of discount materialized at a time (see reward_to_go)
+_CHUNK = 16  # rows of discount formed at a time (see reward_to_go)
 
 
 def reward_to_go(
@@ -76,12 +76,13 @@ def reward_to_go(
 
     ``G[t] = reward[t] + gamma * G[t + 1] * (1 - done[t])`` with ``G[T] = bootstrap`` (0 if None).
 
-    Vectorized over N; a reverse scan over T does one fused multiply-add per step, written straight
-    into the output row. The per-step discount ``gamma * ~done`` is formed ``_CHUNK`` rows at a time
-    in a small scratch buffer: a full ``[T, N]`` temporary costs more than the scan itself on CPU
-    (first-touch page faults of a fresh large allocation). The discount is exactly ``gamma`` or 0,
-    so the result equals the reference up to the rounding of a fused multiply-add. Stable for every
-    gamma in [0, 1] and any T; runs on any device.
+    Vectorized over N; a reverse scan over T does one fused multiply-add per step. The per-step
+    discount ``gamma * ~done`` is written ``_CHUNK`` rows at a time into the output rows themselves,
+    and each row is then overwritten in place by ``reward[t] + discount[t] * G[t + 1]``: no
+    temporary at all (on CPU a fresh ``[T, N]`` or even a chunk-sized scratch buffer costs
+    first-touch page faults comparable to the scan). The discount is exactly ``gamma`` or 0, so the
+    result equals the reference up to the rounding of a fused multiply-add. Stable for every gamma
+    in [0, 1] and any T; runs on any device.
 
     Args:
         reward: [T, N] float32 or float64.
@@ -103,21 +104,22 @@ def reward_to_go(
             f"out must be {tuple(reward.shape)} {reward.dtype} on {reward.device}, "
             f"got {tuple(out.shape)} {out.dtype} on {out.device}"
         )
+    elif out.untyped_storage().data_ptr() == reward.untyped_storage().data_ptr():
+        raise ValueError("out must not share memory with reward (the discounts are written into out first)")
     T = reward.shape[0]
     if T == 0:
         return out
     zero = torch.zeros((), dtype=reward.dtype, device=reward.device)
     g = torch.full((), float(gamma), dtype=reward.dtype, device=reward.device)
-    scratch = torch.empty((min(_CHUNK, T), *reward.shape[1:]), dtype=reward.dtype, device=reward.device)
     nxt = None if bootstrap is None else bootstrap.to(reward.dtype)
     for c1 in range(T, 0, -_CHUNK):
         c0 = max(0, c1 - _CHUNK)
-        discount = torch.where(done[c0:c1], zero, g, out=scratch[: c1 - c0])  # [C, N]
+        torch.where(done[c0:c1], zero, g, out=out[c0:c1])  # the discounts, in the rows they become
         for t in range(c1 - 1, c0 - 1, -1):
             if nxt is None:
                 out[t].copy_(reward[t])
-            else:
-                torch.addcmul(reward[t], discount[t - c0], nxt, out=out[t])
+            else:  # elementwise, the output may be an input
+                torch.addcmul(reward[t], out[t], nxt, out=out[t])
             nxt = out[t]
     return out
 

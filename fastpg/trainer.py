@@ -17,14 +17,18 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator
+import warnings
+from pathlib import Path
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 from torch import nn
 
+from fastpg.checkpoint import CHECKPOINT_NAME, check_compatible, config_to_dict, load_checkpoint, save_checkpoint
 from fastpg.config import Config, ConfigError
 from fastpg.envs import BatchedEnv, make_env, resolve_backend
+from fastpg.interrupts import StopOnSignals
 from fastpg.loss import advantage, surrogate
 from fastpg.metrics import ConsoleProgress, EpisodeWindow, JsonlSink, jsonable, synchronize
 from fastpg.policy import MLPPolicy, mode_action, sample_action
@@ -32,7 +36,11 @@ from fastpg.returns import episode_complete_mask, reward_to_go
 from fastpg.rollout import Carry, collect, init_carry
 from fastpg.storage import allocate_storage
 
-__all__ = ["Trainer", "train", "evaluate", "resolve_device"]
+__all__ = ["Trainer", "train", "evaluate", "resolve_device", "NonFiniteError"]
+
+
+class NonFiniteError(RuntimeError):
+    """Too many consecutive updates had a non-finite loss, gradient or parameter."""
 
 EVAL_SEED_OFFSET = 1_000_003  # evaluation envs are seeded apart from the training envs
 
@@ -123,6 +131,8 @@ class Trainer:
         self.total_steps = 0  # valid + NEXT_STEP reset steps (reported as reset_steps)
         self.episodes = 0
         self.wall_s = 0.0  # training time: collect + update, evaluation excluded
+        self.bad_updates = 0  # consecutive updates skipped for non-finite values
+        self.skipped_updates = 0
         self.stop_reason: str | None = None
 
     # -- the straight line ---------------------------------------------------------------------
@@ -180,11 +190,41 @@ class Trainer:
         stats["mask_frac"] = mask_frac
         max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf
         grad_norm = nn.utils.clip_grad_norm_(policy.parameters(), max_norm)
-        if apply:
-            self.optimizer.step()
+        bad = self._first_nonfinite(loss, grad_norm)  # one host sync per update
+        stats["skipped"] = torch.tensor(float(bad is not None))
+        if bad is None:
+            self.bad_updates = 0
+            if apply:
+                self.optimizer.step()
+        else:  # never let a NaN / inf reach the optimizer's state or the parameters
+            self.optimizer.zero_grad(set_to_none=True)
+            self.bad_updates += 1
+            self.skipped_updates += 1
+            if self.bad_updates >= cfg.max_bad_updates:
+                raise NonFiniteError(
+                    f"epoch {self.epoch_count + 1}: {self.bad_updates} updates in a row had a non-finite "
+                    f"{bad} and were skipped (--max-bad-updates {cfg.max_bad_updates}); the parameters are "
+                    "those of the last good update"
+                )
         stats["loss"] = loss.detach()
         stats["grad_norm"] = grad_norm.detach()
         return stats
+
+    def _first_nonfinite(self, loss: torch.Tensor, grad_norm: torch.Tensor) -> str | None:
+        """None if loss, gradients and parameters are all finite, else the first that is not."""
+        named = list(self.policy.named_parameters())
+        checks = [torch.isfinite(loss), torch.isfinite(grad_norm)] + [torch.isfinite(p).all() for _, p in named]
+        ok = torch.stack(checks).tolist()
+        if all(ok):
+            return None
+        if not ok[0]:
+            return "loss"
+        if not ok[1]:
+            for name, p in named:
+                if p.grad is not None and not bool(torch.isfinite(p.grad).all()):
+                    return f"gradient (of {name})"
+            return "gradient norm"
+        return f"parameter ({named[ok.index(False, 2) - 2][0]})"
 
     def _slice_loss(
         self, obs: torch.Tensor, action: torch.Tensor, adv: torch.Tensor, mask: torch.Tensor, ret: torch.Tensor, count: torch.Tensor
@@ -215,13 +255,33 @@ class Trainer:
         # ENV -> STORAGE
         self.collect()
         finished = self._record_episodes()  # one host sync: the episodes that ended this epoch
+        bad_envs = self._nonfinite_envs()  # and one for the env data check
         synchronize(self.device)
         t1 = time.perf_counter()
         # STORAGE -> RETURNS -> LOSS -> OPTIMIZER
         stats = self.update(apply=not self.solved())
         synchronize(self.device)
         t2 = time.perf_counter()
-        return self._end_epoch(stats, finished, collect_s=t1 - t0, update_s=t2 - t1)
+        metrics = self._end_epoch(stats, finished, collect_s=t1 - t0, update_s=t2 - t1)
+        metrics["nonfinite_envs"] = len(bad_envs)
+        return metrics
+
+    def _nonfinite_envs(self) -> list[int]:
+        """Indices of the env copies that produced a non-finite reward or observation this epoch
+        (checked once per epoch, not per step); warns naming them. Their NaN / inf reaches the loss,
+        so the update skips (see ``update``)."""
+        buf = self.buf
+        ok = torch.isfinite(buf["reward"]).all(0) & torch.isfinite(buf["obs"]).flatten(2).all(-1).all(0)
+        bad = (~ok).nonzero().squeeze(1).tolist()
+        if bad:
+            shown = ", ".join(map(str, bad[:10])) + (f" and {len(bad) - 10} more" if len(bad) > 10 else "")
+            warnings.warn(
+                f"epoch {self.epoch_count + 1}: {self.env.info.env_id} returned a non-finite reward or "
+                f"observation in env cop{'ies' if len(bad) > 1 else 'y'} {shown}",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        return bad
 
     def _record_episodes(self) -> tuple[list[float], list[int]]:
         done = self.buf["done"]
@@ -267,6 +327,8 @@ class Trainer:
             "value_loss": scalars["value_loss"],
             "entropy": scalars["entropy"],
             "grad_norm": scalars["grad_norm"],
+            "update_skipped": bool(scalars["skipped"]),
+            "skipped_updates": self.skipped_updates,
             "mask_frac": scalars["mask_frac"],
             "collect_s": collect_s,
             "update_s": update_s,
@@ -281,15 +343,21 @@ class Trainer:
             and self.window.mean_return() >= self.target_return
         )
 
-    def run(self) -> Iterator[dict[str, Any]]:
+    def run(self, should_stop: Callable[[], str | None] | None = None) -> Iterator[dict[str, Any]]:
         """Train until the budget is spent or the target is reached, yielding each epoch's metrics.
 
-        ``stop_reason`` is then ``"target_return"``, ``"max_env_steps"`` or ``"max_epochs"``.
+        ``stop_reason`` is then ``"target_return"``, ``"max_env_steps"`` or ``"max_epochs"``, or
+        what ``should_stop()`` returned: it is asked after every epoch (``train`` uses it for
+        Ctrl-C and SIGTERM, which end the run between epochs).
         """
         cfg = self.cfg
         self.stop_reason = None
         while True:
-            if self.env_steps >= cfg.max_env_steps:
+            if self.stop_reason:
+                pass
+            elif should_stop is not None and should_stop():
+                self.stop_reason = should_stop()
+            elif self.env_steps >= cfg.max_env_steps:
                 self.stop_reason = "max_env_steps"
             elif cfg.max_epochs is not None and self.epoch_count >= cfg.max_epochs:
                 self.stop_reason = "max_epochs"
@@ -322,6 +390,59 @@ class Trainer:
             )
         finally:
             env.close()
+
+    # -- checkpoints -------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue this run (see ``fastpg.checkpoint``); plain values and
+        tensors only. Take it between epochs."""
+        env_state = self.env.state_dict() if hasattr(self.env, "state_dict") else None
+        return {
+            "config": config_to_dict(self.cfg),
+            "epoch": self.epoch_count,
+            "env_steps": self.env_steps,
+            "total_steps": self.total_steps,
+            "episodes": self.episodes,
+            "wall_s": self.wall_s,
+            "window": {"returns": list(self.window.returns), "lengths": list(self.window.lengths)},
+            "policy": self.policy.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "generator": self.generator.get_state(),
+            "carry": {
+                "obs": self.carry.obs.cpu(),
+                "episode_return": self.carry.episode_return.cpu(),
+                "episode_length": self.carry.episode_length.cpu(),
+            },
+            "env": env_state,
+        }
+
+    def load_state_dict(self, state: dict[str, Any], *, source: str = "the checkpoint") -> None:
+        """Continue the run saved in ``state`` (``ConfigError`` if this config cannot).
+
+        A native env gets its exact state back, so the run goes on bit for bit as if never stopped
+        (same device). A gymnasium env's state cannot be restored: it is re-seeded with
+        ``seed + epoch`` and the episodes that were running are dropped.
+        """
+        check_compatible(state["config"], self.cfg, source)
+        self.policy.load_state_dict(state["policy"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.generator.set_state(state["generator"])
+        self.epoch_count = int(state["epoch"])
+        self.env_steps = int(state["env_steps"])
+        self.total_steps = int(state["total_steps"])
+        self.episodes = int(state["episodes"])
+        self.wall_s = float(state["wall_s"])
+        self.window = EpisodeWindow(self.window.returns.maxlen)
+        self.window.extend(list(state["window"]["returns"]), list(state["window"]["lengths"]))
+        if state["env"] is not None and hasattr(self.env, "load_state_dict"):
+            self.env.load_state_dict(state["env"])
+            carry = state["carry"]
+            self.carry = Carry(
+                obs=carry["obs"].to(self.device),
+                episode_return=carry["episode_return"].to(self.device),
+                episode_length=carry["episode_length"].to(self.device),
+            )
+        else:
+            self.carry = init_carry(self.env, (self.cfg.seed + self.epoch_count) % 2**32)
 
     def close(self) -> None:
         self.env.close()
@@ -383,27 +504,68 @@ def evaluate(
     }
 
 
+def _check_outputs(cfg: Config) -> None:
+    """Refuse to replace an existing metrics file or checkpoint unless asked to."""
+    if cfg.overwrite:
+        return
+    if cfg.metrics_file is not None and Path(cfg.metrics_file).exists() and cfg.resume is None:
+        raise ConfigError(
+            "metrics_file",
+            f"{cfg.metrics_file} already exists; pass --overwrite to replace it (or --resume DIR to append to it)",
+        )
+    ckpt = cfg.checkpoint_dir
+    if ckpt is not None and (Path(ckpt) / CHECKPOINT_NAME).exists():
+        if cfg.resume is None or Path(cfg.resume).resolve() != Path(ckpt).resolve():
+            raise ConfigError(
+                "checkpoint_dir",
+                f"{ckpt} already holds a checkpoint; pass --resume {ckpt} to continue that run or --overwrite to replace it",
+            )
+
+
 def train(cfg: Config, *, policy: nn.Module | None = None) -> dict[str, Any]:
     """Train with ``cfg`` to its budget or target, evaluate, and return the summary.
 
     Prints progress lines (unless ``cfg.quiet``) and the summary; writes ``cfg.metrics_file``
     (one JSON object per epoch, then the summary object) when set. Summary keys: ``solved``
     (evaluation mean >= target), ``time_to_solve_s`` (training wall time, evaluation excluded),
-    ``env_steps_to_solve``, ``eval_return_mean``, ``sps``, and more.
+    ``env_steps_to_solve``, ``eval_return_mean``, ``sps``, ``checkpoint`` and more.
+
+    Checkpoints (``checkpoint_dir``, or the ``resume`` directory) are written every
+    ``checkpoint_every`` epochs and when training stops. SIGINT / SIGTERM stop the run after the
+    current epoch: checkpoint, summary (``stop_reason`` ``"interrupted (SIGINT)"``, no evaluation),
+    environments closed; ``summary["exit_code"]`` is then 128 + the signal number. A
+    ``NonFiniteError`` leaves the last checkpoint as it was.
     """
     import json
 
-    sink = JsonlSink(cfg.metrics_file) if cfg.metrics_file is not None else None
+    _check_outputs(cfg)
+    state = None
+    if cfg.resume is not None:
+        state = load_checkpoint(cfg.resume)
+        check_compatible(state["config"], cfg, Path(cfg.resume) / CHECKPOINT_NAME)
+    ckpt_dir = cfg.checkpoint_dir if cfg.checkpoint_dir is not None else cfg.resume
+    ckpt_path = None
+    sink = JsonlSink(cfg.metrics_file, append=cfg.resume is not None and not cfg.overwrite) if cfg.metrics_file is not None else None
     progress = None if cfg.quiet else ConsoleProgress(cfg.progress_interval_s)
     try:
-        with Trainer(cfg, policy=policy) as trainer:
+        with Trainer(cfg, policy=policy) as trainer, StopOnSignals() as signals:
+            if state is not None:
+                trainer.load_state_dict(state, source=str(Path(cfg.resume) / CHECKPOINT_NAME))
+            start_epoch = trainer.epoch_count
             metrics = None
-            for metrics in trainer.run():
+            for metrics in trainer.run(should_stop=signals.requested):
                 if sink:
                     sink.write(metrics)
                 if progress:
                     progress(metrics, force=trainer.stop_reason is not None)
-            ev = trainer.evaluate(cfg.eval_episodes, deterministic=cfg.eval_deterministic) if cfg.eval_episodes else {}
+                if ckpt_dir is not None and trainer.epoch_count % cfg.checkpoint_every == 0:
+                    ckpt_path = save_checkpoint(trainer.state_dict(), ckpt_dir)
+            if ckpt_dir is not None and (ckpt_path is None or trainer.epoch_count % cfg.checkpoint_every):
+                ckpt_path = save_checkpoint(trainer.state_dict(), ckpt_dir)
+            interrupted = signals.exit_code is not None
+            ev = {}
+            if cfg.eval_episodes and not interrupted:
+                ev = trainer.evaluate(cfg.eval_episodes, deterministic=cfg.eval_deterministic)
             target = trainer.target_return
             eval_mean = ev.get("eval_return_mean")
             solved = None if target is None or eval_mean is None else eval_mean >= target
@@ -422,9 +584,14 @@ def train(cfg: Config, *, policy: nn.Module | None = None) -> dict[str, Any]:
                 "env_steps": trainer.env_steps,
                 "reset_steps": trainer.total_steps - trainer.env_steps,
                 "epochs": trainer.epoch_count,
+                "epochs_this_run": trainer.epoch_count - start_epoch,
                 "episodes": trainer.episodes,
                 "sps": trainer.env_steps / trainer.wall_s if trainer.wall_s > 0 else None,
                 "return_mean_100": trainer.window.mean_return(),
+                "skipped_updates": trainer.skipped_updates,
+                "resumed_from": str(cfg.resume) if cfg.resume is not None else None,
+                "checkpoint": str(ckpt_path) if ckpt_path is not None else None,
+                "exit_code": signals.exit_code or 0,
                 **ev,
             }
         if sink:

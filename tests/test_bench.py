@@ -38,6 +38,13 @@ def test_sync_beyond_the_cap_is_skipped_not_run(monkeypatch):
     assert "skipped" in format_table(report)
 
 
+def test_async_beyond_its_cap_is_skipped_not_run(monkeypatch):
+    monkeypatch.setattr(bench, "MAX_ENVS_ASYNC", 1)
+    b = BenchConfig(backends=("async",), num_envs=(2,), num_steps=4, phases=("env",), repeats=1, warmup=0)
+    (row,) = run_bench(b)["results"]
+    assert "worker process per copy" in row["skipped"] and "rate_median" not in row
+
+
 def test_cli_bench_prints_table_and_writes_json(tmp_path, capsys):
     out = tmp_path / "bench.json"
     code = main(["bench", "--num-envs", "4", "--num-steps", "8", "--repeats", "1", "--warmup", "0",

@@ -24,7 +24,7 @@ from fastpg.envs.classic_control import (
     TorchMountainCarContinuous,
     TorchPendulum,
 )
-from fastpg.envs.gym_vector import GymVectorEnv, UnsupportedEnvError, make_gym_vector_env
+from fastpg.envs.gym_vector import EnvWorkerError, GymVectorEnv, UnsupportedEnvError, make_gym_vector_env
 
 __all__ = [
     "BatchedEnv",
@@ -38,6 +38,7 @@ __all__ = [
     "TorchMountainCarContinuous",
     "TorchPendulum",
     "UnsupportedEnvError",
+    "EnvWorkerError",
     "make_env",
     "native_env_ids",
     "backend_problem",

@@ -13,6 +13,12 @@ action back to the host waits for the stream, which has by then finished the ear
 
 from __future__ import annotations
 
+import contextlib
+import multiprocessing
+import signal
+import threading
+import time
+
 import gymnasium as gym
 import numpy as np
 import torch
@@ -22,13 +28,34 @@ from torch import Tensor
 
 from fastpg.envs.base import EnvInfo, Step
 
-__all__ = ["GymVectorEnv", "make_gym_vector_env", "env_info_from_spaces", "UnsupportedEnvError"]
+__all__ = ["GymVectorEnv", "make_gym_vector_env", "env_info_from_spaces", "UnsupportedEnvError", "EnvWorkerError"]
 
 _MODES = {"vector": "vector_entry_point", "sync": "sync", "async": "async"}
+# An AsyncVectorEnv step or reset that takes longer than this is taken for a hung or dead worker.
+ASYNC_TIMEOUT_S = 60.0
 
 
 class UnsupportedEnvError(ValueError):
     """The environment's spaces or autoreset mode are not ones fastpg can train on."""
+
+
+class EnvWorkerError(RuntimeError):
+    """An async worker raised, died or hung; the message names the env id and the worker(s)."""
+
+
+@contextlib.contextmanager
+def _workers_ignore_sigint():
+    """Start worker processes with SIGINT ignored (they inherit it; Python then installs no
+    KeyboardInterrupt handler in them): a Ctrl-C at the terminal reaches the whole process group,
+    and the main process, not each worker, decides how the run ends."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def env_info_from_spaces(
@@ -93,7 +120,11 @@ def make_gym_vector_env(
     if backend != "vector":
         # The adapter copies every array into torch at once, so gymnasium need not copy first.
         kwargs["vector_kwargs"] = {"copy": False}
-    vec = gym.make_vec(env_id, num_envs=num_envs, vectorization_mode=_MODES[backend], **kwargs)
+    if backend == "async":
+        with _workers_ignore_sigint():
+            vec = gym.make_vec(env_id, num_envs=num_envs, vectorization_mode=_MODES[backend], **kwargs)
+    else:
+        vec = gym.make_vec(env_id, num_envs=num_envs, vectorization_mode=_MODES[backend], **kwargs)
     return GymVectorEnv(vec, device=device, env_id=env_id)
 
 
@@ -113,6 +144,9 @@ class GymVectorEnv:
                 f"env {env_id}: autoreset mode {mode} is not supported; use NEXT_STEP or SAME_STEP"
             )
         self.same_step_reset = mode == AutoresetMode.SAME_STEP
+        self.env_id = env_id
+        self._async = isinstance(vec_env, gym.vector.AsyncVectorEnv)
+        self.async_timeout_s = ASYNC_TIMEOUT_S
         self.info = env_info_from_spaces(
             env_id, vec_env.single_observation_space, vec_env.single_action_space, spec
         )
@@ -153,13 +187,46 @@ class GymVectorEnv:
         return a.astype(self._action_np_dtype, copy=False)
 
     # -- BatchedEnv ------------------------------------------------------------------------------
+    def _worker_error(self, what: str, e: BaseException) -> EnvWorkerError:
+        """Name the failed workers, stop all of them, and wrap the original exception."""
+        vec = self.vec_env
+        failed = [i for i, p in enumerate(vec.parent_pipes) if p is None or p.closed]
+        dead = [i for i, p in enumerate(vec.processes) if not p.is_alive()]
+        deadline = time.monotonic() + 1.0  # a dead worker's pipe can report EOF before it is reaped
+        while not (failed or dead) and not isinstance(e, multiprocessing.TimeoutError) and time.monotonic() < deadline:
+            time.sleep(0.01)
+            dead = [i for i, p in enumerate(vec.processes) if not p.is_alive()]
+        workers = sorted(set(failed) | set(dead))
+        who = f"worker{'s' if len(workers) != 1 else ''} {', '.join(map(str, workers))}" if workers else "a worker"
+        if isinstance(e, multiprocessing.TimeoutError):
+            cause = f"no answer within {self.async_timeout_s:g} s (hung or died)"
+        else:
+            cause = f"{type(e).__name__}: {e}"
+        with contextlib.suppress(Exception):
+            vec.close(terminate=True)  # every worker process is stopped
+        return EnvWorkerError(f"env {self.env_id}: {what} failed in async {who}: {cause}")
+
     def reset(self, seed: int | None = None) -> Tensor:
-        obs, _ = self.vec_env.reset(seed=seed)
+        if self._async:
+            try:
+                self.vec_env.reset_async(seed=seed)
+                obs, _ = self.vec_env.reset_wait(timeout=self.async_timeout_s)
+            except Exception as e:
+                raise self._worker_error("reset", e) from e
+        else:
+            obs, _ = self.vec_env.reset(seed=seed)
         self._prev_done = np.zeros(self.num_envs, dtype=bool)
         return self._obs(obs)
 
     def step(self, action: Tensor) -> Step:
-        obs, reward, terminated, truncated, _ = self.vec_env.step(self._action(action))
+        if self._async:
+            try:
+                self.vec_env.step_async(self._action(action))
+                obs, reward, terminated, truncated, _ = self.vec_env.step_wait(timeout=self.async_timeout_s)
+            except Exception as e:
+                raise self._worker_error("step", e) from e
+        else:
+            obs, reward, terminated, truncated, _ = self.vec_env.step(self._action(action))
         # Flag logic in numpy: on N-element arrays it costs a fraction of a torch op.
         done = np.logical_or(terminated, truncated)
         if self.same_step_reset:
@@ -176,4 +243,8 @@ class GymVectorEnv:
         )
 
     def close(self) -> None:
-        self.vec_env.close()
+        if not getattr(self.vec_env, "closed", False):
+            self.vec_env.close(terminate=True) if self._async and self._broken() else self.vec_env.close()
+
+    def _broken(self) -> bool:
+        return any(p is None or p.closed for p in self.vec_env.parent_pipes)

@@ -151,6 +151,27 @@ class NativeEnv:
         if elapsed is not None:
             self.elapsed.copy_(elapsed)
 
+    def state_dict(self) -> dict[str, Tensor]:
+        """Everything the next steps depend on (checkpoints): state, step counters, generator."""
+        return {
+            "state": self._state.clone(),
+            "final": self._final.clone(),
+            "elapsed": self.elapsed.clone(),
+            "generator": self.generator.get_state(),
+        }
+
+    def load_state_dict(self, sd: dict[str, Tensor]) -> None:
+        """Restore what ``state_dict`` returned (from an env of the same id, N and dtype)."""
+        if tuple(sd["state"].shape) != tuple(self._state.shape) or sd["state"].dtype != self.state_dtype:
+            raise ValueError(
+                f"env state is {tuple(sd['state'].shape)} {sd['state'].dtype}, this env needs "
+                f"{tuple(self._state.shape)} {self.state_dtype}"
+            )
+        self._state = sd["state"].to(self.device).clone()
+        self._final = sd["final"].to(self.device).clone()
+        self.elapsed.copy_(sd["elapsed"])
+        self.generator.set_state(sd["generator"])
+
     def close(self) -> None:
         pass
 
