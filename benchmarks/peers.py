@@ -1,7 +1,9 @@
 """fastpg side by side with its peers on CartPole-v1: one run, one machine, ratios fastpg / peer.
 
     .venv/bin/pip install -c constraints.txt -e '.[peers]'      # stable-baselines3 (optional)
-    .venv/bin/python benchmarks/peers.py --json benchmarks/results/peers.json
+    .venv/bin/python benchmarks/peers.py --json benchmarks/results/peers.json > benchmarks/results/peers.txt
+
+(about 8 minutes on the 2-core machine; progress on stderr).
 
 Sections (``--sections``; each prints its table as it finishes, the ratios come at the end):
 
@@ -226,7 +228,7 @@ def run_solve(args: argparse.Namespace) -> list[dict[str, Any]]:
     rows = []
     try:
         for system in args.systems:
-            seeds = args.classic_seeds if system == "classic" else args.seeds
+            seeds = args.classic_seeds if system == "classic" and args.classic_seeds else args.seeds
             for seed in seeds:
                 with contextlib.redirect_stdout(io.StringIO()):
                     if system.startswith("fastpg"):
@@ -368,7 +370,7 @@ def format_report(report: dict[str, Any]) -> str:
         lines += [f"  {r['policy']:<9} N={r['num_envs']:<6} {format_si(r['rate_median'])}" for r in report["sps"] if "rate_median" in r]
     if report.get("solve"):
         lines.append("time to solve CartPole-v1 (training time, evaluations excluded)")
-        lines.append(f"  {'system':<9} {'solved':>6} {'median s':>9} {'min s':>7} {'max s':>7} {'median steps':>13} {'median steps/s':>15}")
+        lines.append(f"  {'system':<10} {'solved':>6} {'median s':>9} {'min s':>7} {'max s':>7} {'median steps':>13} {'median steps/s':>15}")
         for system in dict.fromkeys(r["system"] for r in report["solve"]):
             rows = [r for r in report["solve"] if r["system"] == system]
             solved = [r for r in rows if r["solved"]]
@@ -376,7 +378,7 @@ def format_report(report: dict[str, Any]) -> str:
             ts = [r["time_to_solve_s"] for r in solved]
             steps = [r["env_steps_to_solve"] for r in solved]
             lines.append(
-                f"  {system:<9} {len(solved)}/{len(rows):<4} {med if med is None else f'{med:.2f}':>9} "
+                f"  {system:<10} {len(solved)}/{len(rows):<4} {med if med is None else f'{med:.2f}':>9} "
                 f"{min(ts) if ts else float('nan'):>7.2f} {max(ts) if ts else float('nan'):>7.2f} "
                 f"{int(statistics.median(steps)) if steps else 0:>13,} {format_si(statistics.median(r['sps'] for r in rows)):>15}"
             )
@@ -422,8 +424,8 @@ def main() -> None:
     p.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS))
     p.add_argument("--systems", nargs="+", choices=SYSTEMS, default=list(SYSTEMS), help="systems of the solve section")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    p.add_argument("--classic-seeds", type=int, nargs="+", default=[0, 1, 2],
-                   help="seeds of the classic loop (it takes minutes per seed)")
+    p.add_argument("--classic-seeds", type=int, nargs="+", default=None,
+                   help="seeds of the classic loop (default: --seeds)")
     p.add_argument("--eval-every-s", type=float, default=0.5, help="training seconds between evaluations")
     p.add_argument("--eval-deterministic", action="store_true", help="evaluate with the most likely action")
     p.add_argument("--max-train-s", type=float, default=300.0, help="training time after which a run counts as unsolved")

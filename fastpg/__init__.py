@@ -4,14 +4,15 @@ Library first: ``Trainer(Config(...))`` / ``train(Config(...))``; tensors in, te
 fastpg changes no global state.
 """
 
+from fastpg.checkpoint import load_checkpoint, save_checkpoint
 from fastpg.config import Config, ConfigError
-from fastpg.envs import BatchedEnv, EnvInfo, GymVectorEnv, Step, UnsupportedEnvError, make_env, native_env_ids
+from fastpg.envs import BatchedEnv, EnvInfo, EnvWorkerError, GymVectorEnv, Step, UnsupportedEnvError, make_env, native_env_ids
 from fastpg.loss import masked_mean, masked_mean_std, masked_normalize, reinforce_loss, reinforce_loss_reference
 from fastpg.policy import MLPPolicy, mode_action, sample_action
 from fastpg.returns import episode_complete_mask, reward_to_go, reward_to_go_reference
 from fastpg.rollout import Carry, collect, init_carry
 from fastpg.storage import allocate_storage
-from fastpg.trainer import Trainer, evaluate, train
+from fastpg.trainer import NonFiniteError, Trainer, evaluate, train
 
 __version__ = "0.1.0"
 
@@ -23,6 +24,7 @@ __all__ = [
     "GymVectorEnv",
     "Step",
     "UnsupportedEnvError",
+    "EnvWorkerError",
     "make_env",
     "native_env_ids",
     "MLPPolicy",
@@ -43,4 +45,7 @@ __all__ = [
     "Trainer",
     "train",
     "evaluate",
+    "NonFiniteError",
+    "save_checkpoint",
+    "load_checkpoint",
 ]
