@@ -62,8 +62,9 @@ class Config:
     max_epochs: int | None = None
     """Optional training budget in epochs (stops at whichever budget comes first)."""
     target_return: float | None = None
-    """Stop when the mean return of the latest 100 finished episodes reaches this (default: the
-    env spec's reward_threshold; no early stop if it has none)."""
+    """Stop when the mean return of the latest 100 finished episodes reaches this and an
+    evaluation of --eval-episodes fresh episodes confirms it (default: the env spec's
+    reward_threshold; no early stop if it has none)."""
     gamma: float = 0.99
     """Discount factor in [0, 1]."""
     lr: float = 1e-2

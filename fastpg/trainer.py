@@ -131,6 +131,9 @@ class Trainer:
         self.total_steps = 0  # valid + NEXT_STEP reset steps (reported as reset_steps)
         self.episodes = 0
         self.wall_s = 0.0  # training time: collect + update, evaluation excluded
+        self.target_reached = False  # the window and an evaluation reached the target (see epoch)
+        self.target_checks = 0  # evaluations run because the window reached the target
+        self.last_eval: dict[str, float] | None = None  # the evaluation that confirmed the target
         self.bad_updates = 0  # consecutive updates skipped for non-finite values
         self.skipped_updates = 0
         self.stop_reason: str | None = None
@@ -247,9 +250,12 @@ class Trainer:
     def epoch(self) -> dict[str, Any]:
         """One epoch: collect, then update; returns its metrics as Python numbers.
 
-        If the episodes finished so far reach the target return, the update is computed and
-        reported but not applied: training stops with the policy that produced those episodes,
-        which is the policy then evaluated (an update after the last check would be untested).
+        When the latest 100 finished episodes reach the target return, the policy that played them
+        is evaluated on ``eval_episodes`` fresh episodes (that time is not training time). If the
+        evaluation reaches the target too, the target is confirmed: this epoch's update is computed
+        and reported but not applied, and training stops with the evaluated policy (an update after
+        the check would be untested). Otherwise the update is applied and training goes on. With
+        ``eval_episodes=0`` the window alone decides.
         """
         t0 = time.perf_counter()
         # ENV -> STORAGE
@@ -258,13 +264,34 @@ class Trainer:
         bad_envs = self._nonfinite_envs()  # and one for the env data check
         synchronize(self.device)
         t1 = time.perf_counter()
+        confirmed = self._confirm_target()
+        t1b = time.perf_counter()
         # STORAGE -> RETURNS -> LOSS -> OPTIMIZER
-        stats = self.update(apply=not self.solved())
+        stats = self.update(apply=not confirmed)
         synchronize(self.device)
         t2 = time.perf_counter()
-        metrics = self._end_epoch(stats, finished, collect_s=t1 - t0, update_s=t2 - t1)
+        metrics = self._end_epoch(stats, finished, collect_s=t1 - t0, update_s=t2 - t1b)
         metrics["nonfinite_envs"] = len(bad_envs)
+        metrics["target_checks"] = self.target_checks
         return metrics
+
+    def _confirm_target(self) -> bool:
+        """Evaluate the current policy when the window reaches the target; True if it passes."""
+        if not self.window_reached_target():
+            return False
+        if not self.cfg.eval_episodes:
+            self.target_reached = True
+            return True
+        self.target_checks += 1
+        ev = self.evaluate(
+            self.cfg.eval_episodes,
+            deterministic=self.cfg.eval_deterministic,
+            seed=self.cfg.seed + EVAL_SEED_OFFSET + self.epoch_count + 1,
+        )
+        if ev["eval_return_mean"] >= self.target_return:
+            self.target_reached = True
+            self.last_eval = ev
+        return self.target_reached
 
     def _nonfinite_envs(self) -> list[int]:
         """Indices of the env copies that produced a non-finite reward or observation this epoch
@@ -335,13 +362,17 @@ class Trainer:
         }
 
     # -- driving ---------------------------------------------------------------------------------
-    def solved(self) -> bool:
+    def window_reached_target(self) -> bool:
         """True when the latest 100 finished episodes average at least the target return."""
         return (
             self.target_return is not None
             and self.window.full
             and self.window.mean_return() >= self.target_return
         )
+
+    def solved(self) -> bool:
+        """True once the target is confirmed (window and evaluation; see ``epoch``)."""
+        return self.target_reached
 
     def run(self, should_stop: Callable[[], str | None] | None = None) -> Iterator[dict[str, Any]]:
         """Train until the budget is spent or the target is reached, yielding each epoch's metrics.
@@ -368,7 +399,7 @@ class Trainer:
                 self.stop_reason = "target_return"
             yield metrics
 
-    def evaluate(self, num_episodes: int = 100, *, deterministic: bool = False) -> dict[str, float]:
+    def evaluate(self, num_episodes: int = 100, *, deterministic: bool = False, seed: int | None = None) -> dict[str, float]:
         """Mean return of ``num_episodes`` fresh episodes (one per env copy; see ``evaluate``)."""
         backend = resolve_backend(self.cfg.env, self.cfg.backend)
         backend = "sync" if backend == "async" else backend  # no need for 100 worker processes
@@ -380,13 +411,14 @@ class Trainer:
             dtype=self.cfg.torch_env_dtype,
             fused=self.cfg.env_kernel == "cpp",
         )
+        seed = self.cfg.seed + EVAL_SEED_OFFSET if seed is None else seed
         try:
             return evaluate(
                 env,
                 self.policy,
-                seed=self.cfg.seed + EVAL_SEED_OFFSET,
+                seed=seed,
                 deterministic=deterministic,
-                generator=torch.Generator(device=self.device).manual_seed(self.cfg.seed + EVAL_SEED_OFFSET),
+                generator=torch.Generator(device=self.device).manual_seed(seed),
             )
         finally:
             env.close()
@@ -403,6 +435,8 @@ class Trainer:
             "total_steps": self.total_steps,
             "episodes": self.episodes,
             "wall_s": self.wall_s,
+            "target_checks": self.target_checks,
+            "skipped_updates": self.skipped_updates,
             "window": {"returns": list(self.window.returns), "lengths": list(self.window.lengths)},
             "policy": self.policy.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -431,6 +465,8 @@ class Trainer:
         self.total_steps = int(state["total_steps"])
         self.episodes = int(state["episodes"])
         self.wall_s = float(state["wall_s"])
+        self.target_checks = int(state.get("target_checks", 0))
+        self.skipped_updates = int(state.get("skipped_updates", 0))
         self.window = EpisodeWindow(self.window.returns.maxlen)
         self.window.extend(list(state["window"]["returns"]), list(state["window"]["lengths"]))
         if state["env"] is not None and hasattr(self.env, "load_state_dict"):
@@ -564,7 +600,9 @@ def train(cfg: Config, *, policy: nn.Module | None = None) -> dict[str, Any]:
                 ckpt_path = save_checkpoint(trainer.state_dict(), ckpt_dir)
             interrupted = signals.exit_code is not None
             ev = {}
-            if cfg.eval_episodes and not interrupted:
+            if trainer.last_eval is not None:  # the evaluation that confirmed the target
+                ev = trainer.last_eval
+            elif cfg.eval_episodes and not interrupted:
                 ev = trainer.evaluate(cfg.eval_episodes, deterministic=cfg.eval_deterministic)
             target = trainer.target_return
             eval_mean = ev.get("eval_return_mean")
@@ -589,6 +627,7 @@ def train(cfg: Config, *, policy: nn.Module | None = None) -> dict[str, Any]:
                 "sps": trainer.env_steps / trainer.wall_s if trainer.wall_s > 0 else None,
                 "return_mean_100": trainer.window.mean_return(),
                 "skipped_updates": trainer.skipped_updates,
+                "target_checks": trainer.target_checks,
                 "resumed_from": str(cfg.resume) if cfg.resume is not None else None,
                 "checkpoint": str(ckpt_path) if ckpt_path is not None else None,
                 "exit_code": signals.exit_code or 0,

@@ -212,3 +212,21 @@ def test_sliced_update_has_the_gradient_of_the_whole_batch_loss(env_id, changes)
         for k in ("policy_loss", "value_loss", "entropy", "adv_mean", "adv_std", "ret_mean"):
             torch.testing.assert_close(stats[k], ref_stats[k], rtol=1e-4, atol=1e-6)
         assert any(g.abs().sum() > 0 for g in sliced)
+
+
+def test_target_needs_a_confirming_evaluation(monkeypatch):
+    """The window reaching the target triggers an evaluation; a failed one lets training go on."""
+    verdicts = iter([1.0, 1.0, 100.0])
+    calls = []
+
+    def fake_evaluate(self, num_episodes=100, *, deterministic=False, seed=None):
+        calls.append((self.epoch_count, seed))
+        return {"eval_return_mean": next(verdicts), "eval_episodes": num_episodes}
+
+    monkeypatch.setattr(Trainer, "evaluate", fake_evaluate)
+    summary = train(Config(num_envs=8, num_steps=64, target_return=5.0, quiet=True, eval_episodes=3, max_epochs=60))
+    assert summary["stop_reason"] == "target_return" and summary["solved"] is True
+    assert summary["target_checks"] == 3 and len(calls) == 3  # the confirming evaluation is the final one
+    assert [e for e, _ in calls] == [calls[0][0], calls[0][0] + 1, calls[0][0] + 2]  # checked every epoch
+    assert len({s for _, s in calls}) == 3  # fresh episodes each time
+    assert summary["eval_return_mean"] == 100.0 and summary["epochs"] == calls[-1][0] + 1
