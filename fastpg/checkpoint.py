@@ -54,7 +54,7 @@ def config_from_dict(d: dict[str, Any]) -> Config:
     return Config(**kw)
 
 
-def check_compatible(saved: dict[str, Any], cfg: Config, path: Path) -> None:
+def check_compatible(saved: dict[str, Any], cfg: Config, path: str | Path) -> None:
     """Raise ``ConfigError`` naming every field where ``cfg`` cannot continue the saved run."""
     now = config_to_dict(cfg)
     diffs = [f"{k}: checkpoint {saved.get(k)!r}, now {now[k]!r}" for k in COMPATIBLE_FIELDS if saved.get(k) != now[k]]
