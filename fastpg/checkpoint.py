@@ -28,7 +28,7 @@ import torch
 
 from fastpg.config import Config, ConfigError
 
-__all__ = ["FORMAT", "CHECKPOINT_NAME", "save_checkpoint", "load_checkpoint", "check_compatible", "config_to_dict", "config_from_dict"]
+__all__ = ["FORMAT", "CHECKPOINT_NAME", "save_checkpoint", "load_checkpoint", "check_compatible", "config_to_dict"]
 
 FORMAT = 1
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -44,14 +44,6 @@ def config_to_dict(cfg: Config) -> dict[str, Any]:
         v = getattr(cfg, f.name)
         out[f.name] = list(v) if isinstance(v, tuple) else str(v) if isinstance(v, Path) else v
     return out
-
-
-def config_from_dict(d: dict[str, Any]) -> Config:
-    fields = {f.name for f in dataclasses.fields(Config)}
-    kw = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in fields}
-    if kw.get("metrics_file") is not None:
-        kw["metrics_file"] = Path(kw["metrics_file"])
-    return Config(**kw)
 
 
 def check_compatible(saved: dict[str, Any], cfg: Config, path: str | Path) -> None:

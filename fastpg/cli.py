@@ -75,9 +75,9 @@ def _train(cfg: Config) -> int:
 _COMMANDS = {"train": (parse_config, _train), "bench": (parse_bench_config, main_bench)}
 
 
-def _error(message: str) -> int:
+def _error(message: str, code: int = 2) -> int:
     print(f"fastpg: error: {message}", file=sys.stderr, flush=True)
-    return 2
+    return code
 
 
 def _config_error(e: ConfigError) -> int:
@@ -107,8 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UnsupportedEnvError as e:
         return _error(f"--env: {e}")
     except (EnvWorkerError, NonFiniteError) as e:
-        print(f"fastpg: error: {e}", file=sys.stderr, flush=True)
-        return 1
+        return _error(str(e), code=1)
     except KeyboardInterrupt:
         print("fastpg: interrupted", file=sys.stderr, flush=True)
         return 130

@@ -18,8 +18,8 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from pathlib import Path
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -270,10 +270,7 @@ class Trainer:
         stats = self.update(apply=not confirmed)
         synchronize(self.device)
         t2 = time.perf_counter()
-        metrics = self._end_epoch(stats, finished, collect_s=t1 - t0, update_s=t2 - t1b)
-        metrics["nonfinite_envs"] = len(bad_envs)
-        metrics["target_checks"] = self.target_checks
-        return metrics
+        return self._end_epoch(stats, finished, nonfinite_envs=len(bad_envs), collect_s=t1 - t0, update_s=t2 - t1b)
 
     def _confirm_target(self) -> bool:
         """Evaluate the current policy when the window reaches the target; True if it passes."""
@@ -323,6 +320,7 @@ class Trainer:
         stats: dict[str, torch.Tensor],
         finished: tuple[list[float], list[int]],
         *,
+        nonfinite_envs: int,
         collect_s: float,
         update_s: float,
     ) -> dict[str, Any]:
@@ -356,6 +354,8 @@ class Trainer:
             "grad_norm": scalars["grad_norm"],
             "update_skipped": bool(scalars["skipped"]),
             "skipped_updates": self.skipped_updates,
+            "nonfinite_envs": nonfinite_envs,
+            "target_checks": self.target_checks,
             "mask_frac": scalars["mask_frac"],
             "collect_s": collect_s,
             "update_s": update_s,
@@ -386,8 +386,8 @@ class Trainer:
         while True:
             if self.stop_reason:
                 pass
-            elif should_stop is not None and should_stop():
-                self.stop_reason = should_stop()
+            elif should_stop is not None and (requested := should_stop()):
+                self.stop_reason = requested
             elif self.env_steps >= cfg.max_env_steps:
                 self.stop_reason = "max_env_steps"
             elif cfg.max_epochs is not None and self.epoch_count >= cfg.max_epochs:

@@ -120,10 +120,7 @@ def make_gym_vector_env(
     if backend != "vector":
         # The adapter copies every array into torch at once, so gymnasium need not copy first.
         kwargs["vector_kwargs"] = {"copy": False}
-    if backend == "async":
-        with _workers_ignore_sigint():
-            vec = gym.make_vec(env_id, num_envs=num_envs, vectorization_mode=_MODES[backend], **kwargs)
-    else:
+    with _workers_ignore_sigint() if backend == "async" else contextlib.nullcontext():
         vec = gym.make_vec(env_id, num_envs=num_envs, vectorization_mode=_MODES[backend], **kwargs)
     return GymVectorEnv(vec, device=device, env_id=env_id)
 
@@ -190,7 +187,7 @@ class GymVectorEnv:
     def _worker_error(self, what: str, e: BaseException) -> EnvWorkerError:
         """Name the failed workers, stop all of them, and wrap the original exception."""
         vec = self.vec_env
-        failed = [i for i, p in enumerate(vec.parent_pipes) if p is None or p.closed]
+        failed = self._failed_workers()
         dead = [i for i, p in enumerate(vec.processes) if not p.is_alive()]
         deadline = time.monotonic() + 1.0  # a dead worker's pipe can report EOF before it is reaped
         while not (failed or dead) and not isinstance(e, multiprocessing.TimeoutError) and time.monotonic() < deadline:
@@ -244,7 +241,8 @@ class GymVectorEnv:
 
     def close(self) -> None:
         if not getattr(self.vec_env, "closed", False):
-            self.vec_env.close(terminate=True) if self._async and self._broken() else self.vec_env.close()
+            self.vec_env.close(terminate=True) if self._async and self._failed_workers() else self.vec_env.close()
 
-    def _broken(self) -> bool:
-        return any(p is None or p.closed for p in self.vec_env.parent_pipes)
+    def _failed_workers(self) -> list[int]:
+        """Async workers whose pipe gymnasium closed after an error (or that never answered)."""
+        return [i for i, p in enumerate(self.vec_env.parent_pipes) if p is None or p.closed]
