@@ -64,10 +64,12 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def _check_against_env(cfg: Config, env: BatchedEnv) -> None:
+def _check_against_env(cfg: Config, env: BatchedEnv, device: torch.device) -> None:
     info = env.info
     if env.num_envs != cfg.num_envs:
         raise ConfigError("num_envs", f"is {cfg.num_envs} but the env given has {env.num_envs} copies")
+    if torch.device(env.device) != device:
+        raise ConfigError("device", f"is {device} but the env given returns tensors on {env.device}")
     if info.discrete and cfg.log_std_init is not None:
         raise ConfigError(
             "log_std_init",
@@ -102,7 +104,7 @@ class Trainer:
             fused=cfg.env_kernel == "cpp",
         )
         try:
-            _check_against_env(cfg, self.env)
+            _check_against_env(cfg, self.env, self.device)
             info = self.env.info
             if policy is None:
                 # Initialize from the run seed without touching the global RNG.
@@ -192,9 +194,9 @@ class Trainer:
         stats.update(parts_total)
         stats["mask_frac"] = mask_frac
         max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf
-        grad_norm = nn.utils.clip_grad_norm_(policy.parameters(), max_norm)
+        grad_norm = nn.utils.clip_grad_norm_(policy.parameters(), max_norm).to(ret.device)  # CPU 0 when no entry is in the loss
         bad = self._first_nonfinite(loss, grad_norm)  # one host sync per update
-        stats["skipped"] = torch.tensor(float(bad is not None))
+        stats["skipped"] = torch.tensor(float(bad is not None), device=ret.device)
         if bad is None:
             self.bad_updates = 0
             if apply:

@@ -210,7 +210,7 @@ class _NanRewardEnv:
 
     def __init__(self, env, index: int, every: int):
         self.env, self.index, self.every, self.t = env, index, every, 0
-        self.info, self.num_envs = env.info, env.num_envs
+        self.info, self.num_envs, self.device = env.info, env.num_envs, env.device
 
     def reset(self, seed=None):
         return self.env.reset(seed=seed)
@@ -231,7 +231,7 @@ class _NanRewardEnv:
 def test_nan_reward_is_reported_with_the_env_index_and_the_update_skipped():
     from fastpg.envs import make_env
 
-    cfg = Config(**SMALL, max_bad_updates=3)
+    cfg = Config(**SMALL, max_bad_updates=3, device="cpu")
     with Trainer(cfg, env=_NanRewardEnv(make_env("CartPole-v1", 8), index=5, every=10**9)) as tr:
         tr.epoch()  # a clean epoch first
         tr.env.every = 7
