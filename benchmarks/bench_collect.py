@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import declare_ratio
+
 from fastpg.envs import make_env
 from fastpg.policy import MLPPolicy
 from fastpg.rollout import collect, init_carry

@@ -22,8 +22,8 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-
 from conftest import declare_ratio
+
 from fastpg.envs import make_env
 
 ROUNDS = 7

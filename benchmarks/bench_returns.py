@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import declare_ratio
-from fastpg.returns import reward_to_go_reference
 from returns_impls import GAMMA, returns_data, returns_impls
+
+from fastpg.returns import reward_to_go_reference
 
 SHAPES = [(128, 65536), (512, 4096)]
 ROUNDS = 9

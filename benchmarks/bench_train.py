@@ -12,8 +12,8 @@ slices), the baseline of the sliced update's ratio.
 from __future__ import annotations
 
 import pytest
-
 from conftest import declare_ratio
+
 from fastpg import Config, Trainer
 
 T = 128
@@ -23,13 +23,25 @@ SIZES = [("torch", 256), ("torch", 4096), ("vector", 4096)]
 
 
 for _policy in POLICIES:
-    declare_ratio(f"update sliced / one pass, native N=4096, {_policy}", (f"update-torch-{_policy}", 4096, "cpu"), (f"update-one-pass-{_policy}", 4096, "cpu"))
+    declare_ratio(
+        f"update sliced / one pass, native N=4096, {_policy}",
+        (f"update-torch-{_policy}", 4096, "cpu"),
+        (f"update-one-pass-{_policy}", 4096, "cpu"),
+    )
 
 
 def _trainer(backend: str, n: int, policy: str) -> Trainer:
     hidden, activation = POLICIES[policy]
-    cfg = Config(backend=backend, num_envs=n, num_steps=T, hidden_sizes=hidden, activation=activation,
-                 device="cpu", eval_episodes=0, quiet=True)
+    cfg = Config(
+        backend=backend,
+        num_envs=n,
+        num_steps=T,
+        hidden_sizes=hidden,
+        activation=activation,
+        device="cpu",
+        eval_episodes=0,
+        quiet=True,
+    )
     return Trainer(cfg)
 
 

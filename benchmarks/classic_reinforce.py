@@ -85,8 +85,18 @@ def main() -> None:
             break
     train_s = time.perf_counter() - t0
     learner.close()
-    print(json.dumps({"seed": args.seed, "last100_mean": sum(window) / len(window), "env_steps": learner.steps,
-                      "episodes": learner.episodes, "train_s": train_s, "sps": learner.steps / train_s}))
+    print(
+        json.dumps(
+            {
+                "seed": args.seed,
+                "last100_mean": sum(window) / len(window),
+                "env_steps": learner.steps,
+                "episodes": learner.episodes,
+                "train_s": train_s,
+                "sps": learner.steps / train_s,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

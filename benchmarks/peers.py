@@ -48,8 +48,9 @@ import math
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -57,14 +58,14 @@ from torch.distributions import Categorical
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from classic_reinforce import ClassicReinforce  # noqa: E402
-from returns_impls import returns_data, returns_impls  # noqa: E402
+from classic_reinforce import ClassicReinforce
+from returns_impls import returns_data, returns_impls
 
-from fastpg import Config, ConfigError, Trainer  # noqa: E402
-from fastpg.bench import BenchConfig, machine_info, run_bench  # noqa: E402
-from fastpg.envs import make_env  # noqa: E402
-from fastpg.metrics import format_si  # noqa: E402
-from fastpg.trainer import evaluate  # noqa: E402
+from fastpg import Config, ConfigError, Trainer
+from fastpg.bench import BenchConfig, machine_info, run_bench
+from fastpg.envs import make_env
+from fastpg.metrics import format_si
+from fastpg.trainer import evaluate
 
 SECTIONS = ("env", "returns", "sps", "solve")
 SYSTEMS = ("fastpg", "fastpg-cpp", "sb3-a2c", "sb3-ppo", "classic")
@@ -77,8 +78,16 @@ RL_ZOO = {
     "sb3-ppo": {
         "n_envs": 8,
         "n_timesteps": 100_000,
-        "kwargs": dict(n_steps=32, batch_size=256, gae_lambda=0.8, gamma=0.98, n_epochs=20, ent_coef=0.0,
-                       learning_rate=("lin", 1e-3), clip_range=("lin", 0.2)),
+        "kwargs": dict(
+            n_steps=32,
+            batch_size=256,
+            gae_lambda=0.8,
+            gamma=0.98,
+            n_epochs=20,
+            ent_coef=0.0,
+            learning_rate=("lin", 1e-3),
+            clip_range=("lin", 0.2),
+        ),
     },
     "sb3-a2c": {"n_envs": 8, "n_timesteps": 500_000, "kwargs": dict(ent_coef=0.0)},
 }
@@ -123,8 +132,13 @@ class SolveClock:
         if self.train_s >= self.next_eval_s:
             g = torch.Generator().manual_seed(10_000 * self.seed + len(self.evals))
             with torch.no_grad():
-                ev = evaluate(self.eval_env, self.policy, seed=1_000_003 + 10_000 * self.seed + len(self.evals),
-                              deterministic=self.args.eval_deterministic, generator=g)
+                ev = evaluate(
+                    self.eval_env,
+                    self.policy,
+                    seed=1_000_003 + 10_000 * self.seed + len(self.evals),
+                    deterministic=self.args.eval_deterministic,
+                    generator=g,
+                )
             self.evals.append((self.train_s, env_steps, ev["eval_return_mean"]))
             self.solved = ev["eval_return_mean"] >= TARGET
             self.next_eval_s = self.train_s + self.args.eval_every_s
@@ -152,7 +166,9 @@ def solve_fastpg(system: str, seed: int, args: argparse.Namespace, eval_env) -> 
     # protocol's evaluations decide, as for every system. fastpg-cpp: the same with the fused C++
     # CartPole step (--env-kernel cpp; compiled before the clock starts, cached after first use).
     extra = {"env_kernel": "cpp"} if system == "fastpg-cpp" else {}
-    cfg = Config(seed=seed, quiet=True, eval_episodes=0, target_return=1e9, max_env_steps=10**9, **{**args.fastpg, **extra})
+    cfg = Config(
+        seed=seed, quiet=True, eval_episodes=0, target_return=1e9, max_env_steps=10**9, **{**args.fastpg, **extra}
+    )
     with Trainer(cfg) as tr:
         clock = SolveClock(tr.policy.net, seed, args, eval_env)
         clock.start()
@@ -239,7 +255,10 @@ def run_solve(args: argparse.Namespace) -> list[dict[str, Any]]:
                         row = solve_sb3(system, seed, args, eval_env)
                 rows.append(row)
                 t = f"{row['time_to_solve_s']:.2f} s" if row["solved"] else f"not solved in {row['train_s']:.1f} s"
-                log(f"solve  {system:<8} seed {seed}: {t}, {row['env_steps']:,} steps, {format_si(row['sps'])} steps/s, {row['evaluations']} evaluations")
+                log(
+                    f"solve  {system:<8} seed {seed}: {t}, {row['env_steps']:,} steps, "
+                    f"{format_si(row['sps'])} steps/s, {row['evaluations']} evaluations"
+                )
     finally:
         eval_env.close()
     return rows
@@ -297,8 +316,16 @@ def run_returns(args: argparse.Namespace) -> list[dict[str, Any]]:
 def run_sps(args: argparse.Namespace) -> list[dict[str, Any]]:
     rows = []
     for hidden, act in (((32,), "tanh"), ((128,), "relu")):
-        b = BenchConfig(phases=("train",), backends=("torch",), num_envs=tuple(args.sps_num_envs), hidden_sizes=hidden,
-                        activation=act, device="cpu", repeats=args.repeats, quiet=True)
+        b = BenchConfig(
+            phases=("train",),
+            backends=("torch",),
+            num_envs=tuple(args.sps_num_envs),
+            hidden_sizes=hidden,
+            activation=act,
+            device="cpu",
+            repeats=args.repeats,
+            quiet=True,
+        )
         for r in run_bench(b, progress=log)["results"]:
             r["policy"] = f"{hidden[0]}-{act}"
             rows.append(r)
@@ -323,23 +350,49 @@ def ratios(report: dict[str, Any]) -> list[tuple[str, float | None, str]]:
 
     env = report.get("env", [])
     for n in (8, 256, 4096, 65536) if env else ():
-        add(f"env: native (torch ops) / CartPoleVectorEnv, N={n}", _rate(env, impl="torch", num_envs=n), _rate(env, impl="vector", num_envs=n))
-        add(f"env: native (fused) / CartPoleVectorEnv, N={n}", _rate(env, impl="fused", num_envs=n), _rate(env, impl="vector", num_envs=n))
+        add(
+            f"env: native (torch ops) / CartPoleVectorEnv, N={n}",
+            _rate(env, impl="torch", num_envs=n),
+            _rate(env, impl="vector", num_envs=n),
+        )
+        add(
+            f"env: native (fused) / CartPoleVectorEnv, N={n}",
+            _rate(env, impl="fused", num_envs=n),
+            _rate(env, impl="vector", num_envs=n),
+        )
     for n, peer in ((8, "sync"), (8, "async"), (256, "sync")) if env else ():
-        add(f"env: native (fused) / {peer} vector env, N={n}", _rate(env, impl="fused", num_envs=n), _rate(env, impl=peer, num_envs=n))
+        add(
+            f"env: native (fused) / {peer} vector env, N={n}",
+            _rate(env, impl="fused", num_envs=n),
+            _rate(env, impl=peer, num_envs=n),
+        )
     ret = report.get("returns", [])
     if ret:
-        add("returns: fastpg / torch loop over T, [128, 65536]", _rate(ret, impl="fast"), _rate(ret, impl="torch-loop"), ">= 2x")
+        add(
+            "returns: fastpg / torch loop over T, [128, 65536]",
+            _rate(ret, impl="fast"),
+            _rate(ret, impl="torch-loop"),
+            ">= 2x",
+        )
         add("returns: fastpg / reference loop, [128, 65536]", _rate(ret, impl="fast"), _rate(ret, impl="reference"))
-        add("returns: fastpg / torchrl reward2go, [128, 65536]", _rate(ret, impl="fast"), _rate(ret, impl="torchrl"), ">= 100x")
+        add(
+            "returns: fastpg / torchrl reward2go, [128, 65536]",
+            _rate(ret, impl="fast"),
+            _rate(ret, impl="torchrl"),
+            ">= 100x",
+        )
     sps = report.get("sps", [])
     solve = report.get("solve", [])
     best = max((r["rate_median"] for r in sps if r.get("policy") == "32-tanh" and "rate_median" in r), default=None)
     for system in ("sb3-ppo", "sb3-a2c", "classic") if sps else ():
         peer = [r["sps"] for r in solve if r["system"] == system and r["sps"]]
         if peer:
-            add(f"training steps/s: fastpg 32-tanh (best N) / {system}", best, statistics.median(peer),
-                ">= 500x" if system == "sb3-ppo" else "")
+            add(
+                f"training steps/s: fastpg 32-tanh (best N) / {system}",
+                best,
+                statistics.median(peer),
+                ">= 500x" if system == "sb3-ppo" else "",
+            )
     for ours in ("fastpg", "fastpg-cpp"):
         ours_rows = [r for r in solve if r["system"] == ours]
         if not ours_rows:
@@ -350,8 +403,13 @@ def ratios(report: dict[str, Any]) -> list[tuple[str, float | None, str]]:
             if peer_rows:
                 peer_t = median_time(peer_rows)
                 # time ratio peer / fastpg: > 1 means fastpg solves faster
-                out.append((f"time to solve: {system} median / {ours} median", peer_t / ours_t if peer_t and ours_t else None,
-                            "> 1" if system != "classic" and ours == "fastpg" else ""))
+                out.append(
+                    (
+                        f"time to solve: {system} median / {ours} median",
+                        peer_t / ours_t if peer_t and ours_t else None,
+                        "> 1" if system != "classic" and ours == "fastpg" else "",
+                    )
+                )
     return out
 
 
@@ -367,10 +425,17 @@ def format_report(report: dict[str, Any]) -> str:
         lines += [f"  {r['impl']:<11} {format_si(r['rate_median'])}" for r in report["returns"]]
     if report.get("sps"):
         lines.append("fastpg end-to-end training steps/s (T = 128, native CartPole-v1)")
-        lines += [f"  {r['policy']:<9} N={r['num_envs']:<6} {format_si(r['rate_median'])}" for r in report["sps"] if "rate_median" in r]
+        lines += [
+            f"  {r['policy']:<9} N={r['num_envs']:<6} {format_si(r['rate_median'])}"
+            for r in report["sps"]
+            if "rate_median" in r
+        ]
     if report.get("solve"):
         lines.append("time to solve CartPole-v1 (training time, evaluations excluded)")
-        lines.append(f"  {'system':<10} {'solved':>6} {'median s':>9} {'min s':>7} {'max s':>7} {'median steps':>13} {'median steps/s':>15}")
+        lines.append(
+            f"  {'system':<10} {'solved':>6} {'median s':>9} {'min s':>7} {'max s':>7} "
+            f"{'median steps':>13} {'median steps/s':>15}"
+        )
         for system in dict.fromkeys(r["system"] for r in report["solve"]):
             rows = [r for r in report["solve"] if r["system"] == system]
             solved = [r for r in rows if r["solved"]]
@@ -380,7 +445,8 @@ def format_report(report: dict[str, Any]) -> str:
             lines.append(
                 f"  {system:<10} {len(solved)}/{len(rows):<4} {med if med is None else f'{med:.2f}':>9} "
                 f"{min(ts) if ts else float('nan'):>7.2f} {max(ts) if ts else float('nan'):>7.2f} "
-                f"{int(statistics.median(steps)) if steps else 0:>13,} {format_si(statistics.median(r['sps'] for r in rows)):>15}"
+                f"{int(statistics.median(steps)) if steps else 0:>13,} "
+                f"{format_si(statistics.median(r['sps'] for r in rows)):>15}"
             )
     lines.append("ratios (fastpg / peer; same run)")
     for label, value, target in report["ratios"]:
@@ -424,15 +490,23 @@ def main() -> None:
     p.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS))
     p.add_argument("--systems", nargs="+", choices=SYSTEMS, default=list(SYSTEMS), help="systems of the solve section")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    p.add_argument("--classic-seeds", type=int, nargs="+", default=None,
-                   help="seeds of the classic loop (default: --seeds)")
+    p.add_argument(
+        "--classic-seeds", type=int, nargs="+", default=None, help="seeds of the classic loop (default: --seeds)"
+    )
     p.add_argument("--eval-every-s", type=float, default=0.5, help="training seconds between evaluations")
     p.add_argument("--eval-deterministic", action="store_true", help="evaluate with the most likely action")
-    p.add_argument("--max-train-s", type=float, default=300.0, help="training time after which a run counts as unsolved")
+    p.add_argument(
+        "--max-train-s", type=float, default=300.0, help="training time after which a run counts as unsolved"
+    )
     p.add_argument("--sps-num-envs", type=int, nargs="+", default=[4096, 16384, 65536])
     p.add_argument("--repeats", type=int, default=5, help="timed repetitions of the throughput measurements")
-    p.add_argument("--fastpg", nargs="*", default=[], metavar="FIELD=VALUE",
-                   help="fastpg Config fields for the solve section (default: fastpg's defaults), e.g. env_kernel=cpp")
+    p.add_argument(
+        "--fastpg",
+        nargs="*",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="fastpg Config fields for the solve section (default: fastpg's defaults), e.g. env_kernel=cpp",
+    )
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args()
     args.fastpg = parse_overrides(p, args.fastpg)
@@ -440,10 +514,17 @@ def main() -> None:
         try:
             import stable_baselines3  # noqa: F401
         except ImportError:
-            p.error("stable-baselines3 is not installed: pip install -c constraints.txt -e '.[peers]' (or drop sb3-* from --systems)")
+            p.error(
+                "stable-baselines3 is not installed: pip install -c constraints.txt -e '.[peers]' "
+                "(or drop sb3-* from --systems)"
+            )
 
     t0 = time.perf_counter()
-    report: dict[str, Any] = {"machine": machine_info(torch.device("cpu")), "peers": versions(), "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}}
+    report: dict[str, Any] = {
+        "machine": machine_info(torch.device("cpu")),
+        "peers": versions(),
+        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+    }
     runners = {"env": run_env, "returns": run_returns, "sps": run_sps, "solve": run_solve}
     for section in SECTIONS:
         if section in args.sections:

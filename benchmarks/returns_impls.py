@@ -12,7 +12,7 @@ Each takes ``(reward [T, N], done [T, N], out [T, N])`` with gamma 0.99 and retu
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

@@ -37,16 +37,21 @@ def main(backend: str = "auto") -> None:
                 runs.append(train(Config(seed=seed, quiet=True, max_env_steps=2_000_000, backend=backend, **changes)))
         times = [s["time_to_solve_s"] or float("inf") for s in runs]
         steps = [s["env_steps_to_solve"] or float("inf") for s in runs]
-        print(json.dumps({
-            "config": name,
-            "solved": sum(bool(s["solved"]) for s in runs),
-            "median_time_s": round(statistics.median(times), 2),
-            "max_time_s": round(max(times), 2),
-            "median_steps": statistics.median(steps),
-            "max_steps": max(steps),
-            "times": [round(t, 1) for t in times],
-            "sps_median": round(statistics.median(s["sps"] for s in runs)),
-        }), flush=True)
+        print(
+            json.dumps(
+                {
+                    "config": name,
+                    "solved": sum(bool(s["solved"]) for s in runs),
+                    "median_time_s": round(statistics.median(times), 2),
+                    "max_time_s": round(max(times), 2),
+                    "median_steps": statistics.median(steps),
+                    "max_steps": max(steps),
+                    "times": [round(t, 1) for t in times],
+                    "sps_median": round(statistics.median(s["sps"] for s in runs)),
+                }
+            ),
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

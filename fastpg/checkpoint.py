@@ -18,7 +18,6 @@ were running are dropped (documented in the README).
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 import tempfile
 from pathlib import Path
@@ -26,29 +25,31 @@ from typing import Any
 
 import torch
 
-from fastpg.config import Config, ConfigError
+from fastpg.config import Config
+from fastpg.errors import ConfigError
 
-__all__ = ["FORMAT", "CHECKPOINT_NAME", "save_checkpoint", "load_checkpoint", "check_compatible", "config_to_dict"]
+__all__ = ["FORMAT", "CHECKPOINT_NAME", "save_checkpoint", "load_checkpoint", "check_compatible"]
 
 FORMAT = 1
 CHECKPOINT_NAME = "checkpoint.pt"
 # Fields that must match for a checkpoint to continue a run: they fix the shapes of the policy, the
 # optimizer state, the storage and the environment. (Budgets, learning rate, logging... may change.)
-COMPATIBLE_FIELDS = ("env", "backend", "env_dtype", "num_envs", "num_steps", "hidden_sizes", "activation", "baseline", "log_std_init")
-
-
-def config_to_dict(cfg: Config) -> dict[str, Any]:
-    """The config as plain values (tuples as lists, paths as strings)."""
-    out = {}
-    for f in dataclasses.fields(cfg):
-        v = getattr(cfg, f.name)
-        out[f.name] = list(v) if isinstance(v, tuple) else str(v) if isinstance(v, Path) else v
-    return out
+COMPATIBLE_FIELDS = (
+    "env",
+    "backend",
+    "env_dtype",
+    "num_envs",
+    "num_steps",
+    "hidden_sizes",
+    "activation",
+    "baseline",
+    "log_std_init",
+)
 
 
 def check_compatible(saved: dict[str, Any], cfg: Config, path: str | Path) -> None:
     """Raise ``ConfigError`` naming every field where ``cfg`` cannot continue the saved run."""
-    now = config_to_dict(cfg)
+    now = cfg.to_dict()
     diffs = [f"{k}: checkpoint {saved.get(k)!r}, now {now[k]!r}" for k in COMPATIBLE_FIELDS if saved.get(k) != now[k]]
     if diffs:
         raise ConfigError("resume", f"the checkpoint in {path} is from an incompatible run ({'; '.join(diffs)})")

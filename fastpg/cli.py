@@ -1,25 +1,25 @@
-"""``fastpg`` command line: a thin layer that builds a ``Config`` and calls the library.
+"""``fastpg`` command line: a thin layer that builds a config, checks it and calls the library.
 
     fastpg train [--env CartPole-v1] [--num-envs 16] ...   (fastpg train --help lists every flag)
+    fastpg bench [--num-envs 16 256 4096] ...              (fastpg bench --help)
 
 Bad values print one line naming the flag, the value and what is allowed, and exit with code 2. A
 run stopped by Ctrl-C / SIGTERM exits with 128 + the signal number (after its checkpoint and
 summary); a failed env worker or too many non-finite updates print one line and exit with 1.
+Each command imports what it needs only when it runs.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
-import tyro
+from fastpg.config import Config
+from fastpg.errors import ConfigError, FastpgError, UnsupportedEnvError
 
-from fastpg.bench import BenchConfig, main_bench
-from fastpg.config import Config, ConfigError
-from fastpg.envs import EnvWorkerError, UnsupportedEnvError
-
-__all__ = ["main", "parse_config"]
+__all__ = ["main", "parse_config", "parse_bench_config"]
 
 _USAGE = """usage: fastpg COMMAND [FLAGS]
 
@@ -31,57 +31,57 @@ commands:
 """
 
 
-@dataclasses.dataclass(frozen=True)
-class _ParsedConfig(Config):
-    """Train a policy with vectorized REINFORCE."""
+def _unvalidated(cls: type) -> type:
+    """A subclass of the dataclass ``cls`` whose construction does not validate.
 
-    # tyro reports a ValueError raised while it builds the dataclass in a multi-line box; parsing
-    # into this unvalidated twin and validating by building the real Config here keeps the error
-    # to one line of ours. Fields, defaults and --help text are inherited from Config.
-    def __post_init__(self) -> None:
-        pass
-
-
-@dataclasses.dataclass(frozen=True)
-class _ParsedBenchConfig(BenchConfig):
-    """Measure fastpg's throughput per phase, backend and number of envs."""
-
-    def __post_init__(self) -> None:  # validated by building the real BenchConfig (see above)
-        pass
+    tyro reports a ValueError raised while it builds the dataclass in a multi-line box; parsing
+    into this twin and validating by building the real class afterwards keeps the error to one
+    line of ours. Fields, defaults and --help text are inherited.
+    """
+    twin = type(cls.__name__, (cls,), {"__post_init__": lambda self: None, "__doc__": cls.__doc__})
+    return dataclasses.dataclass(frozen=True)(twin)
 
 
-def _parse(parsed_cls: type, cls: type, argv: Sequence[str], prog: str):
-    raw = tyro.cli(parsed_cls, args=list(argv), prog=prog)
+def _parse(cls: type, argv: Sequence[str], prog: str) -> Any:
+    import tyro
+
+    raw = tyro.cli(_unvalidated(cls), args=list(argv), prog=prog)
     return cls(**{f.name: getattr(raw, f.name) for f in dataclasses.fields(cls)})
 
 
 def parse_config(argv: Sequence[str]) -> Config:
-    """Parse ``fastpg train`` flags into a validated ``Config`` (raises ``ConfigError``)."""
-    return _parse(_ParsedConfig, Config, argv, "fastpg train")
+    """Parse ``fastpg train`` flags into a ``Config`` (raises ``ConfigError``)."""
+    return _parse(Config, argv, "fastpg train")
 
 
-def parse_bench_config(argv: Sequence[str]) -> BenchConfig:
-    """Parse ``fastpg bench`` flags into a validated ``BenchConfig`` (raises ``ConfigError``)."""
-    return _parse(_ParsedBenchConfig, BenchConfig, argv, "fastpg bench")
+def parse_bench_config(argv: Sequence[str]):
+    """Parse ``fastpg bench`` flags into a ``BenchConfig`` (raises ``ConfigError``)."""
+    from fastpg.bench import BenchConfig
+
+    return _parse(BenchConfig, argv, "fastpg bench")
 
 
-def _train(cfg: Config) -> int:
-    from fastpg.trainer import train
+def _train(argv: Sequence[str]) -> int:
+    cfg = parse_config(argv)
+    from fastpg.run import train
 
     return train(cfg)["exit_code"]  # 128 + signal number after Ctrl-C / SIGTERM, else 0
 
 
-# command -> (parse flags into a validated config, run it)
-_COMMANDS = {"train": (parse_config, _train), "bench": (parse_bench_config, main_bench)}
+def _bench(argv: Sequence[str]) -> int:
+    b = parse_bench_config(argv)
+    from fastpg.bench import main_bench
+
+    main_bench(b)
+    return 0
+
+
+_COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {"train": _train, "bench": _bench}
 
 
 def _error(message: str, code: int = 2) -> int:
     print(f"fastpg: error: {message}", file=sys.stderr, flush=True)
     return code
-
-
-def _config_error(e: ConfigError) -> int:
-    return _error(f"{e.flag}: {e.detail}")  # the flag the user typed, not the field name
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -93,25 +93,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     command, rest = argv[0], argv[1:]
     if command not in _COMMANDS:
         return _error(f"unknown command {command!r} (commands: {', '.join(_COMMANDS)})")
-    parse, run = _COMMANDS[command]
     try:
-        cfg = parse(rest)
+        return _COMMANDS[command](rest)
     except ConfigError as e:
-        return _config_error(e)
-    from fastpg.trainer import NonFiniteError
-
-    try:
-        result = run(cfg)
-    except ConfigError as e:
-        return _config_error(e)
+        return _error(f"{e.flag}: {e.detail}")  # the flag the user typed, not the field name
     except UnsupportedEnvError as e:
         return _error(f"--env: {e}")
-    except (EnvWorkerError, NonFiniteError) as e:
+    except FastpgError as e:  # a failed env worker, too many non-finite updates, a kernel build
         return _error(str(e), code=1)
     except KeyboardInterrupt:
         print("fastpg: interrupted", file=sys.stderr, flush=True)
         return 130
-    return result if isinstance(result, int) else 0
 
 
 if __name__ == "__main__":

@@ -1,40 +1,61 @@
-"""The run configuration: one frozen dataclass, validated on construction.
+"""The run configuration: one frozen dataclass, a pure value checked on construction.
 
 The CLI is generated from this class by tyro; every field's docstring is its ``--help`` text, and
-its name in kebab case is the flag (``num_envs`` -> ``--num-envs``). An invalid ``Config`` cannot be
-built, from the command line or from Python: ``__post_init__`` raises ``ConfigError`` naming the
-field, the value and what is allowed. Checks that need the environment's spaces (an option that only
-applies to continuous actions, say) run when the environment is built and raise the same error.
+its name in kebab case is the flag (``num_envs`` -> ``--num-envs``). Building a ``Config`` checks
+types and ranges only, so it works the same on any machine and never touches the file system:
+``Config(device="cuda")`` builds on a CPU-only machine. What needs the machine (is the device
+there, is the env id registered, can its backend step it, do the directories exist) is checked by
+``fastpg.preflight.check_config``, which the CLI and the ``Trainer`` call.
+
+Each set of choices is one ``Literal`` type below: tyro reads it for the CLI, validation reads it
+through ``choices``, and the modules that act on a choice use the same names.
+
+Values are normalized on construction: numpy scalars become Python numbers, lists become tuples and
+strings become paths, so ``Config.from_dict(cfg.to_dict()) == cfg`` (checkpoints store the dict).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
+import numbers
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, get_args
 
-__all__ = ["Config", "ConfigError", "BACKENDS", "ACTIVATIONS"]
+from fastpg.errors import ConfigError
 
-BACKENDS = ("auto", "torch", "vector", "sync", "async")
-ACTIVATIONS = ("tanh", "relu", "elu", "gelu", "silu")
+__all__ = [
+    "Config",
+    "ConfigError",
+    "Backend",
+    "EnvDtype",
+    "EnvKernel",
+    "Activation",
+    "Baseline",
+    "Unfinished",
+    "choices",
+    "BACKENDS",
+    "ACTIVATIONS",
+    "BASELINES",
+]
+
 Backend = Literal["auto", "torch", "vector", "sync", "async"]
+EnvDtype = Literal["float32", "float64"]
+EnvKernel = Literal["torch", "cpp"]
 Activation = Literal["tanh", "relu", "elu", "gelu", "silu"]
+Baseline = Literal["none", "mean", "value"]
+Unfinished = Literal["mask", "bootstrap"]
 
 
-class ConfigError(ValueError):
-    """A configuration value is not allowed: ``str(e)`` is ``"field: detail"``."""
+def choices(literal_type: Any) -> tuple[str, ...]:
+    """The allowed values of one of the ``Literal`` types above."""
+    return get_args(literal_type)
 
-    def __init__(self, field: str, detail: str):
-        super().__init__(f"{field}: {detail}")
-        self.field = field
-        self.detail = detail
 
-    @property
-    def flag(self) -> str:
-        return "--" + self.field.replace("_", "-")
+BACKENDS = choices(Backend)
+ACTIVATIONS = choices(Activation)
+BASELINES = choices(Baseline)
 
 
 @dataclass(frozen=True)
@@ -47,10 +68,10 @@ class Config:
     """How to step the env: torch (native, on the training device), vector (gymnasium's own
     vectorized env), sync (SyncVectorEnv), async (AsyncVectorEnv, one process per env), or auto
     (the fastest available, in that order)."""
-    env_dtype: Literal["float32", "float64"] = "float32"
+    env_dtype: EnvDtype = "float32"
     """Float dtype of a native torch env's state and arithmetic (backend torch only; gymnasium
     backends compute in numpy and hand over float32 observations)."""
-    env_kernel: Literal["torch", "cpp"] = "torch"
+    env_kernel: EnvKernel = "torch"
     """Step implementation of native CartPole on CPU: torch (torch ops) or cpp (one fused C++
     loop, compiled on first use, about a minute, then cached; several times faster at small N)."""
     num_envs: int = 16
@@ -76,10 +97,10 @@ class Config:
     normalize_returns: bool = True
     """Normalize the advantage (the return, minus the baseline if any) to zero mean and unit std
     over the entries in the loss."""
-    baseline: Literal["none", "mean", "value"] = "none"
+    baseline: Baseline = "none"
     """Baseline subtracted from the return: none, mean (batch mean), or value (a learned value
     network trained alongside)."""
-    unfinished: Literal["mask", "bootstrap"] = "mask"
+    unfinished: Unfinished = "mask"
     """Episodes still running when an epoch ends: mask (leave their steps out of this update;
     unbiased returns) or bootstrap (complete them with the value network's V(s_T); needs
     --baseline value)."""
@@ -125,144 +146,174 @@ class Config:
     """No console progress lines (the summary is still printed)."""
 
     def __post_init__(self) -> None:
+        for name, value in _normalized(self).items():
+            object.__setattr__(self, name, value)
         _validate(self)
-
-    # -- derived values -----------------------------------------------------------------------
-    @property
-    def torch_env_dtype(self):
-        """``env_dtype`` as a torch dtype."""
-        import torch
-
-        return getattr(torch, self.env_dtype)
 
     @property
     def batch_size(self) -> int:
         """Entries per epoch, T * N (valid or not)."""
         return self.num_steps * self.num_envs
 
-    def replace(self, **changes) -> "Config":
+    def replace(self, **changes: Any) -> Config:
         """A validated copy with some fields changed."""
         return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config as plain values (tuples as lists, paths as strings): JSON- and checkpoint-safe."""
+        out = {}
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            out[f.name] = list(v) if isinstance(v, tuple) else str(v) if isinstance(v, Path) else v
+        return out
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> Config:
+        """The inverse of ``to_dict`` (missing keys take their defaults; unknown keys are refused)."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(unknown[0], f"is not a Config field (unknown keys: {', '.join(unknown)})")
+        return cls(**values)
+
+
+# -- normalization and validation -------------------------------------------------------------------
+
+_INT_FIELDS = (
+    "num_envs",
+    "num_steps",
+    "max_env_steps",
+    "max_epochs",
+    "seed",
+    "checkpoint_every",
+    "max_bad_updates",
+    "eval_episodes",
+)
+_FLOAT_FIELDS = (
+    "target_return",
+    "gamma",
+    "lr",
+    "entropy_coef",
+    "value_coef",
+    "max_grad_norm",
+    "log_std_init",
+    "progress_interval_s",
+)
+_BOOL_FIELDS = ("normalize_returns", "overwrite", "eval_deterministic", "quiet")
+_PATH_FIELDS = ("metrics_file", "checkpoint_dir", "resume")
+_CHOICE_FIELDS = {
+    "backend": Backend,
+    "env_dtype": EnvDtype,
+    "env_kernel": EnvKernel,
+    "activation": Activation,
+    "baseline": Baseline,
+    "unfinished": Unfinished,
+}
+
+
+def _is_int(v: Any) -> bool:
+    """Python or numpy integers; bools are not integers here."""
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _is_real(v: Any) -> bool:
+    """Python or numpy real numbers; bools are not numbers here."""
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+
+def _is_bool(v: Any) -> bool:
+    """Python or numpy bools (numpy's is neither ``bool`` nor a number)."""
+    return isinstance(v, bool) or (type(v).__name__ == "bool" and type(v).__module__ == "numpy")
+
+
+def _normalized(c: Config) -> dict[str, Any]:
+    """Field values to replace: numpy scalars as Python numbers, lists as tuples, str as Path."""
+    out: dict[str, Any] = {}
+    for name in _INT_FIELDS:
+        v = getattr(c, name)
+        if _is_int(v) and type(v) is not int:
+            out[name] = int(v)
+    for name in _FLOAT_FIELDS:
+        v = getattr(c, name)
+        if _is_real(v) and type(v) is not float:
+            out[name] = float(v)
+    if isinstance(c.hidden_sizes, list):
+        out["hidden_sizes"] = tuple(c.hidden_sizes)
+    hidden = out.get("hidden_sizes", c.hidden_sizes)
+    if isinstance(hidden, tuple) and all(_is_int(h) for h in hidden):
+        out["hidden_sizes"] = tuple(int(h) for h in hidden)
+    for name in _BOOL_FIELDS:
+        v = getattr(c, name)
+        if _is_bool(v) and type(v) is not bool:
+            out[name] = bool(v)
+    for name in _PATH_FIELDS:
+        if isinstance(getattr(c, name), str):
+            out[name] = Path(getattr(c, name))
+    return out
 
 
 def _fail(field: str, message: str) -> None:
     raise ConfigError(field, message)
 
 
-def _finite(field: str, value: float) -> None:
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
-        _fail(field, f"must be a finite number, got {value!r}")
+def _check_int(
+    c: Config, name: str, low: int, high: int | None = None, *, optional: bool = False, high_text: str | None = None
+) -> None:
+    v = getattr(c, name)
+    if optional and v is None:
+        return
+    if not _is_int(v) or v < low or (high is not None and v >= high):
+        allowed = f"in [{low}, {high_text or high})" if high is not None else f">= {low}"
+        _fail(name, f"must be an integer {allowed}{' (or unset)' if optional else ''}, got {v!r}")
+
+
+def _check_real(
+    c: Config, name: str, low: float = -math.inf, high: float = math.inf, optional: bool = False, low_open: bool = False
+) -> None:
+    v = getattr(c, name)
+    if optional and v is None:
+        return
+    if not _is_real(v) or not math.isfinite(v):
+        _fail(name, f"must be a finite number, got {v!r}")
+    if low_open and v <= low:
+        _fail(name, f"must be > {low:g}, got {v!r}")
+    if v < low or v > high:
+        _fail(
+            name,
+            f"must be in [{low:g}, {high:g}], got {v!r}" if math.isfinite(high) else f"must be >= {low:g}, got {v!r}",
+        )
 
 
 def _validate(c: Config) -> None:
-    for name in ("num_envs", "num_steps", "max_env_steps"):
-        v = getattr(c, name)
-        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-            _fail(name, f"must be an integer >= 1, got {v!r}")
-    if c.max_epochs is not None and (not isinstance(c.max_epochs, int) or c.max_epochs < 1):
-        _fail("max_epochs", f"must be an integer >= 1 (or unset), got {c.max_epochs!r}")
-    if c.target_return is not None:
-        _finite("target_return", c.target_return)
-    _finite("gamma", c.gamma)
-    if not 0.0 <= c.gamma <= 1.0:
-        _fail("gamma", f"must be in [0, 1], got {c.gamma!r}")
-    _finite("lr", c.lr)
-    if c.lr <= 0:
-        _fail("lr", f"must be > 0, got {c.lr!r}")
-    if not isinstance(c.hidden_sizes, tuple) or any(
-        not isinstance(h, int) or isinstance(h, bool) or h < 1 for h in c.hidden_sizes
-    ):
-        _fail("hidden_sizes", f"must be a tuple of integers >= 1, got {c.hidden_sizes!r}")
-    if c.activation not in ACTIVATIONS:
-        _fail("activation", f"must be one of {', '.join(ACTIVATIONS)}; got {c.activation!r}")
-    if c.baseline not in ("none", "mean", "value"):
-        _fail("baseline", f"must be one of none, mean, value; got {c.baseline!r}")
-    if c.unfinished not in ("mask", "bootstrap"):
-        _fail("unfinished", f"must be mask or bootstrap; got {c.unfinished!r}")
-    if c.unfinished == "bootstrap" and c.baseline != "value":
-        _fail(
-            "unfinished",
-            f"'bootstrap' needs a value network (--baseline value), got baseline={c.baseline!r}",
-        )
+    if not isinstance(c.env, str) or not c.env:
+        _fail("env", f"must be a gymnasium environment id, got {c.env!r}")
+    for name, literal in _CHOICE_FIELDS.items():
+        allowed = choices(literal)
+        if getattr(c, name) not in allowed:
+            _fail(name, f"must be one of {', '.join(allowed)}; got {getattr(c, name)!r}")
+    for name in ("num_envs", "num_steps", "max_env_steps", "checkpoint_every", "max_bad_updates"):
+        _check_int(c, name, 1)
+    _check_int(c, "max_epochs", 1, optional=True)
+    _check_int(c, "eval_episodes", 0)
+    _check_int(c, "seed", 0, 2**32, high_text="2**32")
+    _check_real(c, "target_return", optional=True)
+    _check_real(c, "gamma", 0.0, 1.0)
+    _check_real(c, "lr", 0.0, low_open=True)
     for name in ("entropy_coef", "value_coef", "max_grad_norm", "progress_interval_s"):
+        _check_real(c, name, 0.0)
+    _check_real(c, "log_std_init", optional=True)
+    if not isinstance(c.hidden_sizes, tuple) or any(not _is_int(h) or h < 1 for h in c.hidden_sizes):
+        _fail("hidden_sizes", f"must be a tuple of integers >= 1, got {c.hidden_sizes!r}")
+    for name in _BOOL_FIELDS:
+        if not isinstance(getattr(c, name), bool):
+            _fail(name, f"must be True or False, got {getattr(c, name)!r}")
+    for name in _PATH_FIELDS:
         v = getattr(c, name)
-        _finite(name, v)
-        if v < 0:
-            _fail(name, f"must be >= 0, got {v!r}")
-    if c.log_std_init is not None:
-        _finite("log_std_init", c.log_std_init)
-    if not isinstance(c.seed, int) or isinstance(c.seed, bool) or not 0 <= c.seed < 2**32:
-        _fail("seed", f"must be an integer in [0, 2**32), got {c.seed!r}")
-    if not isinstance(c.eval_episodes, int) or c.eval_episodes < 0:
-        _fail("eval_episodes", f"must be an integer >= 0, got {c.eval_episodes!r}")
-    if c.backend not in BACKENDS:
-        _fail("backend", f"must be one of {', '.join(BACKENDS)}; got {c.backend!r}")
-    if c.metrics_file is not None and not Path(c.metrics_file).parent.is_dir():
-        _fail("metrics_file", f"directory {Path(c.metrics_file).parent} does not exist")
-    for name in ("checkpoint_every", "max_bad_updates"):
-        v = getattr(c, name)
-        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-            _fail(name, f"must be an integer >= 1, got {v!r}")
-    if c.resume is not None and not Path(c.resume).is_dir():
-        _fail("resume", f"directory {c.resume} does not exist")
-    if c.checkpoint_dir is not None and Path(c.checkpoint_dir).exists() and not Path(c.checkpoint_dir).is_dir():
-        _fail("checkpoint_dir", f"{c.checkpoint_dir} exists and is not a directory")
-    if c.env_dtype not in ("float32", "float64"):
-        _fail("env_dtype", f"must be float32 or float64; got {c.env_dtype!r}")
-    _validate_device(c.device)
-    _validate_env(c.env, c.backend)
-    if c.env_kernel not in ("torch", "cpp"):
-        _fail("env_kernel", f"must be torch or cpp; got {c.env_kernel!r}")
-    if c.env_kernel == "torch" and c.env_dtype == "float32":
-        return
-    from fastpg.envs import FUSED_ENV_IDS, resolve_backend
-
-    backend = resolve_backend(c.env, c.backend)  # resolved once, only for the native-only options
-    if c.env_kernel == "cpp":
-        if c.env not in FUSED_ENV_IDS or backend != "torch":
-            _fail("env_kernel", f"'cpp' exists for the native (backend torch) {', '.join(FUSED_ENV_IDS)} only; got {c.env} with backend {c.backend}")
-        if c.device != "cpu" and not (c.device == "auto" and not _cuda_available()):
-            _fail("env_kernel", f"'cpp' is a CPU kernel; use --device cpu (got device {c.device!r})")
-    if c.env_dtype != "float32" and backend != "torch":
-        _fail("env_dtype", f"{c.env_dtype} applies to native torch envs only; backend {backend!r} for {c.env} computes in numpy")
-
-def _cuda_available() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
-def _validate_device(device: str) -> None:
-    import torch
-
-    if device == "auto":
-        return
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        _fail("device", f"must be auto, cpu, cuda or cuda:N; got {device!r}")
-    if dev.type not in ("cpu", "cuda"):
-        _fail("device", f"must be auto, cpu, cuda or cuda:N; got {device!r}")
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            _fail("device", f"{device!r} was asked for but CUDA is not available here (use cpu or auto)")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            _fail("device", f"{device!r}: only {torch.cuda.device_count()} CUDA device(s) visible")
-
-
-def _validate_env(env_id: str, backend: str) -> None:
-    import gymnasium as gym
-
-    from fastpg.envs import backend_problem
-
-    if not isinstance(env_id, str) or not env_id:
-        _fail("env", f"must be a gymnasium environment id, got {env_id!r}")
-    try:
-        gym.spec(env_id)
-    except Exception:  # gymnasium raises several error types for unknown / unimportable ids
-        close = difflib.get_close_matches(env_id, list(gym.registry.keys()), n=3, cutoff=0.6)
-        hint = f"; did you mean {', '.join(close)}?" if close else " (see gymnasium.pprint_registry())"
-        _fail("env", f"unknown gymnasium environment id {env_id!r}{hint}")
-    problem = backend_problem(env_id, backend)
-    if problem:
-        _fail("backend", problem)
+        if v is not None and not isinstance(v, Path):
+            _fail(name, f"must be a path (str or pathlib.Path) or unset, got {v!r}")
+    if not isinstance(c.device, str):
+        _fail("device", f"must be auto, cpu, cuda or cuda:N; got {c.device!r}")
+    if c.unfinished == "bootstrap" and c.baseline != "value":
+        _fail("unfinished", f"'bootstrap' needs a value network (--baseline value), got baseline={c.baseline!r}")
+    if c.env_kernel == "cpp" and c.device.startswith("cuda"):
+        _fail("env_kernel", f"'cpp' is a CPU kernel; use --device cpu (got device {c.device!r})")

@@ -22,7 +22,7 @@ class StopOnSignals:
         self.received: signal.Signals | None = None
         self._previous: dict[signal.Signals, object] = {}
 
-    def __enter__(self) -> "StopOnSignals":
+    def __enter__(self) -> StopOnSignals:
         self.received = None
         if threading.current_thread() is threading.main_thread():
             for sig in self.signals:

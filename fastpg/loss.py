@@ -1,8 +1,25 @@
-"""Masked statistics and the REINFORCE loss over time-major ``[T, N]`` rollouts.
+"""The REINFORCE loss over the entries of an epoch that take part in it.
 
-Pure functions of tensors; this module imports only torch. Masks select the entries that take part
-(valid steps of complete, or bootstrapped, episodes). Shapes never depend on the mask: no boolean
-indexing, so nothing here synchronizes with the device or changes shape from epoch to epoch.
+Pure functions of tensors; this module imports only torch. The update hands them the entries in
+the loss as dense 1-D tensors ``[K]`` (valid steps of complete, or bootstrapped, episodes, picked
+out of the ``[T, N]`` storage once per update by ``fastpg.update``): no masks here, and the entries
+left out cost no forward or backward pass. ``count`` is K as a tensor (at least 1), the divisor of
+every mean, so that the loss of disjoint slices of the entries adds up to the loss of all of them
+(the update accumulates gradients slice by slice).
+
+``reinforce_loss_reference`` is the specification: the same loss over ``[T, N]`` tensors and a mask,
+written with boolean indexing and library statistics; the tests hold the fast functions to it.
+
+Examples:
+    >>> import torch
+    >>> ret = torch.tensor([3.0, 1.0]); count = torch.tensor(2.0)
+    >>> adv = advantage(ret, count, normalize=True)
+    >>> adv
+    tensor([ 1., -1.])
+    >>> log_prob = torch.log(torch.tensor([0.5, 0.25]))
+    >>> loss, parts = reinforce_loss(log_prob, adv, count)
+    >>> round(loss.item(), 4)  # -(1 * log 0.5 - 1 * log 0.25) / 2
+    -0.3466
 """
 
 from __future__ import annotations
@@ -10,160 +27,66 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = [
-    "masked_mean",
-    "masked_mean_std",
-    "masked_normalize",
-    "reinforce_loss",
-    "reinforce_loss_reference",
-    "advantage",
-    "surrogate",
-    "BASELINES",
-]
-
-BASELINES = ("none", "mean", "value")
+__all__ = ["mean_std", "standardize", "advantage", "reinforce_loss", "reinforce_loss_reference"]
 
 
-def _check_same(name: str, x: Tensor, mask: Tensor) -> None:
-    if x.shape != mask.shape:
-        raise ValueError(f"{name} has shape {tuple(x.shape)} but mask has {tuple(mask.shape)}")
-    if mask.dtype != torch.bool:
-        raise ValueError(f"mask must be torch.bool, got {mask.dtype}")
+def _check_same(name: str, x: Tensor, like_name: str, like: Tensor) -> None:
+    if x.shape != like.shape:
+        raise ValueError(f"{name} has shape {tuple(x.shape)} but {like_name} has {tuple(like.shape)}")
 
 
-def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
-    """Mean of ``x`` over entries where ``mask`` is True; 0 when the mask is empty.
+def mean_std(x: Tensor, count: Tensor) -> tuple[Tensor, Tensor]:
+    """Mean and (population) standard deviation of ``x``, in two passes for accuracy.
 
     Args:
-        x: [*S] float; mask: [*S] bool.
+        x: [K] float; count: 0-dim tensor, ``max(K, 1)``.
 
     Returns:
-        scalar tensor, dtype of ``x``.
+        (mean, std): 0-dim tensors, dtype of ``x`` (both 0 when K = 0).
     """
-    _check_same("x", x, mask)
-    m = mask.to(x.dtype)
-    return (x * m).sum() / m.sum().clamp_min(1.0)
-
-
-def masked_mean_std(x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
-    """Mean and (population) standard deviation of ``x`` over the masked entries.
-
-    Both are 0 when the mask is empty. Computed in two passes for accuracy.
-
-    Args:
-        x: [*S] float; mask: [*S] bool.
-
-    Returns:
-        (mean, std): scalar tensors, dtype of ``x``.
-    """
-    _check_same("x", x, mask)
-    m = mask.to(x.dtype)
-    count = m.sum().clamp_min(1.0)
-    mean = (x * m).sum() / count
-    var = (((x - mean) * m) ** 2).sum() / count
+    mean = x.sum() / count
+    var = ((x - mean) ** 2).sum() / count
     return mean, var.sqrt()
 
 
-def masked_normalize(x: Tensor, mask: Tensor, eps: float = 1e-8) -> Tensor:
-    """``(x - mean) / (std + eps)`` with masked statistics; masked-out entries become 0.
+def standardize(x: Tensor, count: Tensor, eps: float = 1e-8) -> Tensor:
+    """``(x - mean) / (std + eps)`` over the K entries.
 
     Args:
-        x: [*S] float; mask: [*S] bool; eps: added to the std.
+        x: [K] float; count: 0-dim tensor, ``max(K, 1)``; eps: added to the std.
 
     Returns:
-        [*S], dtype of ``x``.
+        [K], dtype of ``x``.
     """
-    mean, std = masked_mean_std(x, mask)
-    return torch.where(mask, (x - mean) / (std + eps), torch.zeros_like(x))
+    mean, std = mean_std(x, count)
+    return (x - mean) / (std + eps)
+
+
+def advantage(ret: Tensor, count: Tensor, *, baseline: Tensor | None = None, normalize: bool = True) -> Tensor:
+    """The advantage ``A`` of ``reinforce_loss`` (never differentiated).
+
+    ``A = ret - baseline`` (``baseline`` a per-entry value prediction ``[K]``, or a 0-dim batch
+    mean; none by default), then, with ``normalize``, scaled to zero mean and unit std over the K
+    entries (for no baseline: the classic tutorials' normalized returns).
+
+    Args:
+        ret: [K] float, reward-to-go of the entries in the loss.
+        count: 0-dim tensor, ``max(K, 1)``.
+        baseline: optional [K] or 0-dim tensor subtracted from ``ret``.
+        normalize: normalize the advantage.
+
+    Returns:
+        [K], dtype of ``ret``, detached.
+    """
+    adv = ret.detach()
+    if baseline is not None:
+        adv = adv - baseline.detach()
+    return standardize(adv, count) if normalize else adv
 
 
 def reinforce_loss(
     log_prob: Tensor,
-    ret: Tensor,
-    mask: Tensor,
-    *,
-    baseline: str = "none",
-    normalize: bool = True,
-    value: Tensor | None = None,
-    entropy: Tensor | None = None,
-    entropy_coef: float = 0.0,
-    value_coef: float = 0.5,
-) -> tuple[Tensor, dict[str, Tensor]]:
-    """The masked REINFORCE surrogate, ``-sum(mask * A * log_prob) / sum(mask)``.
-
-    The advantage ``A`` is built from the returns, never differentiated:
-      - ``baseline="none"``: ``A = ret``;
-      - ``baseline="mean"``: ``A = ret - masked_mean(ret)``;
-      - ``baseline="value"``: ``A = ret - value`` and a value loss
-        ``value_coef * 0.5 * masked_mean((value - ret) ** 2)`` is added (``value`` predicts raw,
-        unnormalized returns).
-    With ``normalize``, ``A`` is then scaled to zero mean and unit std over the masked entries
-    (for ``baseline="none"`` this is the classic tutorials' normalized returns). An entropy bonus
-    ``-entropy_coef * masked_mean(entropy)`` is added when ``entropy`` is given.
-
-    Args:
-        log_prob: [T, N] float, log-probability of the stored actions (carries the gradient).
-        ret: [T, N] float, reward-to-go.
-        mask: [T, N] bool, entries that take part.
-        baseline: one of ``BASELINES``.
-        normalize: normalize the advantage with masked statistics.
-        value: [T, N] float, value predictions (required for ``baseline="value"``).
-        entropy: [T, N] float, policy entropy per entry (optional).
-        entropy_coef: weight of the entropy bonus.
-        value_coef: weight of the value loss.
-
-    Returns:
-        (loss, stats): a scalar loss; stats are detached scalar tensors
-        ``policy_loss, value_loss, entropy, adv_mean, adv_std, ret_mean, mask_frac``.
-    """
-    _check_same("log_prob", log_prob, mask)
-    _check_same("ret", ret, mask)
-    if baseline not in BASELINES:
-        raise ValueError(f"baseline must be one of {BASELINES}, got {baseline!r}")
-    if baseline == "value":
-        if value is None:
-            raise ValueError("baseline='value' needs the value predictions")
-        _check_same("value", value, mask)
-
-    adv, stats = advantage(ret, mask, baseline=baseline, normalize=normalize, value=value)
-    if entropy is not None:
-        _check_same("entropy", entropy, mask)
-    count = mask.to(log_prob.dtype).sum().clamp_min(1.0)
-    loss, parts = surrogate(
-        log_prob, adv, mask, count, ret=ret, value=value if baseline == "value" else None,
-        entropy=entropy, entropy_coef=entropy_coef, value_coef=value_coef,
-    )
-    return loss, {**parts, **stats}
-
-
-def advantage(
-    ret: Tensor, mask: Tensor, *, baseline: str = "none", normalize: bool = True, value: Tensor | None = None
-) -> tuple[Tensor, dict[str, Tensor]]:
-    """The advantage ``A`` of ``reinforce_loss`` (detached) and its statistics.
-
-    Args and the baselines as in ``reinforce_loss``; ``value`` may be detached predictions.
-
-    Returns:
-        (adv [T, N], stats): detached scalars ``adv_mean, adv_std, ret_mean, mask_frac``.
-    """
-    ret = ret.detach()
-    ret_mean, _ = masked_mean_std(ret, mask)
-    if baseline == "value":
-        adv = ret - value.detach()
-    elif baseline == "mean":
-        adv = ret - ret_mean
-    else:
-        adv = ret
-    if normalize:
-        adv = masked_normalize(adv, mask)
-    adv_mean, adv_std = masked_mean_std(adv, mask)
-    return adv, {"adv_mean": adv_mean, "adv_std": adv_std, "ret_mean": ret_mean, "mask_frac": mask.float().mean()}
-
-
-def surrogate(
-    log_prob: Tensor,
     adv: Tensor,
-    mask: Tensor,
     count: Tensor,
     *,
     ret: Tensor | None = None,
@@ -172,31 +95,44 @@ def surrogate(
     entropy_coef: float = 0.0,
     value_coef: float = 0.5,
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """The terms of ``reinforce_loss`` for a slice of the entries, each sum divided by ``count``.
+    """The REINFORCE surrogate ``-sum(A * log_prob) / count``, plus the optional terms.
 
-    With ``count`` the number of masked entries of the whole batch, the losses of disjoint slices
-    add up to ``reinforce_loss`` of the batch (so the update can run slice by slice, accumulating
-    gradients). ``value`` (with ``ret``) adds the value loss; ``entropy`` the entropy term, kept out
-    of the graph when ``entropy_coef`` is 0.
+    With ``value`` (and ``ret``) the value loss ``value_coef * 0.5 * sum((value - ret)**2) / count``
+    is added (``value`` predicts raw, unnormalized returns); with ``entropy`` and a non-zero
+    ``entropy_coef`` the bonus ``-entropy_coef * sum(entropy) / count`` (with ``entropy_coef`` 0 the
+    entropy is reported but kept out of the graph). Every sum is divided by ``count``, the number of
+    entries of the whole batch, so slices of the batch give losses that add up to the batch's.
+
+    Args:
+        log_prob: [K] float, log-probability of the stored actions (carries the gradient).
+        adv: [K] float, the advantage (``advantage``).
+        count: 0-dim tensor, the batch's number of entries in the loss (at least 1).
+        ret: [K] float, reward-to-go (needed with ``value``).
+        value: [K] float, value predictions (carries the value network's gradient).
+        entropy: [K] float, policy entropy per entry.
+        entropy_coef, value_coef: weights of the entropy bonus and of the value loss.
 
     Returns:
-        (loss, parts): parts are detached ``policy_loss, value_loss, entropy`` (their slice's share).
+        (loss, parts): a 0-dim loss; parts are detached 0-dim ``policy_loss, value_loss, entropy``.
     """
-    m = mask.to(log_prob.dtype)
-    policy_loss = -(adv * log_prob * m).sum() / count
+    _check_same("adv", adv, "log_prob", log_prob)
+    policy_loss = -(adv * log_prob).sum() / count
     loss = policy_loss
     zero = torch.zeros((), dtype=log_prob.dtype, device=log_prob.device)
-    value_loss = zero
+    value_loss = ent = zero
     if value is not None:
-        value_loss = 0.5 * (((value - ret.detach()) ** 2) * m).sum() / count
+        if ret is None:
+            raise ValueError("reinforce_loss: value needs ret (the value loss compares them)")
+        _check_same("value", value, "log_prob", log_prob)
+        value_loss = 0.5 * ((value - ret.detach()) ** 2).sum() / count
         loss = loss + value_coef * value_loss
-    ent = zero
     if entropy is not None:
+        _check_same("entropy", entropy, "log_prob", log_prob)
         if entropy_coef:
-            ent = (entropy * m).sum() / count
+            ent = entropy.sum() / count
             loss = loss - entropy_coef * ent
         else:  # reported only: keep it out of the graph
-            ent = (entropy.detach() * m).sum() / count
+            ent = entropy.detach().sum() / count
     return loss, {"policy_loss": policy_loss.detach(), "value_loss": value_loss.detach(), "entropy": ent.detach()}
 
 
@@ -213,7 +149,18 @@ def reinforce_loss_reference(
     value_coef: float = 0.5,
     eps: float = 1e-8,
 ) -> Tensor:
-    """The same loss written with boolean indexing and library statistics (the specification)."""
+    """The whole loss over ``[T, N]`` tensors and a mask, with boolean indexing and library
+    statistics (the specification).
+
+    ``baseline`` is ``"none"``, ``"mean"`` (the masked mean return) or ``"value"`` (``value``).
+    """
+    if mask.dtype != torch.bool or mask.shape != log_prob.shape or ret.shape != log_prob.shape:
+        raise ValueError(
+            f"log_prob, ret and a bool mask of one shape are needed, got {tuple(log_prob.shape)}, "
+            f"{tuple(ret.shape)}, {tuple(mask.shape)} {mask.dtype}"
+        )
+    if baseline not in ("none", "mean", "value"):
+        raise ValueError(f"baseline must be none, mean or value, got {baseline!r}")
     lp, r = log_prob[mask], ret[mask].detach()
     if r.numel() == 0:
         return log_prob.sum() * 0.0

@@ -1,4 +1,4 @@
-"""Timing, the episode window, and metric sinks (console progress, JSON Lines)."""
+"""Timing (named phase timers), the episode window, and metric sinks (console progress, JSON Lines)."""
 
 from __future__ import annotations
 
@@ -6,19 +6,50 @@ import json
 import math
 import sys
 import time
-from collections import deque
+from collections import defaultdict, deque
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
 import torch
 
-__all__ = ["synchronize", "EpisodeWindow", "ConsoleProgress", "JsonlSink", "format_si", "jsonable"]
+__all__ = ["synchronize", "PhaseTimer", "EpisodeWindow", "ConsoleProgress", "JsonlSink", "format_si", "jsonable"]
 
 
 def synchronize(device: torch.device) -> None:
     """Wait for queued device work so a clock read covers it (no-op on CPU)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+class PhaseTimer:
+    """Seconds spent per named phase: ``with timer("collect"): ...`` adds to ``timer.seconds["collect"]``.
+
+    The device is synchronized before the clock is read at the end of a phase, so queued GPU work
+    is counted in the phase that queued it. ``reset()`` starts a new round (one epoch).
+    """
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.seconds: defaultdict[str, float] = defaultdict(float)
+
+    def reset(self) -> PhaseTimer:
+        self.seconds.clear()
+        return self
+
+    @contextmanager
+    def __call__(self, phase: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            synchronize(self.device)
+            self.seconds[phase] += time.perf_counter() - t0
+
+    @property
+    def total_s(self) -> float:
+        return sum(self.seconds.values())
 
 
 class EpisodeWindow:

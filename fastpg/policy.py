@@ -3,14 +3,16 @@
 The policy contract (what ``Trainer`` needs from a module you pass in yourself):
 
 - ``policy(obs) -> Distribution``: ``obs`` is ``[*B, *obs_shape]`` float32 (``*B`` is ``[N]`` while
-  collecting and ``[T, N]`` in the update); the distribution's batch shape is ``B`` and
+  collecting and ``[K]``, a slice of the epoch's entries in the loss, in the update); the
+  distribution's batch shape is ``B`` and
   ``log_prob(action)`` / ``entropy()`` return ``[*B]``. Actions are ``[*B]`` int64 for Discrete
   spaces and ``[*B, *action_shape]`` float for Box spaces.
 - ``policy.value(obs) -> [*B]``: only with ``baseline="value"``; predicts raw (undiscounted scale,
   unnormalized) returns.
-- optional ``policy.act(obs, generator) -> action``: a fast path for collection that samples an
-  action without building a distribution object; it must sample from the same distribution as
-  ``policy(obs)``. Without it, the collector uses ``sample_action(policy(obs), generator)``.
+- optional ``policy.act(obs, generator) -> action`` (``SamplingPolicy``): a fast path for
+  collection that samples an action without building a distribution object; it must sample from
+  the same distribution as ``policy(obs)``. Without it, the collector uses
+  ``sample_action(policy(obs), generator)``.
 
 Sampling uses an explicit ``torch.Generator`` (``sample_action``) so a run is reproducible without
 touching the global RNG. ``Categorical``, ``Normal`` and ``Independent(Normal)`` are sampled that
@@ -23,17 +25,27 @@ raw sample, and the environment adapter clips the action to the space's bounds b
 
 from __future__ import annotations
 
+import inspect
 import math
+from typing import Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
 from torch.distributions import Categorical, Distribution, Independent, Normal
 
+from fastpg.config import Config
 from fastpg.envs.base import EnvInfo
 
-__all__ = ["MLPPolicy", "mlp", "sample_action", "mode_action", "ACTIVATION_MODULES", "Tanh"]
+__all__ = ["MLPPolicy", "SamplingPolicy", "mlp", "sample_action", "mode_action", "ACTIVATION_MODULES", "Tanh"]
 
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
+
+
+@runtime_checkable
+class SamplingPolicy(Protocol):
+    """A policy with a fast sampler for collection (same distribution as ``policy(obs)``)."""
+
+    def act(self, obs: Tensor, generator: torch.Generator | None = None) -> Tensor: ...
 
 
 class _SigmoidTanh(torch.autograd.Function):
@@ -81,11 +93,8 @@ class Tanh(nn.Module):
         return "inplace=True" if self.inplace else ""
 
 
+# One module per name of ``fastpg.config.Activation`` (a test checks that the two agree).
 ACTIVATION_MODULES = {"tanh": Tanh, "relu": nn.ReLU, "elu": nn.ELU, "gelu": nn.GELU, "silu": nn.SiLU}
-
-
-# Activations that can overwrite their input: after a Linear layer nothing else reads it.
-_INPLACE = ("tanh", "relu", "elu", "silu")
 
 
 def mlp(sizes: list[int], activation: str) -> nn.Sequential:
@@ -99,7 +108,8 @@ def mlp(sizes: list[int], activation: str) -> nn.Sequential:
     for i in range(len(sizes) - 1):
         layers.append(nn.Linear(sizes[i], sizes[i + 1]))
         if i < len(sizes) - 2:
-            layers.append(act(inplace=True) if activation in _INPLACE else act())
+            # In place where the module can: after a Linear layer nothing else reads its input.
+            layers.append(act(inplace=True) if "inplace" in inspect.signature(act).parameters else act())
     return nn.Sequential(*layers)
 
 
@@ -130,6 +140,19 @@ class MLPPolicy(nn.Module):
             self.log_std = nn.Parameter(torch.full((out,), float(log_std_init)))
         self.value_net = mlp([obs_dim, *hidden_sizes, 1], activation) if value_head else None
 
+    @classmethod
+    def from_config(cls, cfg: Config, info: EnvInfo) -> MLPPolicy:
+        """The policy ``cfg`` describes, initialized from ``cfg.seed`` without touching the global RNG."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)
+            return cls(
+                info,
+                cfg.hidden_sizes,
+                cfg.activation,
+                value_head=cfg.baseline == "value",
+                log_std_init=0.0 if cfg.log_std_init is None else cfg.log_std_init,
+            )
+
     def _flat(self, obs: Tensor) -> Tensor:
         return obs.flatten(-self.obs_ndim) if self.obs_ndim != 1 else obs
 
@@ -142,9 +165,7 @@ class MLPPolicy(nn.Module):
         if self.action_shape != out.shape[-1:]:
             out = out.unflatten(-1, self.action_shape)
             std = std.unflatten(-1, self.action_shape)
-        return Independent(
-            Normal(out, std, validate_args=False), len(self.action_shape), validate_args=False
-        )
+        return Independent(Normal(out, std, validate_args=False), len(self.action_shape), validate_args=False)
 
     def act(self, obs: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """Sample actions for obs [*B, *obs_shape] straight from the network output (no
@@ -175,7 +196,9 @@ def _gumbel_argmax(logits: Tensor, generator: torch.Generator | None) -> Tensor:
     ``exponential_`` costs ~25 ns a number, ``uniform_`` ~4). ``uniform_`` draws from [0, 1); ``U`` is
     clamped up to the smallest normal float so that no noise term is infinite.
     """
-    u = torch.empty(logits.shape[:-1] if logits.shape[-1] == 2 else logits.shape, dtype=logits.dtype, device=logits.device)
+    u = torch.empty(
+        logits.shape[:-1] if logits.shape[-1] == 2 else logits.shape, dtype=logits.dtype, device=logits.device
+    )
     u.uniform_(generator=generator).clamp_min_(torch.finfo(u.dtype).tiny)
     if logits.shape[-1] == 2:
         return (logits[..., 1] - logits[..., 0] > torch.special.logit(u)).long()

@@ -20,9 +20,7 @@ def _check(reward: Tensor, done: Tensor, gamma: float, bootstrap: Tensor | None)
     if reward.dim() != 2:
         raise ValueError(f"reward must be [T, N], got shape {tuple(reward.shape)}")
     if done.shape != reward.shape:
-        raise ValueError(
-            f"done must have the shape of reward {tuple(reward.shape)}, got {tuple(done.shape)}"
-        )
+        raise ValueError(f"done must have the shape of reward {tuple(reward.shape)}, got {tuple(done.shape)}")
     if done.dtype != torch.bool:
         raise ValueError(f"done must be torch.bool, got {done.dtype}")
     if not reward.is_floating_point():
@@ -30,14 +28,10 @@ def _check(reward: Tensor, done: Tensor, gamma: float, bootstrap: Tensor | None)
     if not 0.0 <= float(gamma) <= 1.0:
         raise ValueError(f"gamma must be in [0, 1], got {gamma}")
     if bootstrap is not None and bootstrap.shape != reward.shape[1:]:
-        raise ValueError(
-            f"bootstrap must be [N] = {tuple(reward.shape[1:])}, got {tuple(bootstrap.shape)}"
-        )
+        raise ValueError(f"bootstrap must be [N] = {tuple(reward.shape[1:])}, got {tuple(bootstrap.shape)}")
 
 
-def reward_to_go_reference(
-    reward: Tensor, done: Tensor, gamma: float, *, bootstrap: Tensor | None = None
-) -> Tensor:
+def reward_to_go_reference(reward: Tensor, done: Tensor, gamma: float, *, bootstrap: Tensor | None = None) -> Tensor:
     """Discounted reward-to-go, written as the plain loop over time (the specification).
 
     ``G[t] = reward[t] + gamma * G[t + 1] * (1 - done[t])`` with ``G[T] = bootstrap`` (0 if None).

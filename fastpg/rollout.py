@@ -9,12 +9,14 @@ from tensordict import TensorDict
 from torch import Tensor, nn
 
 from fastpg.envs.base import BatchedEnv
-from fastpg.policy import sample_action
+from fastpg.policy import SamplingPolicy, sample_action
 
 __all__ = [
     "Carry",
     "init_carry",
     "collect",
+    "finished_episodes",
+    "nonfinite_envs",
     "episode_totals",
     "episode_totals_scan",
     "episode_totals_cumsum",
@@ -56,15 +58,16 @@ def collect(
     """Fill ``buf`` (batch ``[T, N]``) with T steps of ``env`` under ``policy``; return the carry.
 
     Runs under ``torch.inference_mode()`` (cheaper per op than ``no_grad`` for small batches;
-    in-place writes into the ordinary storage tensors stay usable by autograd later). Every write goes into an existing storage tensor; the loop makes
-    no host syncs of its own (only the env backend's hand-off of actions to a CPU env). Episode
-    statistics are filled in after the loop, vectorized over the epoch (``episode_totals``).
-    Uses ``policy.act(obs, generator)`` when the policy has it, else samples ``policy(obs)``.
+    in-place writes into the ordinary storage tensors stay usable by autograd later). Every write
+    goes into an existing storage tensor; the loop makes no host syncs of its own (only the env
+    backend's hand-off of actions to a CPU env). Episode statistics are filled in after the loop,
+    vectorized over the epoch (``episode_totals``). Uses ``policy.act(obs, generator)`` when the
+    policy is a ``SamplingPolicy``, else samples ``policy(obs)``.
     """
     T = buf.batch_size[0]
     obs, action, reward = buf["obs"], buf["action"], buf["reward"]
     done, terminated, valid = buf["done"], buf["terminated"], buf["valid"]
-    act = getattr(policy, "act", None) or (lambda o, g: sample_action(policy(o), g))
+    act = policy.act if isinstance(policy, SamplingPolicy) else (lambda o, g: sample_action(policy(o), g))
     obs[0].copy_(carry.obs)
     with torch.inference_mode():
         for t in range(T):
@@ -84,6 +87,20 @@ def collect(
         carry.episode_return.copy_(last_return)
         carry.episode_length.copy_(last_length)
     return carry
+
+
+def finished_episodes(buf: TensorDict) -> tuple[list[float], list[int]]:
+    """Return and length of every episode that ended in the epoch stored in ``buf``, in the order
+    they ended (one host sync each)."""
+    done = buf["done"]  # [T, N]: t-major boolean indexing is chronological
+    return buf["episode_return"][done].tolist(), buf["episode_length"][done].tolist()
+
+
+def nonfinite_envs(buf: TensorDict) -> list[int]:
+    """Indices of the env copies with a non-finite reward or observation in the stored epoch (a
+    check once per epoch, not per step)."""
+    ok = torch.isfinite(buf["reward"]).all(0) & torch.isfinite(buf["obs"]).flatten(2).all(-1).all(0)
+    return (~ok).nonzero().squeeze(1).tolist()
 
 
 # On CPU from this many envs up, episode_totals runs the scan over T (2 ops per step) instead of

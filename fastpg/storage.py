@@ -16,7 +16,7 @@ Index semantics (time-major; ``t`` in ``[0, T)`` is the step within the epoch, `
 - ``ret[t]``      [T, N] float32: reward-to-go, written by the update.
 
 The carry between epochs (the observation after the last step, running episode statistics) lives
-in ``Rollout``, not here. Storage is locked: no keys can be added, and every epoch writes into the
+in ``fastpg.rollout.Carry``, not here. Storage is locked: no keys can be added, and every epoch writes into the
 same tensors (``data_ptr()`` never changes).
 """
 

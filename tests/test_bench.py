@@ -5,7 +5,8 @@ import json
 import pytest
 
 from fastpg import bench
-from fastpg.bench import BenchConfig, format_table, run_bench
+from fastpg.bench import BenchConfig, check_bench_config, format_table, run_bench
+from fastpg.bench import report as bench_report
 from fastpg.cli import main
 from fastpg.config import ConfigError
 
@@ -14,7 +15,9 @@ def test_bench_measures_every_phase_and_counts_reset_steps_apart():
     b = BenchConfig(backends=("torch", "vector"), num_envs=(8,), num_steps=16, repeats=2, warmup=0, hidden_sizes=(16,))
     report = run_bench(b)
     rows = {(r["phase"], r["backend"]): r for r in report["results"]}
-    assert set(rows) == {(p, be) for p in ("env", "collect", "update", "train") for be in ("torch", "vector")} | {("returns", None)}
+    assert set(rows) == {(p, be) for p in ("env", "collect", "update", "train") for be in ("torch", "vector")} | {
+        ("returns", None)
+    }
     for r in rows.values():
         assert r["rate_min"] <= r["rate_median"] <= r["rate_max"] and r["rate_min"] > 0
         assert len(r["times_s"]) == 2
@@ -30,7 +33,7 @@ def test_bench_measures_every_phase_and_counts_reset_steps_apart():
 
 
 def test_sync_beyond_the_cap_is_skipped_not_run(monkeypatch):
-    monkeypatch.setattr(bench, "MAX_ENVS_GYM_LOOP", 4)
+    monkeypatch.setattr(bench_report, "MAX_ENVS_GYM_LOOP", 4)
     b = BenchConfig(backends=("sync",), num_envs=(2, 8), num_steps=4, phases=("env",), repeats=1, warmup=0)
     report = run_bench(b)
     rows = report["results"]
@@ -39,7 +42,7 @@ def test_sync_beyond_the_cap_is_skipped_not_run(monkeypatch):
 
 
 def test_async_beyond_its_cap_is_skipped_not_run(monkeypatch):
-    monkeypatch.setattr(bench, "MAX_ENVS_ASYNC", 1)
+    monkeypatch.setattr(bench_report, "MAX_ENVS_ASYNC", 1)
     b = BenchConfig(backends=("async",), num_envs=(2,), num_steps=4, phases=("env",), repeats=1, warmup=0)
     (row,) = run_bench(b)["results"]
     assert "worker process per copy" in row["skipped"] and "rate_median" not in row
@@ -47,8 +50,27 @@ def test_async_beyond_its_cap_is_skipped_not_run(monkeypatch):
 
 def test_cli_bench_prints_table_and_writes_json(tmp_path, capsys):
     out = tmp_path / "bench.json"
-    code = main(["bench", "--num-envs", "4", "--num-steps", "8", "--repeats", "1", "--warmup", "0",
-                 "--phases", "env", "returns", "--backends", "torch", "--json", str(out), "--quiet"])
+    code = main(
+        [
+            "bench",
+            "--num-envs",
+            "4",
+            "--num-steps",
+            "8",
+            "--repeats",
+            "1",
+            "--warmup",
+            "0",
+            "--phases",
+            "env",
+            "returns",
+            "--backends",
+            "torch",
+            "--json",
+            str(out),
+            "--quiet",
+        ]
+    )
     assert code == 0
     printed = capsys.readouterr().out
     assert "env" in printed and "returns" in printed and "N=4" in printed
@@ -59,7 +81,10 @@ def test_cli_bench_prints_table_and_writes_json(tmp_path, capsys):
 @pytest.mark.parametrize(
     "argv, words",
     [
-        (["--env", "Pendulum-v1", "--backends", "vector"], "--backends: 'vector' needs an env with its own vectorized implementation"),
+        (
+            ["--env", "Pendulum-v1", "--backends", "vector"],
+            "--backends: 'vector' needs an env with its own vectorized implementation",
+        ),
         (["--num-envs", "0"], "--num-envs: must be integers >= 1"),
         (["--repeats", "0"], "--repeats: must be an integer >= 1"),
         (["--json", "/nonexistent-dir/x.json"], "--json: directory /nonexistent-dir does not exist"),
@@ -77,8 +102,10 @@ def test_plot_needs_matplotlib_or_writes_png(tmp_path):
         import matplotlib  # noqa: F401
     except ImportError:
         with pytest.raises(ConfigError, match="needs matplotlib"):
-            BenchConfig(plot=tmp_path / "p.png")
+            check_bench_config(BenchConfig(plot=tmp_path / "p.png"))
         return
-    b = BenchConfig(backends=("torch",), num_envs=(4, 8), num_steps=4, phases=("env",), repeats=1, warmup=0, plot=tmp_path / "p.png")
+    b = BenchConfig(
+        backends=("torch",), num_envs=(4, 8), num_steps=4, phases=("env",), repeats=1, warmup=0, plot=tmp_path / "p.png"
+    )
     bench.main_bench(b)
     assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"

@@ -6,6 +6,7 @@ from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, SyncVectorEnv
 
 from fastpg.envs import GymVectorEnv, UnsupportedEnvError, make_env, resolve_backend
+from fastpg.errors import ConfigError
 
 
 def _rollout(env, actions, seed=0):
@@ -69,14 +70,23 @@ def test_same_seed_same_trajectory():
 
 
 def test_make_env_refuses_a_backend_the_id_lacks():
-    with pytest.raises(ValueError, match="backend 'vector' needs an env with its own vectorized implementation; Pendulum-v1 has none"):
+    with pytest.raises(
+        ConfigError, match="backend: 'vector' needs an env with its own vectorized implementation; Pendulum-v1 has none"
+    ):
         make_env("Pendulum-v1", 2, backend="vector")
-    with pytest.raises(ValueError, match="backend 'torch' has no native implementation of FrozenLake-v1"):
+    with pytest.raises(ConfigError, match="backend: 'torch' has no native implementation of FrozenLake-v1"):
         make_env("FrozenLake-v1", 2, backend="torch")
 
 
 def test_resolve_backend():
-    for env_id in ("CartPole-v1", "CartPole-v0", "Acrobot-v1", "MountainCar-v0", "MountainCarContinuous-v0", "Pendulum-v1"):
+    for env_id in (
+        "CartPole-v1",
+        "CartPole-v0",
+        "Acrobot-v1",
+        "MountainCar-v0",
+        "MountainCarContinuous-v0",
+        "Pendulum-v1",
+    ):
         assert resolve_backend(env_id) == "torch"  # native first
     assert resolve_backend("FrozenLake-v1", "auto") == "sync"  # no native, no vector entry point
     assert resolve_backend("CartPole-v1", "async") == "async"

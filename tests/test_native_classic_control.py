@@ -101,7 +101,9 @@ def _edge_states(env_id, rng, n):
         # just either side of it with small velocities.
         t1 = rng.uniform(2.0, 3.0, size=200)
         t2 = np.arccos(np.clip(-1.0 - np.cos(t1), -1, 1)) - t1 + rng.uniform(-0.02, 0.02, size=200)
-        s[240:440] = np.stack([t1, (t2 + np.pi) % (2 * np.pi) - np.pi, rng.normal(0, 0.1, 200), rng.normal(0, 0.1, 200)], 1)
+        s[240:440] = np.stack(
+            [t1, (t2 + np.pi) % (2 * np.pi) - np.pi, rng.normal(0, 0.1, 200), rng.normal(0, 0.1, 200)], 1
+        )
         elapsed[440:480] = 0
         s[440:480] = rng.uniform(-0.1, 0.1, size=(40, 4)).astype(np.float32)  # fresh reset states
         actions = rng.integers(0, 3, size=n)
@@ -110,7 +112,9 @@ def _edge_states(env_id, rng, n):
         s[40:140] = np.stack([rng.uniform(-1.2, -1.15, 100), rng.uniform(-0.07, -0.01, 100)], 1)  # into the wall
         s[140:240] = np.stack([rng.uniform(0.55, 0.6, 100), rng.uniform(0.01, 0.07, 100)], 1)  # past the right end
         goal = 0.5 if env_id == "MountainCar-v0" else 0.45
-        s[240:440] = np.stack([goal - rng.uniform(-0.002, 0.002, 200), rng.uniform(-0.003, 0.003, 200)], 1)  # at the goal
+        s[240:440] = np.stack(
+            [goal - rng.uniform(-0.002, 0.002, 200), rng.uniform(-0.003, 0.003, 200)], 1
+        )  # at the goal
         s[440:540, 1] = 0.07 * rng.choice([-1, 1], size=100)  # at the speed limits
         s[540:580, 0] = -1.2  # on the wall
         if env_id == "MountainCar-v0":
@@ -169,7 +173,12 @@ def _controller(env_id, rng, states, n):
 
 @pytest.mark.parametrize(
     "env_id,n,steps",
-    [("Acrobot-v1", 24, 1000), ("MountainCar-v0", 32, 1500), ("MountainCarContinuous-v0", 32, 1500), ("Pendulum-v1", 32, 1000)],
+    [
+        ("Acrobot-v1", 24, 1000),
+        ("MountainCar-v0", 32, 1500),
+        ("MountainCarContinuous-v0", 32, 1500),
+        ("Pendulum-v1", 32, 1000),
+    ],
 )
 def test_trajectories_match_gymnasium_step_for_step(env_id, n, steps):
     envs = [gym.make(env_id) for _ in range(n)]
@@ -278,7 +287,11 @@ def test_float32_stays_close_to_float64(env_id):
     g = torch.Generator().manual_seed(0)
     worst, alive = 0.0, torch.ones(n, dtype=torch.bool)
     for _ in range(20):
-        a = torch.randint(0, 3, (n,), generator=g) if e64.info.discrete else torch.rand(n, 1, generator=g, dtype=torch.float64) * 4 - 2
+        a = (
+            torch.randint(0, 3, (n,), generator=g)
+            if e64.info.discrete
+            else torch.rand(n, 1, generator=g, dtype=torch.float64) * 4 - 2
+        )
         s64, s32 = e64.step(a), e32.step(a)
         diff = (e64._final - e32._final.double()).abs().amax(0)
         worst = max(worst, diff[alive].max().item())

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from fastpg.envs import TorchCartPole, make_env, native_env_ids, resolve_backend
+from fastpg.errors import ConfigError
 
 RTOL = 1e-10
 
@@ -34,7 +35,7 @@ def test_cartpole_one_step_matches_gymnasium_from_same_states(env_id, fused):
     limit = gym.spec(env_id).max_episode_steps
     elapsed[:30] = limit - 1  # these truncate on this step
 
-    native = TorchCartPole(n, dtype=torch.float64, env_id=env_id, fused=fused)
+    native = TorchCartPole(n, dtype=torch.float64, env_id=env_id, kernel="cpp" if fused else "torch")
     native.reset(seed=0)
     native.set_state(torch.from_numpy(states), torch.from_numpy(elapsed).clamp(max=limit - 1))
     step = native.step(torch.from_numpy(actions))
@@ -76,7 +77,7 @@ def test_cartpole_trajectories_match_gymnasium(env_id, fused):
     n, steps = 48, 2500 if env_id == "CartPole-v1" else 1200
     envs = _gym_envs(env_id, n, seed=100)
     gym_state = np.array([e.unwrapped.state for e in envs])
-    native = TorchCartPole(n, dtype=torch.float64, env_id=env_id, fused=fused)
+    native = TorchCartPole(n, dtype=torch.float64, env_id=env_id, kernel="cpp" if fused else "torch")
     native.reset(seed=0)
     native.set_state(torch.from_numpy(gym_state))
     rng = np.random.default_rng(1)
@@ -161,7 +162,7 @@ def test_cartpole_cuda_matches_cpu_dynamics():
 @pytest.mark.parametrize("n", [64, 1024])  # reset by selection / by index (SELECT_RESET_MAX_ENVS)
 def test_fused_cartpole_resets_seeds_and_refusals(n):
     def run(seed):
-        env = make_env("CartPole-v1", n, fused=True)
+        env = make_env("CartPole-v1", n, kernel="cpp")
         obs = [env.reset(seed=seed).clone()]
         g = torch.Generator().manual_seed(0)
         dones = 0
@@ -172,7 +173,11 @@ def test_fused_cartpole_resets_seeds_and_refusals(n):
             dones += int(d.sum())
             # Done copies come back fresh with a zeroed counter; final_obs keeps where they ended.
             assert (step.obs[d].abs() <= 0.05).all() and (env.elapsed[d] == 0).all()
-            assert (env.final_obs[step.terminated].abs() > torch.tensor([2.4, float("inf"), 0.2094, float("inf")])).any(1).all()
+            assert (
+                (env.final_obs[step.terminated].abs() > torch.tensor([2.4, float("inf"), 0.2094, float("inf")]))
+                .any(1)
+                .all()
+            )
             assert step.valid.all()
         assert dones > n  # random actions end episodes every ~20 steps
         return torch.stack(obs)
@@ -184,10 +189,14 @@ def test_fused_cartpole_resets_seeds_and_refusals(n):
 
 
 def test_fused_is_refused_where_it_does_not_exist():
-    with pytest.raises(ValueError, match="fused C\\+\\+ step exists for native CartPole-v1, CartPole-v0 only"):
-        make_env("Acrobot-v1", 2, fused=True)
-    with pytest.raises(ValueError, match="only"):
-        make_env("CartPole-v1", 2, backend="sync", fused=True)
+    with pytest.raises(
+        ConfigError, match="env_kernel: 'cpp' exists for the native \\(backend torch\\) CartPole-v1, CartPole-v0 only"
+    ):
+        make_env("Acrobot-v1", 2, kernel="cpp")
+    with pytest.raises(ConfigError, match="only; got CartPole-v1 with backend sync"):
+        make_env("CartPole-v1", 2, backend="sync", kernel="cpp")
+    with pytest.raises(ValueError, match="kernel must be one of torch for Acrobot-v1"):
+        make_env("Acrobot-v1", 2).set_kernel("cpp")
 
 
 def test_trainer_with_the_fused_kernel_matches_its_config():
@@ -196,4 +205,4 @@ def test_trainer_with_the_fused_kernel_matches_its_config():
     cfg = Config(env_kernel="cpp", device="cpu", num_envs=8, num_steps=64, max_epochs=2, eval_episodes=4, quiet=True)
     with Trainer(cfg) as tr:
         ms = list(tr.run())
-        assert tr.env.fused and len(ms) == 2 and ms[-1]["episodes"] > 0
+        assert tr.env.kernel == "cpp" and len(ms) == 2 and ms[-1]["episodes"] > 0

@@ -9,8 +9,13 @@ from fastpg.policy import MLPPolicy, mode_action, sample_action
 
 DISCRETE = EnvInfo(env_id="d", obs_shape=(4,), discrete=True, num_actions=3, action_shape=())
 BOX = EnvInfo(
-    env_id="b", obs_shape=(3,), discrete=False, num_actions=None, action_shape=(2,),
-    action_low=torch.tensor([-1.0, -2.0]), action_high=torch.tensor([1.0, 2.0]),
+    env_id="b",
+    obs_shape=(3,),
+    discrete=False,
+    num_actions=None,
+    action_shape=(2,),
+    action_low=torch.tensor([-1.0, -2.0]),
+    action_high=torch.tensor([1.0, 2.0]),
 )
 
 

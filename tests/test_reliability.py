@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -16,8 +15,8 @@ from pathlib import Path
 import gymnasium as gym
 import pytest
 import torch
-
 from faulty_envs import FaultyEnv
+
 from fastpg import Config, Trainer, train
 from fastpg.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from fastpg.cli import main
@@ -99,7 +98,9 @@ _KILL_MID_CHECKPOINT = textwrap.dedent(
 
 def test_kill_mid_checkpoint_keeps_the_previous_one_and_resumes(tmp_path):
     ckpt, log = tmp_path / "ckpt", tmp_path / "m.jsonl"
-    proc = subprocess.run([sys.executable, "-c", _KILL_MID_CHECKPOINT, str(ckpt), str(log)], capture_output=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", _KILL_MID_CHECKPOINT, str(ckpt), str(log)], capture_output=True, timeout=120
+    )
     assert proc.returncode == -signal.SIGKILL
     assert load_checkpoint(ckpt)["epoch"] == 2  # the torn third write never replaced it
     assert len(_epochs(log)) == 3  # every finished epoch reached the metrics file
@@ -152,8 +153,24 @@ def _alive(pid: int) -> bool:
 
 def _start_training(tmp_path: Path, *extra: str) -> tuple[subprocess.Popen, Path, Path]:
     ckpt, log = tmp_path / "ckpt", tmp_path / "m.jsonl"
-    cmd = [sys.executable, "-m", "fastpg.cli", "train", "--num-envs", "2", "--num-steps", "64",
-           "--max-env-steps", "100000000", "--checkpoint-dir", str(ckpt), "--metrics-file", str(log), "--quiet", *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "fastpg.cli",
+        "train",
+        "--num-envs",
+        "2",
+        "--num-steps",
+        "64",
+        "--max-env-steps",
+        "100000000",
+        "--checkpoint-dir",
+        str(ckpt),
+        "--metrics-file",
+        str(log),
+        "--quiet",
+        *extra,
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 90
     while not (log.exists() and log.read_text().count("\n") >= 2):
@@ -242,7 +259,10 @@ def test_nan_reward_is_reported_with_the_env_index_and_the_update_skipped():
         assert m["update_skipped"] and m["skipped_updates"] == 1 and m["nonfinite_envs"] == 1
         assert all(torch.equal(a, b) for a, b in zip(before, tr.policy.parameters()))
         assert tr.optimizer.state_dict()["state"][0]["step"].item() == opt_steps  # Adam never saw it
-        with pytest.warns(RuntimeWarning), pytest.raises(NonFiniteError, match=r"epoch 4: 3 updates in a row had a non-finite loss"):
+        with (
+            pytest.warns(RuntimeWarning),
+            pytest.raises(NonFiniteError, match=r"epoch 4: 3 updates in a row had a non-finite loss"),
+        ):
             for _ in range(3):
                 tr.epoch()
 
@@ -256,7 +276,9 @@ def test_nonfinite_parameter_is_named_and_training_stops_keeping_the_last_checkp
         with pytest.raises(NonFiniteError, match="epoch 1: 1 updates in a row had a non-finite"):
             tr.epoch()
     state = load_checkpoint(tmp_path)
-    assert state["epoch"] == good["epoch"] and all(torch.equal(state["policy"][k], good["policy"][k]) for k in good["policy"])
+    assert state["epoch"] == good["epoch"] and all(
+        torch.equal(state["policy"][k], good["policy"][k]) for k in good["policy"]
+    )
 
 
 def test_nan_loss_from_a_policy_stops_the_cli_with_one_line(tmp_path, capsys, monkeypatch):
@@ -269,18 +291,36 @@ def test_nan_loss_from_a_policy_stops_the_cli_with_one_line(tmp_path, capsys, mo
         return torch.distributions.Categorical(logits=dist.logits * float("nan"), validate_args=False)
 
     monkeypatch.setattr(fastpg.policy.MLPPolicy, "forward", nan_forward)
-    code = main(["train", "--max-epochs", "5", "--max-bad-updates", "2", "--quiet", "--num-steps", "32",
-                 "--checkpoint-dir", str(tmp_path)])
+    code = main(
+        [
+            "train",
+            "--max-epochs",
+            "5",
+            "--max-bad-updates",
+            "2",
+            "--quiet",
+            "--num-steps",
+            "32",
+            "--checkpoint-dir",
+            str(tmp_path),
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == 1 and err == ["fastpg: error: epoch 2: 2 updates in a row had a non-finite loss and were skipped "
-                                 "(--max-bad-updates 2); the parameters are those of the last good update"]
+    assert code == 1 and err == [
+        "fastpg: error: epoch 2: 2 updates in a row had a non-finite loss and were skipped "
+        "(--max-bad-updates 2); the parameters are those of the last good update"
+    ]
 
 
 # -- misbehaving environments --------------------------------------------------------------------------
 
 
 def _faulty_async(fault: str, timeout_s: float = 60.0) -> GymVectorEnv:
-    fns = [functools.partial(FaultyEnv)] + [functools.partial(FaultyEnv, fault=fault, at=3)] + [functools.partial(FaultyEnv)]
+    fns = (
+        [functools.partial(FaultyEnv)]
+        + [functools.partial(FaultyEnv, fault=fault, at=3)]
+        + [functools.partial(FaultyEnv)]
+    )
     env = GymVectorEnv(gym.vector.AsyncVectorEnv(fns), env_id="Faulty-v0")
     env.async_timeout_s = timeout_s
     return env

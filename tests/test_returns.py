@@ -36,7 +36,11 @@ def test_reward_to_go_matches_reference(T, N, gamma, p_done, dtype):
 )
 def test_reward_to_go_property(T, N, gamma, p_done, use_bootstrap, seed):
     reward, done = _inputs(T, N, p_done, torch.float64, seed)
-    bootstrap = torch.randn(N, dtype=torch.float64, generator=torch.Generator().manual_seed(seed + 1)) if use_bootstrap else None
+    bootstrap = (
+        torch.randn(N, dtype=torch.float64, generator=torch.Generator().manual_seed(seed + 1))
+        if use_bootstrap
+        else None
+    )
     torch.testing.assert_close(
         reward_to_go(reward, done, gamma, bootstrap=bootstrap),
         reward_to_go_reference(reward, done, gamma, bootstrap=bootstrap),
@@ -59,9 +63,7 @@ def test_reward_to_go_hand_computed():
     torch.testing.assert_close(reward_to_go(reward, done, 0.5, bootstrap=boot), expected_boot)
     done_last = done.clone()
     done_last[4] = True
-    torch.testing.assert_close(
-        reward_to_go(reward, done_last, 0.5, bootstrap=boot)[4], torch.tensor([5.0])
-    )
+    torch.testing.assert_close(reward_to_go(reward, done_last, 0.5, bootstrap=boot)[4], torch.tensor([5.0]))
 
 
 def test_reward_to_go_gamma_edges():
@@ -70,9 +72,7 @@ def test_reward_to_go_gamma_edges():
     # gamma = 0: the return is the immediate reward.
     torch.testing.assert_close(reward_to_go(reward, done, 0.0), reward)
     # gamma = 1: undiscounted sum to the episode end.
-    torch.testing.assert_close(
-        reward_to_go(reward, done, 1.0), torch.tensor([[3.0, 2.0], [2.0, 1.0], [1.0, 1.0]])
-    )
+    torch.testing.assert_close(reward_to_go(reward, done, 1.0), torch.tensor([[3.0, 2.0], [2.0, 1.0], [1.0, 1.0]]))
 
 
 def test_reward_to_go_out_and_purity():
@@ -92,8 +92,14 @@ def test_reward_to_go_out_and_purity():
         (dict(reward=torch.zeros(3, 2), done=torch.zeros(3, 3, dtype=torch.bool)), "done must have the shape"),
         (dict(reward=torch.zeros(3, 2), done=torch.zeros(3, 2)), "done must be torch.bool"),
         (dict(reward=torch.zeros(3, 2, dtype=torch.int64), done=torch.zeros(3, 2, dtype=torch.bool)), "floating"),
-        (dict(reward=torch.zeros(3, 2), done=torch.zeros(3, 2, dtype=torch.bool), gamma=1.5), r"gamma must be in \[0, 1\]"),
-        (dict(reward=torch.zeros(3, 2), done=torch.zeros(3, 2, dtype=torch.bool), bootstrap=torch.zeros(3)), "bootstrap must be"),
+        (
+            dict(reward=torch.zeros(3, 2), done=torch.zeros(3, 2, dtype=torch.bool), gamma=1.5),
+            r"gamma must be in \[0, 1\]",
+        ),
+        (
+            dict(reward=torch.zeros(3, 2), done=torch.zeros(3, 2, dtype=torch.bool), bootstrap=torch.zeros(3)),
+            "bootstrap must be",
+        ),
     ],
 )
 @pytest.mark.parametrize("fn", [reward_to_go, reward_to_go_reference])
@@ -105,7 +111,9 @@ def test_reward_to_go_shape_errors(fn, kwargs, match):
 
 def test_reward_to_go_out_mismatch():
     with pytest.raises(ValueError, match="out must be"):
-        reward_to_go(torch.zeros(3, 2), torch.zeros(3, 2, dtype=torch.bool), 0.9, out=torch.zeros(3, 2, dtype=torch.float64))
+        reward_to_go(
+            torch.zeros(3, 2), torch.zeros(3, 2, dtype=torch.bool), 0.9, out=torch.zeros(3, 2, dtype=torch.float64)
+        )
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

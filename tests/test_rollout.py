@@ -131,10 +131,16 @@ def test_episode_totals_uses_the_scan_from_scan_min_envs(monkeypatch):
     g = torch.Generator().manual_seed(0)
     T = 16
     for n, expected in ((SCAN_MIN_ENVS - 1, "cumsum"), (SCAN_MIN_ENVS, "scan")):
-        calls = []
-        monkeypatch.setattr("fastpg.rollout.episode_totals_scan", lambda *a: calls.append("scan"))
-        monkeypatch.setattr("fastpg.rollout.episode_totals_cumsum", lambda *a: calls.append("cumsum"))
-        episode_totals(torch.rand(T, n, generator=g), torch.zeros(T, n, dtype=torch.bool), torch.ones(T, n, dtype=torch.bool), torch.zeros(n), torch.zeros(n, dtype=torch.int64))
+        calls: list[str] = []
+        monkeypatch.setattr("fastpg.rollout.episode_totals_scan", lambda *a, calls=calls: calls.append("scan"))
+        monkeypatch.setattr("fastpg.rollout.episode_totals_cumsum", lambda *a, calls=calls: calls.append("cumsum"))
+        episode_totals(
+            torch.rand(T, n, generator=g),
+            torch.zeros(T, n, dtype=torch.bool),
+            torch.ones(T, n, dtype=torch.bool),
+            torch.zeros(n),
+            torch.zeros(n, dtype=torch.int64),
+        )
         assert calls == [expected]
 
 

@@ -14,7 +14,8 @@ import gymnasium as gym
 import torch
 from gymnasium.envs.registration import load_env_creator
 
-from fastpg.envs.base import BatchedEnv, EnvInfo, Step
+from fastpg.config import Config
+from fastpg.envs.base import BatchedEnv, Checkpointable, EnvInfo, Step
 from fastpg.envs.classic_control import (
     NATIVE_ENVS,
     NativeEnv,
@@ -24,10 +25,12 @@ from fastpg.envs.classic_control import (
     TorchMountainCarContinuous,
     TorchPendulum,
 )
-from fastpg.envs.gym_vector import EnvWorkerError, GymVectorEnv, UnsupportedEnvError, make_gym_vector_env
+from fastpg.envs.gym_vector import GymVectorEnv, make_gym_vector_env
+from fastpg.errors import ConfigError, EnvWorkerError, UnsupportedEnvError
 
 __all__ = [
     "BatchedEnv",
+    "Checkpointable",
     "EnvInfo",
     "Step",
     "GymVectorEnv",
@@ -40,8 +43,11 @@ __all__ = [
     "UnsupportedEnvError",
     "EnvWorkerError",
     "make_env",
+    "env_from_config",
     "native_env_ids",
+    "kernel_env_ids",
     "backend_problem",
+    "kernel_problem",
     "resolve_backend",
 ]
 
@@ -49,13 +55,14 @@ __all__ = [
 _NATIVE: dict[str, type[NativeEnv]] = {env_id: cls for cls in NATIVE_ENVS for env_id in cls.VERSIONS}
 
 
-# Native ids with a fused C++ CPU step (``make_env(..., fused=True)``).
-FUSED_ENV_IDS = tuple(TorchCartPole.VERSIONS)
-
-
 def native_env_ids() -> tuple[str, ...]:
     """Environment ids that have a native torch implementation (backend ``torch``)."""
     return tuple(sorted(_NATIVE))
+
+
+def kernel_env_ids(kernel: str) -> tuple[str, ...]:
+    """Native ids whose env class has the step ``kernel`` (``"cpp"``: the CartPoles)."""
+    return tuple(env_id for env_id, cls in _NATIVE.items() if kernel in cls.KERNELS)
 
 
 def backend_problem(env_id: str, backend: str) -> str | None:
@@ -64,6 +71,20 @@ def backend_problem(env_id: str, backend: str) -> str | None:
         return f"'torch' has no native implementation of {env_id} (native ids: {', '.join(native_env_ids()) or 'none'})"
     if backend == "vector" and gym.spec(env_id).vector_entry_point is None:
         return f"'vector' needs an env with its own vectorized implementation; {env_id} has none (use sync or async)"
+    return None
+
+
+def kernel_problem(env_id: str, backend: str, kernel: str, device: torch.device) -> str | None:
+    """Why the native step ``kernel`` cannot step ``env_id`` with the resolved ``backend`` on
+    ``device``, or None if it can (``"torch"`` always can)."""
+    if kernel == "torch":
+        return None
+    ids = kernel_env_ids(kernel)
+    if backend != "torch" or env_id not in ids:
+        only = ", ".join(ids)
+        return f"{kernel!r} exists for the native (backend torch) {only} only; got {env_id} with backend {backend}"
+    if device.type != "cpu":
+        return f"{kernel!r} is a CPU kernel; use --device cpu (got device {str(device)!r})"
     return None
 
 
@@ -99,20 +120,39 @@ def make_env(
     backend: str = "auto",
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
-    fused: bool = False,
+    kernel: str = "torch",
 ) -> BatchedEnv:
     """Build ``num_envs`` lockstep copies of ``env_id`` with the chosen backend, on ``device``.
 
     ``dtype`` is the state dtype of native torch envs (float32 or float64); gymnasium backends
-    compute in numpy and hand over float32 observations. ``fused=True`` selects the compiled C++
-    CPU step of native CartPole (``TorchCartPole``); other ids and backends refuse it."""
+    compute in numpy and hand over float32 observations. ``kernel`` is a native env's step
+    implementation (``"cpp"``: the compiled CPU step of native CartPole). An impossible
+    combination raises ``ConfigError`` naming the backend or kernel."""
+    device = torch.device(device)
     backend = resolve_backend(env_id, backend)
     problem = backend_problem(env_id, backend)
     if problem:
-        raise ValueError(f"backend {problem}")
-    if fused and (backend != "torch" or env_id not in FUSED_ENV_IDS):
-        raise ValueError(f"fused=True: the fused C++ step exists for native {', '.join(FUSED_ENV_IDS)} only, not {backend} {env_id}")
+        raise ConfigError("backend", problem)
+    problem = kernel_problem(env_id, backend, kernel, device)
+    if problem:
+        raise ConfigError("env_kernel", problem)
     if backend == "torch":
-        extra = {"fused": True} if fused else {}
-        return _NATIVE[env_id](num_envs, device, dtype, env_id=env_id, **extra)
+        env = _NATIVE[env_id](num_envs, device, dtype, env_id=env_id)
+        env.set_kernel(kernel)
+        return env
     return make_gym_vector_env(env_id, backend, num_envs, device)
+
+
+def env_from_config(
+    cfg: Config, device: torch.device, num_envs: int | None = None, *, backend: str | None = None
+) -> BatchedEnv:
+    """The env ``cfg`` describes, on ``device``: ``num_envs`` copies (default ``cfg.num_envs``),
+    ``backend`` instead of ``cfg.backend`` where given (evaluation steps async ids with sync)."""
+    return make_env(
+        cfg.env,
+        cfg.num_envs if num_envs is None else num_envs,
+        backend=cfg.backend if backend is None else backend,
+        device=device,
+        dtype=getattr(torch, cfg.env_dtype),
+        kernel=cfg.env_kernel,
+    )

@@ -31,7 +31,7 @@ from typing import NamedTuple, Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
-__all__ = ["EnvInfo", "Step", "BatchedEnv"]
+__all__ = ["EnvInfo", "Step", "BatchedEnv", "Checkpointable"]
 
 
 @dataclass(frozen=True)
@@ -88,3 +88,13 @@ class BatchedEnv(Protocol):
     def step(self, action: Tensor) -> Step: ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class Checkpointable(Protocol):
+    """An env whose exact state can be saved and restored (native envs): a checkpoint then
+    continues the run bit for bit. Envs without it are re-seeded on resume."""
+
+    def state_dict(self) -> dict[str, Tensor]: ...
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None: ...

@@ -27,20 +27,13 @@ from gymnasium.vector import AutoresetMode
 from torch import Tensor
 
 from fastpg.envs.base import EnvInfo, Step
+from fastpg.errors import EnvWorkerError, UnsupportedEnvError
 
 __all__ = ["GymVectorEnv", "make_gym_vector_env", "env_info_from_spaces", "UnsupportedEnvError", "EnvWorkerError"]
 
 _MODES = {"vector": "vector_entry_point", "sync": "sync", "async": "async"}
 # An AsyncVectorEnv step or reset that takes longer than this is taken for a hung or dead worker.
 ASYNC_TIMEOUT_S = 60.0
-
-
-class UnsupportedEnvError(ValueError):
-    """The environment's spaces or autoreset mode are not ones fastpg can train on."""
-
-
-class EnvWorkerError(RuntimeError):
-    """An async worker raised, died or hung; the message names the env id and the worker(s)."""
 
 
 @contextlib.contextmanager
@@ -58,25 +51,19 @@ def _workers_ignore_sigint():
         signal.signal(signal.SIGINT, previous)
 
 
-def env_info_from_spaces(
-    env_id: str, obs_space: spaces.Space, action_space: spaces.Space, spec=None
-) -> EnvInfo:
+def env_info_from_spaces(env_id: str, obs_space: spaces.Space, action_space: spaces.Space, spec=None) -> EnvInfo:
     """Translate gymnasium single-env spaces into an ``EnvInfo``, refusing what fastpg cannot train.
 
     Supported: Box or Discrete observations (Discrete ones are one-hot encoded) and Discrete or Box
     actions.
     """
-    supported = (
-        "fastpg supports Box or Discrete observation spaces and Discrete or Box action spaces"
-    )
+    supported = "fastpg supports Box or Discrete observation spaces and Discrete or Box action spaces"
     if isinstance(obs_space, spaces.Box):
         obs_shape, encoding = tuple(int(d) for d in obs_space.shape), "box"
     elif isinstance(obs_space, spaces.Discrete):
         obs_shape, encoding = (int(obs_space.n),), "one_hot"
     else:
-        raise UnsupportedEnvError(
-            f"env {env_id}: observation space {obs_space} is not supported; {supported}"
-        )
+        raise UnsupportedEnvError(f"env {env_id}: observation space {obs_space} is not supported; {supported}")
     common = dict(
         env_id=env_id,
         obs_shape=obs_shape,
@@ -95,14 +82,10 @@ def env_info_from_spaces(
             action_high=torch.as_tensor(action_space.high, dtype=torch.float32),
             **common,
         )
-    raise UnsupportedEnvError(
-        f"env {env_id}: action space {action_space} is not supported; {supported}"
-    )
+    raise UnsupportedEnvError(f"env {env_id}: action space {action_space} is not supported; {supported}")
 
 
-def make_gym_vector_env(
-    env_id: str, backend: str, num_envs: int, device: torch.device | str = "cpu"
-) -> "GymVectorEnv":
+def make_gym_vector_env(env_id: str, backend: str, num_envs: int, device: torch.device | str = "cpu") -> GymVectorEnv:
     """Build ``num_envs`` copies of ``env_id`` with a gymnasium backend (vector, sync or async)."""
     if backend not in _MODES:
         raise ValueError(f"backend must be one of {', '.join(_MODES)}, got {backend!r}")
@@ -144,9 +127,7 @@ class GymVectorEnv:
         self.env_id = env_id
         self._async = isinstance(vec_env, gym.vector.AsyncVectorEnv)
         self.async_timeout_s = ASYNC_TIMEOUT_S
-        self.info = env_info_from_spaces(
-            env_id, vec_env.single_observation_space, vec_env.single_action_space, spec
-        )
+        self.info = env_info_from_spaces(env_id, vec_env.single_observation_space, vec_env.single_action_space, spec)
         act_space = vec_env.single_action_space
         self._action_start = int(getattr(act_space, "start", 0)) if self.info.discrete else 0
         self._action_np_dtype = act_space.dtype

@@ -36,6 +36,9 @@ class NativeEnv:
     same_step_reset = True
     state_dim: int
     VERSIONS: dict[str, tuple[int, float | None]]
+    # Step implementations: "torch" (torch ops, any device) and, where a class has one, compiled
+    # CPU kernels it loads in ``_use_kernel`` (TorchCartPole: "cpp").
+    KERNELS: tuple[str, ...] = ("torch",)
 
     def __init__(
         self,
@@ -62,7 +65,20 @@ class NativeEnv:
         self._final = self._state
         self.elapsed = torch.zeros(num_envs, dtype=torch.int64, device=self.device)
         self._valid = torch.ones(num_envs, dtype=torch.bool, device=self.device)
+        self.kernel = "torch"
         self.info: EnvInfo
+
+    def set_kernel(self, kernel: str) -> None:
+        """Step with ``kernel`` (one of ``KERNELS``) from now on; compiled kernels run on CPU only."""
+        if kernel not in self.KERNELS:
+            raise ValueError(f"kernel must be one of {', '.join(self.KERNELS)} for {self.env_id}, got {kernel!r}")
+        if kernel != "torch" and self.device.type != "cpu":
+            raise ValueError(f"kernel {kernel!r} is a CPU kernel; this env is on {self.device} (use kernel 'torch')")
+        self._use_kernel(kernel)
+        self.kernel = kernel
+
+    def _use_kernel(self, kernel: str) -> None:
+        """Subclasses with compiled kernels load them here."""
 
     def _make_info(self, obs_dim: int, *, num_actions: int | None = None, action_bound: float | None = None) -> EnvInfo:
         """EnvInfo for ``Discrete(num_actions)`` or ``Box(-action_bound, action_bound, (1,))`` actions."""
@@ -176,4 +192,5 @@ class NativeEnv:
         pass
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.env_id!r}, num_envs={self.num_envs}, device={self.device}, dtype={self.dtype})"
+        name, n = type(self).__name__, self.num_envs
+        return f"{name}({self.env_id!r}, num_envs={n}, device={self.device}, dtype={self.dtype})"

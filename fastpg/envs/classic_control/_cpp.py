@@ -1,4 +1,4 @@
-"""Fused C++ step for native CartPole on CPU (opt-in: ``make_env(..., fused=True)``,
+"""Fused C++ step for native CartPole on CPU (opt-in: ``make_env(..., kernel="cpp")``,
 ``--env-kernel cpp``).
 
 Why: at small N the torch step is bound by per-op dispatch (about 35 ops of 3-5 us each, so some
@@ -23,6 +23,8 @@ import os
 import shutil
 import sys
 import threading
+
+from fastpg.errors import KernelBuildError
 
 __all__ = ["cartpole_kernel", "KernelBuildError"]
 
@@ -68,7 +70,8 @@ static void cartpole(const T* s, T* fin, T* nxt, const T* fresh, const int64_t* 
 void cartpole_step(torch::Tensor s, torch::Tensor fin, torch::Tensor nxt, torch::Tensor fresh,
                    torch::Tensor action, torch::Tensor elapsed, torch::Tensor done, torch::Tensor term,
                    int64_t max_steps) {
-  TORCH_CHECK(s.is_cpu() && s.is_contiguous() && s.dim() == 2 && s.size(0) == 4, "state must be a contiguous CPU [4, N] tensor");
+  TORCH_CHECK(s.is_cpu() && s.is_contiguous() && s.dim() == 2 && s.size(0) == 4,
+              "state must be a contiguous CPU [4, N] tensor");
   TORCH_CHECK(action.scalar_type() == torch::kInt64 && action.is_contiguous() && action.numel() == s.size(1),
               "action must be a contiguous int64 [N] tensor");
   const bool select = nxt.defined() && nxt.numel() > 0;
@@ -83,10 +86,6 @@ void cartpole_step(torch::Tensor s, torch::Tensor fin, torch::Tensor nxt, torch:
 
 _lock = threading.Lock()
 _module = None
-
-
-class KernelBuildError(RuntimeError):
-    """The fused kernel could not be compiled here (no C++ compiler or ninja, say)."""
 
 
 def cartpole_kernel():
@@ -116,7 +115,7 @@ def _build():
     except Exception as e:  # compiler, ninja or headers missing: say what to do
         raise KernelBuildError(
             f"could not build the fused C++ CartPole kernel ({type(e).__name__}: {e}); it needs a C++ "
-            "compiler and ninja (pip install ninja). Use the torch kernel instead (fused=False, --env-kernel torch)."
+            "compiler and ninja (pip install ninja). Use the torch kernel instead (--env-kernel torch)."
         ) from e
     finally:
         os.environ["PATH"] = old_path

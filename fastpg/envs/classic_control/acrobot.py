@@ -45,7 +45,13 @@ class TorchAcrobot(NativeEnv):
     AVAIL_TORQUE = (-1.0, 0.0, 1.0)
     g = 9.8
 
-    def __init__(self, num_envs: int, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, env_id: str = "Acrobot-v1"):
+    def __init__(
+        self,
+        num_envs: int,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+        env_id: str = "Acrobot-v1",
+    ):
         super().__init__(num_envs, device, dtype, env_id)
         self.info = self._make_info(6, num_actions=3)
         m1, m2, l1 = self.LINK_MASS_1, self.LINK_MASS_2, self.LINK_LENGTH_1

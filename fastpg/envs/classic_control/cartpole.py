@@ -22,7 +22,7 @@ class TorchCartPole(NativeEnv):
     ``|theta| > 12 degrees``; reset uniform in ``[-0.05, 0.05]^4``. Euler integration, tau 0.02.
     The arithmetic is gymnasium's, operation for operation.
 
-    ``fused=True`` (CPU only) steps with one compiled C++ loop instead of ~35 torch ops: several
+    ``kernel="cpp"`` (CPU only) steps with one compiled C++ loop instead of ~35 torch ops: several
     times faster at small N, and bit-identical to gymnasium in float64; it is compiled on first use
     (see ``fastpg.envs.classic_control._cpp``).
     """
@@ -34,6 +34,7 @@ class TorchCartPole(NativeEnv):
     theta_threshold_radians = 12 * 2 * math.pi / 360
     x_threshold = 2.4
     VERSIONS = {"CartPole-v1": (500, 475.0), "CartPole-v0": (200, 195.0)}
+    KERNELS = ("torch", "cpp")
 
     def __init__(
         self,
@@ -41,15 +42,10 @@ class TorchCartPole(NativeEnv):
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
         env_id: str = "CartPole-v1",
-        fused: bool = False,
+        kernel: str = "torch",
     ):
         super().__init__(num_envs, device, dtype, env_id)
-        self.fused = fused
-        if fused:
-            if self.device.type != "cpu":
-                raise ValueError(f"fused=True is a CPU kernel; this env is on {self.device} (use fused=False)")
-            self._kernel = cartpole_kernel()
-            self._no_tensor = torch.empty(0, dtype=dtype)
+        self.set_kernel(kernel)
         self.info = self._make_info(4, num_actions=2)
         self._reward = torch.ones(num_envs, dtype=dtype, device=self.device)
         self._force = torch.tensor([-self.force_mag, self.force_mag], dtype=dtype, device=self.device)
@@ -60,6 +56,11 @@ class TorchCartPole(NativeEnv):
         # Per state row; the velocities never terminate.
         thresholds = [[self.x_threshold], [math.inf], [self.theta_threshold_radians], [math.inf]]
         self._c_thresholds = torch.tensor(thresholds, dtype=dtype, device=self.device)
+
+    def _use_kernel(self, kernel: str) -> None:
+        if kernel == "cpp":
+            self._cpp = cartpole_kernel()
+            self._no_tensor = torch.empty(0, dtype=self.dtype)
 
     def _sample_reset(self, n: int) -> Tensor:
         u = torch.empty(4, n, dtype=self.dtype, device=self.device)
@@ -87,7 +88,7 @@ class TorchCartPole(NativeEnv):
         return new, self._reward, terminated
 
     def step(self, action: Tensor) -> Step:
-        if not self.fused:
+        if self.kernel != "cpp":
             return super().step(action)
         # The fused kernel: dynamics, termination, time limit and (where resets select) the reset
         # selection in one loop; same generator draws as the torch path.
@@ -97,7 +98,9 @@ class TorchCartPole(NativeEnv):
         final, after = torch.empty_like(state), torch.empty_like(state) if select else self._no_tensor
         done, terminated = torch.empty(n, dtype=torch.bool), torch.empty(n, dtype=torch.bool)
         action = action.to(torch.int64).contiguous()
-        self._kernel.cartpole_step(state, final, after, fresh, action, self.elapsed, done, terminated, self.max_episode_steps)
+        self._cpp.cartpole_step(
+            state, final, after, fresh, action, self.elapsed, done, terminated, self.max_episode_steps
+        )
         self._final = final
         self._state = after if select else self._reset_done(final, done)
         return Step(self._observe(self._state), self._reward, done, self._valid, terminated)

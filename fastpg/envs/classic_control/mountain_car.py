@@ -35,7 +35,13 @@ class TorchMountainCar(NativeEnv):
     VERSIONS = {"MountainCar-v0": (200, -110.0)}
     force, gravity, goal_position, goal_velocity = 0.001, 0.0025, 0.5, 0.0
 
-    def __init__(self, num_envs: int, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, env_id: str = "MountainCar-v0"):
+    def __init__(
+        self,
+        num_envs: int,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+        env_id: str = "MountainCar-v0",
+    ):
         super().__init__(num_envs, device, dtype, env_id)
         self.info = self._make_info(2, num_actions=3)
         c = self._const
@@ -76,7 +82,13 @@ class TorchMountainCarContinuous(NativeEnv):
     VERSIONS = {"MountainCarContinuous-v0": (999, 90.0)}
     min_action, max_action, power, goal_position, goal_velocity = -1.0, 1.0, 0.0015, 0.45, 0.0
 
-    def __init__(self, num_envs: int, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, env_id: str = "MountainCarContinuous-v0"):
+    def __init__(
+        self,
+        num_envs: int,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+        env_id: str = "MountainCarContinuous-v0",
+    ):
         super().__init__(num_envs, device, dtype, env_id, state_dtype=torch.float64)
         self.info = self._make_info(2, action_bound=self.max_action)
         f32 = torch.float32
@@ -105,7 +117,9 @@ class TorchMountainCarContinuous(NativeEnv):
         # Python float bound, which makes force * power a float64 product.
         inside = ~(a < self._lo32) & ~(a > self._hi32)
         # 3 * position: float32 product in the steady state, float64 on the first step.
-        cos_term = self._gravity * torch.cos(torch.where(fresh, self._three64 * position, (self._three32 * p32).to(f64)))
+        cos_term = self._gravity * torch.cos(
+            torch.where(fresh, self._three64 * position, (self._three32 * p32).to(f64))
+        )
         dv_in = (a * self._power32 - cos_term.to(f32)).to(f64)  # float32 - python float: float32
         dv_out = torch.where(a > 0, self._power64, -self._power64) - cos_term  # all float64
         dv = torch.where(inside, dv_in, dv_out)

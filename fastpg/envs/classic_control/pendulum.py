@@ -23,14 +23,20 @@ class TorchPendulum(NativeEnv):
 
     state_dim = 2
     VERSIONS = {"Pendulum-v1": (200, None)}
-    max_speed, max_torque, dt, g, m, l = 8, 2.0, 0.05, 10.0, 1.0, 1.0
+    max_speed, max_torque, dt, g, m, length = 8, 2.0, 0.05, 10.0, 1.0, 1.0  # gymnasium: l
 
-    def __init__(self, num_envs: int, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, env_id: str = "Pendulum-v1"):
+    def __init__(
+        self,
+        num_envs: int,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+        env_id: str = "Pendulum-v1",
+    ):
         super().__init__(num_envs, device, dtype, env_id)
         self.info = self._make_info(3, action_bound=self.max_torque)
         c, f32 = self._const, torch.float32
-        g, m, l = self.g, self.m, self.l
-        self._gravity_k, self._torque_k = c(3 * g / (2 * l)), c(3.0 / (m * l**2), f32)
+        g, m, length = self.g, self.m, self.length
+        self._gravity_k, self._torque_k = c(3 * g / (2 * length)), c(3.0 / (m * length**2), f32)
         self._u_cost = c(0.001, f32)
         self._speed_cost, self._dt = c(0.1), c(self.dt)
         self._max_torque = c(self.max_torque, f32)

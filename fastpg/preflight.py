@@ -1,0 +1,86 @@
+"""Checks of a ``Config`` against this machine, before anything runs.
+
+``Config`` itself checks types and ranges only (a pure value). ``check_config`` asks the machine:
+is the device there, is the env id registered, can the chosen backend (and env kernel, and env
+dtype) step it, do the directories the run reads or writes into exist. The CLI calls it right after
+parsing, and the ``Trainer`` calls it before building anything, so Python users get the same
+one-line ``ConfigError`` as the command line.
+"""
+
+from __future__ import annotations
+
+import difflib
+
+import gymnasium as gym
+import torch
+
+from fastpg.config import Config
+from fastpg.envs import backend_problem, kernel_problem, resolve_backend
+from fastpg.errors import ConfigError
+
+__all__ = ["check_config", "resolve_device"]
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` -> cuda if available, else cpu; anything else as ``torch.device``."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def check_config(cfg: Config) -> None:
+    """Raise ``ConfigError`` (naming the field and the value) if ``cfg`` cannot run here."""
+    _check_device(cfg.device)
+    _check_env_id(cfg.env)
+    _check_backend(cfg)
+    _check_paths(cfg)
+
+
+def _check_device(device: str) -> None:
+    if device == "auto":
+        return
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ConfigError("device", f"must be auto, cpu, cuda or cuda:N; got {device!r}") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise ConfigError("device", f"must be auto, cpu, cuda or cuda:N; got {device!r}")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError("device", f"{device!r} was asked for but CUDA is not available here (use cpu or auto)")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ConfigError("device", f"{device!r}: only {torch.cuda.device_count()} CUDA device(s) visible")
+
+
+def _check_env_id(env_id: str) -> None:
+    try:
+        gym.spec(env_id)
+    except Exception:  # gymnasium raises several error types for unknown / unimportable ids
+        close = difflib.get_close_matches(env_id, list(gym.registry.keys()), n=3, cutoff=0.6)
+        hint = f"; did you mean {', '.join(close)}?" if close else " (see gymnasium.pprint_registry())"
+        raise ConfigError("env", f"unknown gymnasium environment id {env_id!r}{hint}") from None
+
+
+def _check_backend(cfg: Config) -> None:
+    problem = backend_problem(cfg.env, cfg.backend)
+    if problem:
+        raise ConfigError("backend", problem)
+    backend = resolve_backend(cfg.env, cfg.backend)
+    problem = kernel_problem(cfg.env, backend, cfg.env_kernel, resolve_device(cfg.device))
+    if problem:
+        raise ConfigError("env_kernel", problem)
+    if cfg.env_dtype != "float32" and backend != "torch":
+        raise ConfigError(
+            "env_dtype",
+            f"{cfg.env_dtype} applies to native torch envs only; backend {backend!r} for {cfg.env} computes in numpy",
+        )
+
+
+def _check_paths(cfg: Config) -> None:
+    if cfg.metrics_file is not None and not cfg.metrics_file.parent.is_dir():
+        raise ConfigError("metrics_file", f"directory {cfg.metrics_file.parent} does not exist")
+    if cfg.resume is not None and not cfg.resume.is_dir():
+        raise ConfigError("resume", f"directory {cfg.resume} does not exist")
+    ckpt = cfg.checkpoint_dir
+    if ckpt is not None and ckpt.exists() and not ckpt.is_dir():
+        raise ConfigError("checkpoint_dir", f"{ckpt} exists and is not a directory")

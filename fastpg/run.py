@@ -1,0 +1,150 @@
+"""``train(cfg)``: a whole run, as ``fastpg train`` does it, around the ``Trainer``.
+
+The application layer: what a run needs beyond the algorithm. Outputs are checked before anything
+runs (an existing metrics file or checkpoint is refused unless ``overwrite``); a checkpoint is
+resumed; each epoch's metrics go to the JSON Lines file and the console; checkpoints are written
+every ``checkpoint_every`` epochs and when training stops; Ctrl-C and SIGTERM stop the run after the
+current epoch; the final evaluation runs and the summary is written and printed.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from fastpg.checkpoint import CHECKPOINT_NAME, check_compatible, load_checkpoint, save_checkpoint
+from fastpg.config import Config
+from fastpg.envs import resolve_backend
+from fastpg.errors import ConfigError
+from fastpg.interrupts import StopOnSignals
+from fastpg.metrics import ConsoleProgress, JsonlSink, jsonable
+from fastpg.preflight import check_config
+from fastpg.trainer import Trainer
+
+__all__ = ["train", "check_outputs"]
+
+
+def check_outputs(cfg: Config) -> None:
+    """Refuse to replace an existing metrics file or checkpoint unless asked to."""
+    if cfg.overwrite:
+        return
+    if cfg.metrics_file is not None and cfg.metrics_file.exists() and cfg.resume is None:
+        raise ConfigError(
+            "metrics_file",
+            f"{cfg.metrics_file} already exists; pass --overwrite to replace it (or --resume DIR to append to it)",
+        )
+    ckpt = cfg.checkpoint_dir
+    if ckpt is not None and (ckpt / CHECKPOINT_NAME).exists():
+        if cfg.resume is None or cfg.resume.resolve() != ckpt.resolve():
+            raise ConfigError(
+                "checkpoint_dir",
+                f"{ckpt} already holds a checkpoint; pass --resume {ckpt} to continue that run "
+                "or --overwrite to replace it",
+            )
+
+
+def train(cfg: Config, *, policy: nn.Module | None = None) -> dict[str, Any]:
+    """Train with ``cfg`` to its budget or target, evaluate, and return the summary.
+
+    Prints progress lines (unless ``cfg.quiet``) and the summary; writes ``cfg.metrics_file``
+    (one JSON object per epoch, then the summary object) when set. Summary keys: ``solved``
+    (evaluation mean >= target), ``time_to_solve_s`` (training wall time, evaluation excluded),
+    ``env_steps_to_solve``, ``eval_return_mean``, ``sps``, ``checkpoint`` and more.
+
+    Checkpoints (``checkpoint_dir``, or the ``resume`` directory) are written every
+    ``checkpoint_every`` epochs and when training stops. SIGINT / SIGTERM stop the run after the
+    current epoch: checkpoint, summary (``stop_reason`` ``"interrupted (SIGINT)"``, no evaluation),
+    environments closed; ``summary["exit_code"]`` is then 128 + the signal number. A
+    ``NonFiniteError`` leaves the last checkpoint as it was.
+    """
+    check_config(cfg)
+    check_outputs(cfg)
+    state = _resume_state(cfg)
+    ckpt_dir = cfg.checkpoint_dir if cfg.checkpoint_dir is not None else cfg.resume
+    sink = (
+        JsonlSink(cfg.metrics_file, append=cfg.resume is not None and not cfg.overwrite) if cfg.metrics_file else None
+    )
+    progress = None if cfg.quiet else ConsoleProgress(cfg.progress_interval_s)
+    try:
+        with Trainer(cfg, policy=policy) as trainer, StopOnSignals() as signals:
+            if state is not None:
+                trainer.load_state_dict(state)
+            start_epoch = trainer.counters.epoch
+            ckpt_path = None
+            for metrics in trainer.run(should_stop=signals.requested):
+                if sink:
+                    sink.write(metrics)
+                if progress:
+                    progress(metrics, force=trainer.stop_reason is not None)
+                if ckpt_dir is not None and trainer.counters.epoch % cfg.checkpoint_every == 0:
+                    ckpt_path = save_checkpoint(trainer.state_dict(), ckpt_dir)
+            if ckpt_dir is not None and (ckpt_path is None or trainer.counters.epoch % cfg.checkpoint_every):
+                ckpt_path = save_checkpoint(trainer.state_dict(), ckpt_dir)
+            evaluation = _final_evaluation(trainer, interrupted=signals.exit_code is not None)
+            summary = _summary(
+                trainer, evaluation, start_epoch=start_epoch, checkpoint=ckpt_path, exit_code=signals.exit_code or 0
+            )
+        if sink:
+            sink.write(summary)
+    finally:
+        if sink:
+            sink.close()
+    print(json.dumps({k: jsonable(v) for k, v in summary.items()}), flush=True)
+    return summary
+
+
+def _resume_state(cfg: Config) -> dict[str, Any] | None:
+    """The checkpoint to continue (``cfg.resume``), checked against the config; None without one."""
+    if cfg.resume is None:
+        return None
+    state = load_checkpoint(cfg.resume)
+    check_compatible(state["config"], cfg, cfg.resume / CHECKPOINT_NAME)
+    return state
+
+
+def _final_evaluation(trainer: Trainer, *, interrupted: bool) -> dict[str, Any]:
+    """The evaluation that confirmed the target, else a fresh one (none after a signal)."""
+    cfg = trainer.cfg
+    if trainer.target.evaluation is not None:
+        return trainer.target.evaluation
+    if cfg.eval_episodes and not interrupted:
+        return trainer.evaluate(cfg.eval_episodes, deterministic=cfg.eval_deterministic)
+    return {}
+
+
+def _summary(
+    trainer: Trainer, evaluation: dict[str, Any], *, start_epoch: int, checkpoint: Path | None, exit_code: int
+) -> dict[str, Any]:
+    cfg, c = trainer.cfg, trainer.counters
+    target = trainer.target.target
+    eval_mean = evaluation.get("eval_return_mean")
+    solved = None if target is None or eval_mean is None else eval_mean >= target
+    return {
+        "summary": True,
+        "env": cfg.env,
+        "backend": resolve_backend(cfg.env, cfg.backend),
+        "device": str(trainer.device),
+        "seed": cfg.seed,
+        "target_return": target,
+        "solved": solved,
+        "stop_reason": trainer.stop_reason,
+        "time_to_solve_s": c.wall_s if solved else None,
+        "env_steps_to_solve": c.env_steps if solved else None,
+        "train_wall_s": c.wall_s,
+        "env_steps": c.env_steps,
+        "reset_steps": c.total_steps - c.env_steps,
+        "epochs": c.epoch,
+        "epochs_this_run": c.epoch - start_epoch,
+        "episodes": c.episodes,
+        "sps": c.env_steps / c.wall_s if c.wall_s > 0 else None,
+        "return_mean_100": trainer.window.mean_return(),
+        "skipped_updates": c.skipped_updates,
+        "target_checks": trainer.target.checks,
+        "resumed_from": str(cfg.resume) if cfg.resume is not None else None,
+        "checkpoint": str(checkpoint) if checkpoint is not None else None,
+        "exit_code": exit_code,
+        **evaluation,
+    }
