@@ -3,9 +3,9 @@
     .venv/bin/python -m pytest benchmarks/bench_collect.py --benchmark-json benchmarks/results/collect.json
 
 Native CartPole-v1 with the default policy (MLP 128, relu), T = 128, as ``Trainer.collect`` runs
-it; on CPU at N = 16, 256 and 4096 (torch-op and fused env step), on CUDA (when present) at
-N = 2^16 and 2^20, synchronized before the clock is read. Steps are valid transitions (native envs
-have no reset steps).
+it (the runner of ``fastpg bench``'s collect phase); on CPU at N = 16, 256 and 4096 (torch-op and
+fused env step), on CUDA (when present) at N = 2^16 and 2^20, synchronized before the clock is
+read. Steps are valid transitions (native envs have no reset steps).
 """
 
 from __future__ import annotations
@@ -14,10 +14,8 @@ import pytest
 import torch
 from conftest import declare_ratio
 
-from fastpg.envs import make_env
-from fastpg.policy import MLPPolicy
-from fastpg.rollout import collect, init_carry
-from fastpg.storage import allocate_storage
+from fastpg import Config
+from fastpg.bench.engine import trainer_runner
 
 T = 128
 ROUNDS = 5
@@ -26,32 +24,30 @@ for n in (16, 256, 4096):
     declare_ratio(f"collect fused / torch-op env, N={n}", ("collect-fused", n, "cpu"), ("collect", n, "cpu"))
 
 
-def _collector(n: int, device: str, fused: bool):
-    env = make_env("CartPole-v1", n, backend="torch", device=device, fused=fused)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        policy = MLPPolicy(env.info, (128,), "relu").to(device)
-    buf = allocate_storage(env.info, T, n, device)
-    carry = init_carry(env, seed=0)
-    g = torch.Generator(device=device).manual_seed(0)
+def _time_collect(benchmark, n: int, device: str, kernel: str = "torch", warmup: int = 1) -> int:
+    cfg = Config(backend="torch", num_envs=n, num_steps=T, env_kernel=kernel, device=device, eval_episodes=0)
+    runner = trainer_runner("collect", cfg)
 
     def run():
-        collect(env, policy, buf, carry, g)
+        runner.run()
         if device != "cpu":
             torch.cuda.synchronize()
 
-    return run
+    try:
+        benchmark.pedantic(run, rounds=ROUNDS, warmup_rounds=warmup)
+    finally:
+        runner.close()
+    return n * T
 
 
 @pytest.mark.parametrize("fused", [False, True], ids=["torch-op", "fused"])
 @pytest.mark.parametrize("n", [16, 256, 4096])
 def test_collect_cpu(benchmark, record, n, fused):
-    benchmark.pedantic(_collector(n, "cpu", fused), rounds=ROUNDS, warmup_rounds=1)
-    record(benchmark, "collect-fused" if fused else "collect", n, n * T)
+    items = _time_collect(benchmark, n, "cpu", kernel="cpp" if fused else "torch")
+    record(benchmark, "collect-fused" if fused else "collect", n, items)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("n", [2**16, 2**20])
 def test_collect_cuda(benchmark, record, n):
-    benchmark.pedantic(_collector(n, "cuda", False), rounds=ROUNDS, warmup_rounds=2)
-    record(benchmark, "collect", n, n * T, device="cuda")
+    record(benchmark, "collect", n, _time_collect(benchmark, n, "cuda", warmup=2), device="cuda")

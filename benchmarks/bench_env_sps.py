@@ -5,10 +5,10 @@
 Compared in one run: fastpg's native CartPole-v1 (``backend torch``, float32), both its torch-op
 step ("native") and its fused C++ CPU step ("native-fused", ``--env-kernel cpp``), against gymnasium's
 numpy-vectorized CartPole (``CartPoleVectorEnv``, the id's vector entry point) at N = 256, 4096 and
-65536, and against gymnasium's ``SyncVectorEnv`` at N = 256. Actions are drawn before timing
-(16 action batches, cycled), so only stepping is timed; gymnasium gets numpy actions and the native
-env torch tensors, each what it takes. The native env runs under ``torch.inference_mode()``, as
-fastpg's collector runs it. A "step" is one transition of one env copy; the native env resets
+65536, and against gymnasium's ``SyncVectorEnv`` at N = 256. fastpg's envs are stepped by the
+measuring engine of ``fastpg bench`` (``fastpg.bench.engine.env_runner``: actions drawn before
+timing, ``torch.inference_mode()`` as the collector runs it); gymnasium's get numpy actions drawn
+before timing, what they take. A "step" is one transition of one env copy; the native env resets
 within the done step, gymnasium's vector envs spend a step on each reset (NEXT_STEP autoreset), and
 those reset steps are counted here too (env-only SPS, as gymnasium users measure it).
 
@@ -24,7 +24,8 @@ import pytest
 import torch
 from conftest import declare_ratio
 
-from fastpg.envs import make_env
+from fastpg import Config
+from fastpg.bench.engine import env_runner
 
 ROUNDS = 7
 CPU_SIZES = (256, 4096, 65536)
@@ -36,21 +37,22 @@ for impl in ("native", "native-fused"):
     declare_ratio(f"{impl} / gymnasium SyncVectorEnv, N=256", (impl, 256, "cpu"), ("gym-sync", 256, "cpu"))
 
 
-def _native_runner(n: int, device: str, fused: bool = False):
-    env = make_env("CartPole-v1", n, backend="torch", device=device, fused=fused)
-    env.reset(seed=0)
-    g = torch.Generator(device=device).manual_seed(0)
-    actions = [torch.randint(0, 2, (n,), generator=g, device=device) for _ in range(16)]
+def _time_native(benchmark, n: int, device: str, kernel: str = "torch", warmup: int = 2):
+    """Time the engine's env runner (the kernel is built or loaded before timing); returns items per round."""
+    cfg = Config(backend="torch", num_envs=n, env_kernel=kernel, device=device)
     steps = STEPS_PER_ROUND.get(n, 20)
+    runner = env_runner(cfg, torch.device(device), steps=steps)
 
     def run():
-        with torch.inference_mode():
-            for i in range(steps):
-                env.step(actions[i % 16])
+        runner.run()
         if device != "cpu":
             torch.cuda.synchronize()
 
-    return run, steps
+    try:
+        benchmark.pedantic(run, rounds=ROUNDS, warmup_rounds=warmup)
+    finally:
+        runner.close()
+    return n * steps
 
 
 def _gym_runner(n: int, mode: str):
@@ -69,16 +71,12 @@ def _gym_runner(n: int, mode: str):
 
 @pytest.mark.parametrize("n", CPU_SIZES)
 def test_native_cartpole_cpu(benchmark, record, n):
-    run, steps = _native_runner(n, "cpu")
-    benchmark.pedantic(run, rounds=ROUNDS, warmup_rounds=2)
-    record(benchmark, "native", n, n * steps)
+    record(benchmark, "native", n, _time_native(benchmark, n, "cpu"))
 
 
 @pytest.mark.parametrize("n", CPU_SIZES)
 def test_native_cartpole_cpu_fused(benchmark, record, n):
-    run, steps = _native_runner(n, "cpu", fused=True)  # the kernel is built (or loaded) before timing
-    benchmark.pedantic(run, rounds=ROUNDS, warmup_rounds=2)
-    record(benchmark, "native-fused", n, n * steps)
+    record(benchmark, "native-fused", n, _time_native(benchmark, n, "cpu", kernel="cpp"))
 
 
 @pytest.mark.parametrize("n", CPU_SIZES)
@@ -99,6 +97,4 @@ def test_gymnasium_sync_vector_env(benchmark, record):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("n", [2**16, 2**20])
 def test_native_cartpole_cuda(benchmark, record, n):
-    run, steps = _native_runner(n, "cuda")
-    benchmark.pedantic(run, rounds=ROUNDS, warmup_rounds=3)
-    record(benchmark, "native", n, n * steps, device="cuda")
+    record(benchmark, "native", n, _time_native(benchmark, n, "cuda", warmup=3), device="cuda")

@@ -2,19 +2,23 @@
 
     .venv/bin/python -m pytest benchmarks/bench_train.py --benchmark-json benchmarks/results/train.json
 
-CartPole-v1, T = 128. ``update``: ``Trainer.update()`` on a stored epoch (samples/s over all
-T x N entries). ``epoch``: ``Trainer.epoch()`` (collect + update + metrics; valid env steps/s).
-Policies: fastpg's default (MLP 128, relu) and the tch-rs example's (MLP 32, tanh). ``extra_info``
-records T, N, device and policy. ``update-one-pass`` runs the update as one whole-batch pass (no
-slices), the baseline of the sliced update's ratio.
+CartPole-v1, T = 128, through the runners of ``fastpg bench``'s update and train phases.
+``update``: ``Trainer.update()`` on a stored epoch (samples/s over all T x N entries). ``epoch``:
+``Trainer.epoch()`` (collect + update + metrics; valid env steps/s). Policies: fastpg's default
+(MLP 128, relu) and the tch-rs example's (MLP 32, tanh). ``extra_info`` records T, N, device and
+policy. ``update-one-pass`` runs the update as one whole-batch pass (no slices), the baseline of
+the sliced update's ratio.
 """
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from conftest import declare_ratio
 
-from fastpg import Config, Trainer
+from fastpg import Config
+from fastpg.bench.engine import Runner, trainer_runner
 
 T = 128
 ROUNDS = 5
@@ -30,46 +34,42 @@ for _policy in POLICIES:
     )
 
 
-def _trainer(backend: str, n: int, policy: str) -> Trainer:
+def _runner(phase: str, backend: str, n: int, policy: str) -> Runner:
     hidden, activation = POLICIES[policy]
-    cfg = Config(
-        backend=backend,
-        num_envs=n,
-        num_steps=T,
-        hidden_sizes=hidden,
-        activation=activation,
-        device="cpu",
-        eval_episodes=0,
-        quiet=True,
-    )
-    return Trainer(cfg)
+    cfg = Config(backend=backend, num_envs=n, num_steps=T, hidden_sizes=hidden, activation=activation,
+                 device="cpu", eval_episodes=0, quiet=True)  # fmt: skip
+    return trainer_runner(phase, cfg)
+
+
+def _time(benchmark, runner: Runner, policy: str):
+    try:
+        benchmark.pedantic(runner.run, rounds=ROUNDS, warmup_rounds=1)
+        last = runner.run()
+    finally:
+        runner.close()
+    benchmark.extra_info.update(T=T, policy=policy)
+    return last
 
 
 @pytest.mark.parametrize("policy", list(POLICIES))
 @pytest.mark.parametrize("backend,n", SIZES, ids=[f"{b}-{n}" for b, n in SIZES])
 def test_update(benchmark, record, backend, n, policy):
-    with _trainer(backend, n, policy) as tr:
-        tr.collect()
-        benchmark.pedantic(tr.update, rounds=ROUNDS, warmup_rounds=1)
-        benchmark.extra_info.update(T=T, policy=policy)
-        record(benchmark, f"update-{backend}-{policy}", n, T * n)
+    _time(benchmark, _runner("update", backend, n, policy), policy)
+    record(benchmark, f"update-{backend}-{policy}", n, T * n)
 
 
 @pytest.mark.parametrize("policy", list(POLICIES))
 def test_update_one_pass(benchmark, record, policy):
-    with _trainer("torch", 4096, policy) as tr:
-        tr.update_rows = T * 4096  # the whole batch in one slice
-        tr.collect()
-        benchmark.pedantic(tr.update, rounds=ROUNDS, warmup_rounds=1)
-        benchmark.extra_info.update(T=T, policy=policy)
-        record(benchmark, f"update-one-pass-{policy}", 4096, T * 4096)
+    runner = _runner("update", "torch", 4096, policy)
+    trainer = runner.info["trainer"]
+    trainer.settings = dataclasses.replace(trainer.settings, rows=T * 4096)  # the whole batch in one slice
+    _time(benchmark, runner, policy)
+    record(benchmark, f"update-one-pass-{policy}", 4096, T * 4096)
 
 
 @pytest.mark.parametrize("policy", list(POLICIES))
 @pytest.mark.parametrize("backend,n", SIZES, ids=[f"{b}-{n}" for b, n in SIZES])
 def test_epoch(benchmark, record, backend, n, policy):
-    with _trainer(backend, n, policy) as tr:
-        benchmark.pedantic(tr.epoch, rounds=ROUNDS, warmup_rounds=1)
-        valid = int(tr.buf["valid"].sum())  # the last epoch's valid steps (NEXT_STEP resets excluded)
-        benchmark.extra_info.update(T=T, policy=policy, valid_fraction=valid / (T * n))
-        record(benchmark, f"epoch-{backend}-{policy}", n, valid)
+    last = _time(benchmark, _runner("train", backend, n, policy), policy)
+    benchmark.extra_info["valid_fraction"] = last.items / (T * n)
+    record(benchmark, f"epoch-{backend}-{policy}", n, last.items)  # the last epoch's valid steps

@@ -53,19 +53,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
-from torch.distributions import Categorical
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
 from classic_reinforce import ClassicReinforce
 from returns_impls import returns_data, returns_impls
+from torch import nn
+from torch.distributions import Categorical
 
 from fastpg import Config, ConfigError, Trainer
 from fastpg.bench import BenchConfig, machine_info, run_bench
 from fastpg.envs import make_env
+from fastpg.evaluation import evaluate
 from fastpg.metrics import format_si
-from fastpg.trainer import evaluate
 
 SECTIONS = ("env", "returns", "sps", "solve")
 SYSTEMS = ("fastpg", "fastpg-cpp", "sb3-a2c", "sb3-ppo", "classic")
@@ -174,8 +171,8 @@ def solve_fastpg(system: str, seed: int, args: argparse.Namespace, eval_env) -> 
         clock.start()
         while True:
             tr.epoch()
-            if clock.boundary(tr.env_steps):
-                return clock.result(system, tr.env_steps)
+            if clock.boundary(tr.counters.env_steps):
+                return clock.result(system, tr.counters.env_steps)
 
 
 def solve_classic(seed: int, args: argparse.Namespace, eval_env) -> dict[str, Any]:

@@ -15,10 +15,10 @@ import gymnasium as gym
 import torch
 
 from fastpg.config import Config
-from fastpg.envs import backend_problem, kernel_problem, resolve_backend
+from fastpg.envs import BatchedEnv, backend_problem, kernel_problem, resolve_backend
 from fastpg.errors import ConfigError
 
-__all__ = ["check_config", "resolve_device"]
+__all__ = ["check_config", "check_env", "resolve_device"]
 
 
 def resolve_device(device: str) -> torch.device:
@@ -84,3 +84,18 @@ def _check_paths(cfg: Config) -> None:
     ckpt = cfg.checkpoint_dir
     if ckpt is not None and ckpt.exists() and not ckpt.is_dir():
         raise ConfigError("checkpoint_dir", f"{ckpt} exists and is not a directory")
+
+
+def check_env(cfg: Config, env: BatchedEnv, device: torch.device) -> None:
+    """Raise ``ConfigError`` if an env handed to the ``Trainer`` does not fit ``cfg`` and ``device``."""
+    info = env.info
+    if env.num_envs != cfg.num_envs:
+        raise ConfigError("num_envs", f"is {cfg.num_envs} but the env given has {env.num_envs} copies")
+    if torch.device(env.device) != device:
+        raise ConfigError("device", f"is {device} but the env given returns tensors on {env.device}")
+    if info.discrete and cfg.log_std_init is not None:
+        raise ConfigError(
+            "log_std_init",
+            f"applies to Box (continuous) action spaces only; {info.env_id} has "
+            f"{info.describe_actions()} actions (got log_std_init={cfg.log_std_init})",
+        )

@@ -89,6 +89,17 @@ def reward_to_go(
 
     Returns:
         [T, N], dtype and device of ``reward`` (``out`` when given).
+
+    Examples:
+        >>> reward = torch.ones(4, 2)
+        >>> done = torch.tensor([[False, False], [True, False], [False, False], [False, True]])
+        >>> reward_to_go(reward, done, 0.5)  # env 0: an episode of 2 steps, then one still running
+        tensor([[1.5000, 1.8750],
+                [1.0000, 1.7500],
+                [1.5000, 1.5000],
+                [1.0000, 1.0000]])
+        >>> reward_to_go(reward, done, 0.5, bootstrap=torch.tensor([10.0, 10.0]))[2:, 0]
+        tensor([4., 6.])
     """
     _check(reward, done, gamma, bootstrap)
     if out is None:
@@ -129,6 +140,14 @@ def episode_complete_mask(done: Tensor) -> Tensor:
 
     Returns:
         [T, N] bool.
+
+    Examples:
+        >>> done = torch.tensor([[False, False], [True, False], [False, False], [False, True]])
+        >>> episode_complete_mask(done)
+        tensor([[ True,  True],
+                [ True,  True],
+                [False,  True],
+                [False,  True]])
     """
     if done.dim() != 2 or done.dtype != torch.bool:
         raise ValueError(f"done must be a [T, N] bool tensor, got {tuple(done.shape)} {done.dtype}")

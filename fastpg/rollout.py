@@ -132,6 +132,19 @@ def episode_totals(
     Returns:
         (ep_return [T, N] reward dtype, ep_length [T, N] int64, end_return [N], end_length [N]):
         the last two are the totals to carry into the next epoch (0 where the last step is done).
+
+    Examples:
+        >>> reward, valid = torch.ones(4, 2), torch.ones(4, 2, dtype=torch.bool)
+        >>> done = torch.tensor([[False, False], [True, False], [False, False], [False, True]])
+        >>> ret, length, end_ret, end_len = episode_totals(reward, done, valid, torch.tensor([3.0, 0.0]),
+        ...                                                torch.tensor([3, 0]))
+        >>> ret  # env 0 carried 3 steps in, ended at step 1 (5 steps), then began again
+        tensor([[4., 1.],
+                [5., 2.],
+                [1., 3.],
+                [2., 4.]])
+        >>> end_ret, end_len
+        (tensor([2., 0.]), tensor([2, 0]))
     """
     if reward.device.type == "cpu" and reward.shape[1] >= SCAN_MIN_ENVS:
         return episode_totals_scan(reward, done, valid, start_return, start_length)

@@ -32,11 +32,11 @@ from torch import nn
 
 from fastpg.config import Config
 from fastpg.envs import BatchedEnv, Checkpointable, env_from_config
-from fastpg.errors import ConfigError, NonFiniteError
+from fastpg.errors import NonFiniteError
 from fastpg.evaluation import EVAL_SEED_OFFSET, TargetCheck, evaluate, evaluation_env
 from fastpg.metrics import EpisodeWindow, PhaseTimer
 from fastpg.policy import MLPPolicy
-from fastpg.preflight import check_config, resolve_device
+from fastpg.preflight import check_config, check_env, resolve_device
 from fastpg.rollout import Carry, collect, finished_episodes, init_carry, nonfinite_envs
 from fastpg.storage import allocate_storage
 from fastpg.update import UpdateSettings, reinforce_update
@@ -91,7 +91,7 @@ class Trainer:
         self.env = env if env is not None else env_from_config(cfg, self.device)
         try:
             info = self.env.info
-            _check_against_env(cfg, self.env, self.device)
+            check_env(cfg, self.env, self.device)
             self.policy = (policy if policy is not None else MLPPolicy.from_config(cfg, info)).to(self.device)
             self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=cfg.lr)
             self.settings = UpdateSettings.from_config(cfg)
@@ -294,17 +294,3 @@ class Trainer:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def _check_against_env(cfg: Config, env: BatchedEnv, device: torch.device) -> None:
-    info = env.info
-    if env.num_envs != cfg.num_envs:
-        raise ConfigError("num_envs", f"is {cfg.num_envs} but the env given has {env.num_envs} copies")
-    if torch.device(env.device) != device:
-        raise ConfigError("device", f"is {device} but the env given returns tensors on {env.device}")
-    if info.discrete and cfg.log_std_init is not None:
-        raise ConfigError(
-            "log_std_init",
-            f"applies to Box (continuous) action spaces only; {info.env_id} has "
-            f"{info.describe_actions()} actions (got log_std_init={cfg.log_std_init})",
-        )

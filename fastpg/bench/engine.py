@@ -85,12 +85,17 @@ def env_runner(cfg: Config, device: torch.device, steps: int | None = None) -> R
             per_step = (time.perf_counter() - t1) / 3
         steps = int(min(2000, max(4, ENV_REPEAT_TARGET_S / max(per_step, 1e-7))))
 
+    total = steps * cfg.num_envs
+
     def run() -> Sample:
         with torch.inference_mode():  # as the collector steps envs
+            if env.same_step_reset:  # every step is valid: nothing to count
+                for i in range(steps):
+                    env.step(actions[i % len(actions)])
+                return Sample(total)
             valid = torch.zeros((), dtype=torch.int64, device=device)
             for i in range(steps):
                 valid += env.step(actions[i % len(actions)]).valid.sum()
-        total = steps * cfg.num_envs
         return Sample(int(valid), total - int(valid))
 
     return Runner(run, env.close, setup_s, {"steps": steps})
