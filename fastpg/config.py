@@ -34,6 +34,7 @@ __all__ = [
     "Activation",
     "Baseline",
     "Unfinished",
+    "Fused",
     "choices",
     "BACKENDS",
     "ACTIVATIONS",
@@ -46,6 +47,7 @@ EnvKernel = Literal["torch", "cpp"]
 Activation = Literal["tanh", "relu", "elu", "gelu", "silu"]
 Baseline = Literal["none", "mean", "value"]
 Unfinished = Literal["mask", "bootstrap"]
+Fused = Literal["auto", "off"]
 
 
 def choices(literal_type: Any) -> tuple[str, ...]:
@@ -74,6 +76,11 @@ class Config:
     env_kernel: EnvKernel = "torch"
     """Step implementation of native CartPole on CPU: torch (torch ops) or cpp (one fused C++
     loop, compiled on first use, about a minute, then cached; several times faster at small N)."""
+    fused: Fused = "auto"
+    """The fused epoch (collect and update as two calls of compiled C++) where it applies: native
+    CartPole on CPU with the built-in MLP policy (relu or tanh), baseline none or mean, unfinished
+    mask. auto: use it there (compiled on first use, 1-2 minutes, then cached); off: always the
+    generic torch path. Both compute the same thing."""
     num_envs: int = 16
     """N: environment copies stepped in lockstep."""
     num_steps: int = 512
@@ -205,6 +212,7 @@ _CHOICE_FIELDS = {
     "backend": Backend,
     "env_dtype": EnvDtype,
     "env_kernel": EnvKernel,
+    "fused": Fused,
     "activation": Activation,
     "baseline": Baseline,
     "unfinished": Unfinished,

@@ -130,6 +130,7 @@ class MLPPolicy(nn.Module):
         log_std_init: float = 0.0,
     ):
         super().__init__()
+        self.activation = activation
         self.obs_ndim = len(info.obs_shape)
         obs_dim = math.prod(info.obs_shape)
         self.discrete = info.discrete

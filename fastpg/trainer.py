@@ -34,6 +34,7 @@ from fastpg.config import Config
 from fastpg.envs import BatchedEnv, Checkpointable, env_from_config
 from fastpg.errors import NonFiniteError
 from fastpg.evaluation import EVAL_SEED_OFFSET, TargetCheck, evaluate, evaluation_env
+from fastpg.fused import FusedEpoch
 from fastpg.metrics import EpisodeWindow, PhaseTimer
 from fastpg.policy import MLPPolicy
 from fastpg.preflight import check_config, check_env, resolve_device
@@ -78,6 +79,9 @@ class Trainer:
         policy: optional ``nn.Module`` following the policy contract of ``fastpg.policy``
             (default: ``MLPPolicy`` from the config).
 
+    Where the fused epoch applies (``fastpg.fused``; ``cfg.fused``), ``collect`` and ``update`` run
+    it (``self.fused``); otherwise the generic path.
+
     Use ``run()`` to train to the budget or the target, or drive it yourself with ``collect()`` and
     ``update()`` (``epoch()`` is those two, the target check, which may evaluate the policy on
     fresh episodes, and the metrics). Call ``close()`` when done (or use it as a context manager)
@@ -98,6 +102,7 @@ class Trainer:
             self.generator = torch.Generator(device=self.device).manual_seed(cfg.seed)
             self.buf = allocate_storage(info, cfg.num_steps, cfg.num_envs, self.device)
             self.carry: Carry = init_carry(self.env, cfg.seed)
+            self.fused = FusedEpoch.create(cfg, self.env, self.policy, self.device)  # None: the generic path
         except BaseException:
             self.env.close()
             raise
@@ -112,7 +117,10 @@ class Trainer:
     # -- the straight line ---------------------------------------------------------------------
     def collect(self) -> None:
         """Fill the storage with T steps of every env (no gradients)."""
-        self.carry = collect(self.env, self.policy, self.buf, self.carry, self.generator)
+        if self.fused is not None:
+            self.carry = self.fused.collect(self.buf, self.carry, self.generator)
+        else:
+            self.carry = collect(self.env, self.policy, self.buf, self.carry, self.generator)
 
     def update(self, *, apply: bool = True) -> dict[str, torch.Tensor]:
         """Returns, loss and one optimizer step over the stored epoch; returns detached stats.
@@ -122,7 +130,12 @@ class Trainer:
         loss, gradient or parameter is skipped; ``max_bad_updates`` of them in a row raise
         ``NonFiniteError``.
         """
-        stats, bad = reinforce_update(self.policy, self.optimizer, self.buf, self.carry.obs, self.settings, apply=apply)
+        if self.fused is not None:
+            stats, bad = self.fused.update(self.optimizer, self.buf, self.settings, apply=apply)
+        else:
+            stats, bad = reinforce_update(
+                self.policy, self.optimizer, self.buf, self.carry.obs, self.settings, apply=apply
+            )
         if bad is None:
             self.bad_updates = 0
             return stats

@@ -197,8 +197,13 @@ def test_signal_stops_after_the_epoch_with_checkpoint_summary_and_no_workers(tmp
     assert not [w for w in workers if _alive(w)], "worker processes were left behind"
 
 
-def test_second_sigint_exits_at_once(tmp_path):
-    proc, ckpt, log = _start_training(tmp_path, "--num-steps", "20000")  # long epochs: the first waits
+@pytest.mark.parametrize(
+    "epoch",
+    [("--fused", "off", "--num-steps", "20000"), ("--num-envs", "256", "--num-steps", "20000")],
+    ids=["generic", "fused"],
+)
+def test_second_sigint_exits_at_once(tmp_path, epoch):
+    proc, ckpt, log = _start_training(tmp_path, *epoch)  # long epochs: the first signal waits for the end
     proc.send_signal(signal.SIGINT)
     time.sleep(0.3)
     proc.send_signal(signal.SIGINT)
@@ -296,6 +301,8 @@ def test_nan_loss_from_a_policy_stops_the_cli_with_one_line(tmp_path, capsys, mo
             "train",
             "--max-epochs",
             "5",
+            "--fused",
+            "off",  # the generic path calls the patched forward
             "--max-bad-updates",
             "2",
             "--quiet",

@@ -214,7 +214,8 @@ def test_sliced_update_has_the_gradient_of_the_whole_batch_loss(env_id, changes)
     from fastpg.loss import reinforce_loss_reference
     from fastpg.returns import episode_complete_mask, reward_to_go
 
-    cfg = Config(env=env_id, num_envs=6, num_steps=40, hidden_sizes=(16,), quiet=True, eval_episodes=0, **changes)
+    cfg = Config(env=env_id, num_envs=6, num_steps=40, hidden_sizes=(16,), quiet=True, eval_episodes=0, fused="off",
+                 **changes)  # fmt: skip
     with Trainer(cfg) as tr:
         tr.collect()
         tr.settings = dataclasses.replace(tr.settings, rows=7)  # many slices, the last one partial

@@ -158,6 +158,17 @@ class NativeEnv:
         self.elapsed.index_fill_(0, idx, 0)
         return new.index_copy(1, idx, self._sample_reset(idx.numel()))
 
+    def kernel_state(self) -> Tensor:
+        """A contiguous copy of the state, ``[D, N]`` feature-major, for a compiled loop to step in
+        place (``fastpg.fused``); hand it back with ``install_kernel_state``. The step counters
+        (``elapsed``) and the generator are stepped in place by such a loop."""
+        return self._state.clone(memory_format=torch.contiguous_format)
+
+    def install_kernel_state(self, state: Tensor, final: Tensor) -> None:
+        """The state a compiled loop stepped to, and the state each copy reached on its last step
+        before any reset (``final_obs``), both ``[D, N]``."""
+        self._state, self._final = state, final
+
     def set_state(self, state: Tensor, elapsed: Tensor | None = None) -> None:
         """Overwrite the state of every copy from ``state`` [N, D] (tests, checkpoints)."""
         if tuple(state.shape) != (self.num_envs, self.state_dim):

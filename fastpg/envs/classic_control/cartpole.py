@@ -7,9 +7,9 @@ import math
 import torch
 from torch import Tensor
 
+from fastpg._kernels import kernels
 from fastpg.envs.base import Step
 from fastpg.envs.classic_control._base import NativeEnv
-from fastpg.envs.classic_control._cpp import cartpole_kernel
 
 __all__ = ["TorchCartPole"]
 
@@ -24,7 +24,7 @@ class TorchCartPole(NativeEnv):
 
     ``kernel="cpp"`` (CPU only) steps with one compiled C++ loop instead of ~35 torch ops: several
     times faster at small N, and bit-identical to gymnasium in float64; it is compiled on first use
-    (see ``fastpg.envs.classic_control._cpp``).
+    (see ``fastpg._kernels``).
     """
 
     state_dim = 4
@@ -59,7 +59,7 @@ class TorchCartPole(NativeEnv):
 
     def _use_kernel(self, kernel: str) -> None:
         if kernel == "cpp":
-            self._cpp = cartpole_kernel()
+            self._cpp = kernels()
             self._no_tensor = torch.empty(0, dtype=self.dtype)
 
     def _sample_reset(self, n: int) -> Tensor:

@@ -1,0 +1,95 @@
+"""fastpg's compiled CPU kernels (``fastpg/csrc/kernels.cpp``), built on first use.
+
+Why compiled: at small N every torch op costs a few microseconds of dispatch whatever its
+arithmetic, and one epoch of the default run is some 20,000 of them; one loop in C++ does a whole
+epoch's collect (env step, MLP forward, sampling, storage writes) or the update's math in one call.
+``fastpg.fused`` uses them for the fused epoch, native CartPole's ``kernel="cpp"`` for its step.
+
+The module is compiled with ``torch.utils.cpp_extension.load`` (a C++ compiler and ninja are
+needed; one to two minutes on 2 cores) for this machine's CPU (``-march=native``; the name carries a
+digest of the CPU's flags and of the sources, so a shared cache never hands one CPU's build to
+another, and a changed source is a new build) and cached by
+torch under ``~/.cache/torch_extensions`` (``TORCH_EXTENSIONS_DIR``), so later processes load it in
+well under a second. A message on stderr says when a build starts. While building, the Python
+environment's ``bin`` directory is put on ``PATH`` so that the ``ninja`` installed with fastpg is
+found; ``PATH`` is restored afterwards.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import shutil
+import sys
+import threading
+from pathlib import Path
+from types import ModuleType
+
+from fastpg.errors import KernelBuildError
+
+__all__ = ["kernels", "KernelBuildError", "SOURCE_DIR"]
+
+SOURCE_DIR = Path(__file__).parent / "csrc"
+_lock = threading.Lock()
+_module: ModuleType | None = None
+_failure: KernelBuildError | None = None
+
+
+def kernels() -> ModuleType:
+    """The compiled module; built (or loaded from the cache) on the first call in a process.
+
+    Raises ``KernelBuildError`` (every later call too) if it cannot be built here."""
+    global _module, _failure
+    with _lock:
+        if _failure is not None:
+            raise _failure
+        if _module is None:
+            try:
+                _module = _build()
+            except KernelBuildError as e:
+                _failure = e
+                raise
+    return _module
+
+
+def _digest() -> str:
+    """Of this CPU's flags and the sources: a new name (and build directory) for each."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "")
+    except OSError:
+        flags = ""
+    h = hashlib.sha1((platform.machine() + flags).encode())
+    for path in sorted(SOURCE_DIR.iterdir()):
+        h.update(path.read_bytes())
+    return h.hexdigest()[:12]
+
+
+def _build() -> ModuleType:
+    from torch.utils.cpp_extension import _get_build_directory, load
+
+    name = f"fastpg_kernels_{_digest()}"
+    if not (Path(_get_build_directory(name, verbose=False)) / f"{name}.so").exists():
+        print("fastpg: compiling the C++ kernels for this machine (first use only; 1-2 minutes)...",
+              file=sys.stderr, flush=True)  # fmt: skip
+    old_path = os.environ.get("PATH", "")
+    bin_dir = os.path.dirname(sys.executable)
+    try:
+        if shutil.which("ninja") is None and os.path.exists(os.path.join(bin_dir, "ninja")):
+            os.environ["PATH"] = bin_dir + os.pathsep + old_path
+        return load(
+            name=name,
+            sources=[str(SOURCE_DIR / "kernels.cpp")],
+            extra_include_paths=[str(SOURCE_DIR)],
+            extra_cflags=["-O3", "-march=native", "-ffp-contract=off", "-fno-fast-math", "-Wno-psabi"],
+            verbose=False,
+        )
+    except Exception as e:  # compiler, ninja or headers missing: say what to do
+        raise KernelBuildError(
+            f"could not build fastpg's C++ kernels ({type(e).__name__}: {str(e).strip().splitlines()[-1][:300]}); "
+            "they need a C++ compiler and ninja (pip install ninja). Without them fastpg runs its generic "
+            "torch path (--fused off, --env-kernel torch)."
+        ) from e
+    finally:
+        os.environ["PATH"] = old_path

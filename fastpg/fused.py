@@ -1,0 +1,147 @@
+"""The fused epoch: a whole collect and a whole update as two calls of compiled code.
+
+Where it applies (``fused_problem`` says why not otherwise): native CartPole on CPU, the built-in
+``MLPPolicy`` (Discrete actions, relu or tanh, no value head), baseline none or mean, unfinished
+episodes masked. There the generic path pays a few microseconds of dispatch for each of some 40
+torch ops per lockstep step and dozens per update; the fused path runs:
+
+- ``collect``: T steps of MLP forward, sampling, CartPole step (the env's own compiled dynamics,
+  bit-identical to gymnasium in float64), reset, storage writes and episode totals in one C++ loop
+  (parallel over envs at large N);
+- ``update``: reward-to-go, the entries in the loss, the advantage, the MLP's forward and backward
+  over those entries (explicit gradients, parallel over chunks of entries), the gradient norm,
+  clipping and the non-finite check in one C++ call; then the optimizer's step.
+
+It computes what the generic path computes. It draws from the same generators in the same order
+(the env's for resets, the trainer's for actions), so with one seed it is deterministic, and it
+follows the generic path's trajectory until float rounding first flips a sampled action; the tests
+hold its action distribution to the policy's, its env transitions to gymnasium's and its update to
+the autograd one on the same batch.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+from tensordict import TensorDict
+from torch import Tensor, nn
+
+from fastpg._kernels import kernels
+from fastpg.config import Config
+from fastpg.envs import BatchedEnv, TorchCartPole
+from fastpg.errors import KernelBuildError
+from fastpg.policy import MLPPolicy
+from fastpg.rollout import Carry
+from fastpg.update import UpdateSettings
+
+__all__ = ["FusedEpoch", "fused_problem", "FUSED_ACTIVATIONS"]
+
+FUSED_ACTIVATIONS = {"relu": 0, "tanh": 1}  # codes of fastpg/csrc/kernels.cpp
+
+
+def fused_problem(cfg: Config, env: BatchedEnv, policy: nn.Module, device: torch.device) -> str | None:
+    """Why the fused epoch cannot run this configuration, or None if it can."""
+    if cfg.fused == "off":
+        return "--fused off"
+    if device.type != "cpu":
+        return f"it runs on CPU (device {device})"
+    if not isinstance(env, TorchCartPole):
+        return f"it exists for native CartPole (backend torch), not {type(env).__name__}"
+    if type(policy) is not MLPPolicy or not policy.discrete or policy.value_net is not None:
+        return "it needs the built-in MLPPolicy with Discrete actions and no value head"
+    if policy.activation not in FUSED_ACTIVATIONS:
+        return f"activation {policy.activation!r} is not one of {', '.join(FUSED_ACTIVATIONS)}"
+    if cfg.baseline == "value" or cfg.unfinished != "mask":
+        return "baseline value and unfinished bootstrap need the value network (generic path)"
+    return None
+
+
+class FusedEpoch:
+    """``collect`` and ``update`` of the fused path, with the signatures of the generic ones."""
+
+    def __init__(self, env: TorchCartPole, policy: MLPPolicy):
+        self.kernels = kernels()
+        self.env = env
+        self.policy = policy
+        linears = [m for m in policy.net if isinstance(m, nn.Linear)]
+        self.weights = [m.weight for m in linears]
+        self.biases = [m.bias for m in linears]
+        self.act = FUSED_ACTIVATIONS[policy.activation]
+        self.params = [p for m in linears for p in (m.weight, m.bias)]
+        self.names = [n for n, _ in policy.named_parameters()]
+        self.grads = [torch.zeros_like(p) for p in self.params]
+        self._draws: tuple[Tensor, Tensor] | None = None  # this epoch's uniforms (collect)
+
+    @classmethod
+    def create(cls, cfg: Config, env: BatchedEnv, policy: nn.Module, device: torch.device) -> FusedEpoch | None:
+        """The fused epoch for this run, or None where it does not apply or cannot be built here
+        (then with a warning: the generic path runs)."""
+        if fused_problem(cfg, env, policy, device) is not None:
+            return None
+        try:
+            return cls(env, policy)
+        except KernelBuildError as e:
+            warnings.warn(f"{e} Training goes on with the generic path.", RuntimeWarning, stacklevel=3)
+            return None
+
+    def collect(self, buf: TensorDict, carry: Carry, generator: torch.Generator) -> Carry:
+        """Fill ``buf`` with T steps (as ``fastpg.rollout.collect``); returns the carry."""
+        env = self.env
+        state = env.kernel_state()
+        final = torch.empty_like(state)
+        obs = (
+            carry.obs
+            if carry.obs.dtype == torch.float32 and carry.obs.is_contiguous()
+            else carry.obs.float().contiguous()
+        )
+        u, fresh = self._draw_buffers(buf.batch_size[0])
+        self.kernels.collect_cartpole(
+            self.weights, self.biases, self.act, generator, state, final, env.elapsed, env.generator,
+            env.max_episode_steps, env.selects_resets, buf["obs"], buf["action"], buf["reward"], buf["done"],
+            buf["terminated"], buf["valid"], buf["episode_return"], buf["episode_length"], obs,
+            carry.episode_return, carry.episode_length, u, fresh,
+        )  # fmt: skip
+        if obs is not carry.obs:
+            carry.obs.copy_(obs)
+        env.install_kernel_state(state, final)
+        return carry
+
+    def _draw_buffers(self, T: int) -> tuple[Tensor, Tensor]:
+        """Buffers for an epoch's uniforms, allocated once: the policy's [T, N * per] (one per
+        action and copy with two actions, else one per action) and the resets' [T, D, N] where every copy
+        draws a reset state every step (``NativeEnv.selects_resets``), else empty."""
+        if self._draws is None:
+            env = self.env
+            N, D = env.num_envs, env.state_dim
+            per = 1 if env.info.num_actions == 2 else env.info.num_actions
+            u = torch.empty(T, N * per, dtype=torch.float32)
+            fresh = torch.empty((T, D, N) if env.selects_resets else (0,), dtype=env.state_dtype)
+            self._draws = (u, fresh)
+        return self._draws
+
+    def update(
+        self, optimizer: torch.optim.Optimizer, buf: TensorDict, s: UpdateSettings, *, apply: bool = True
+    ) -> tuple[dict[str, Tensor], str | None]:
+        """One update from the epoch in ``buf`` (as ``fastpg.update.reinforce_update``)."""
+        raw = self.kernels.update_grads(
+            self.weights, self.biases, self.act, buf["obs"], buf["action"], buf["reward"], buf["done"],
+            buf["valid"], buf["ret"], s.gamma, s.normalize, s.baseline == "mean", s.entropy_coef,
+            s.max_grad_norm, self.grads,
+        )  # fmt: skip
+        loss, policy_loss, entropy, mask_frac, grad_norm, nonfinite, which, _ = raw.tolist()
+        bad = self._nonfinite_name(int(nonfinite), int(which))
+        for p, g in zip(self.params, self.grads):
+            p.grad = None if bad else g
+        if bad is None and apply:
+            optimizer.step()
+        values = [loss, policy_loss, 0.0, entropy, grad_norm, mask_frac, float(bad is not None)]
+        keys = ("loss", "policy_loss", "value_loss", "entropy", "grad_norm", "mask_frac", "skipped")
+        return dict(zip(keys, torch.tensor(values, dtype=torch.float64).unbind())), bad
+
+    def _nonfinite_name(self, code: int, which: int) -> str | None:
+        """The kernel's non-finite code as ``fastpg.update.first_nonfinite`` names it."""
+        name = self.names[which] if which >= 0 else None
+        return {0: None, 1: "loss", 2: f"gradient (of {name})" if name else "gradient norm", 3: f"parameter ({name})"}[
+            code
+        ]

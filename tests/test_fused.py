@@ -1,0 +1,223 @@
+"""The fused epoch computes what the generic path computes (fastpg.fused, fastpg/csrc/kernels.cpp)."""
+
+import dataclasses
+import math
+
+import pytest
+import torch
+
+from fastpg import Config, Trainer
+from fastpg.envs import EnvInfo, TorchCartPole, make_env
+from fastpg.errors import KernelBuildError, NonFiniteError
+from fastpg.fused import FusedEpoch, fused_problem
+from fastpg.policy import MLPPolicy
+from fastpg.update import reinforce_update
+
+SMALL = dict(num_envs=8, num_steps=64, device="cpu", eval_episodes=0, quiet=True)
+
+
+def _metrics_without_timing(ms):
+    timing = {"wall_s", "sps", "collect_s", "update_s"}
+    return [{k: v for k, v in m.items() if k not in timing} for m in ms]
+
+
+# -- the automatic choice and the flag ------------------------------------------------------------
+
+
+def test_fused_is_chosen_automatically_where_it_applies_and_off_forces_the_generic_path():
+    with Trainer(Config(**SMALL)) as tr:
+        assert isinstance(tr.fused, FusedEpoch)
+    with Trainer(Config(**SMALL, fused="off")) as tr:
+        assert tr.fused is None
+    for changes in (dict(env="Acrobot-v1"), dict(baseline="value"), dict(activation="gelu"), dict(backend="vector")):
+        with Trainer(Config(**SMALL, **changes)) as tr:
+            assert tr.fused is None, changes
+
+
+def test_fused_problem_names_the_reason():
+    env = make_env("CartPole-v1", 2)
+    policy = MLPPolicy(env.info, (8,), "relu")
+    assert fused_problem(Config(), env, policy, torch.device("cpu")) is None
+    assert "off" in fused_problem(Config(fused="off"), env, policy, torch.device("cpu"))
+    assert "CPU" in fused_problem(Config(), env, policy, torch.device("cuda"))
+    assert "elu" in fused_problem(Config(), env, MLPPolicy(env.info, (8,), "elu"), torch.device("cpu"))
+    assert "value" in fused_problem(Config(), env, MLPPolicy(env.info, (8,), value_head=True), torch.device("cpu"))
+    custom = torch.nn.Sequential(torch.nn.Linear(4, 2))
+    assert "MLPPolicy" in fused_problem(Config(), env, custom, torch.device("cpu"))
+
+
+def test_a_kernel_that_cannot_be_built_falls_back_to_the_generic_path(monkeypatch):
+    def fail():
+        raise KernelBuildError("no compiler here")
+
+    monkeypatch.setattr("fastpg.fused.kernels", fail)
+    with pytest.warns(RuntimeWarning, match="no compiler here.*generic path"), Trainer(Config(**SMALL)) as tr:
+        assert tr.fused is None
+        assert tr.epoch()["epoch"] == 1
+
+
+# -- the collect ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("num_envs", [8, 600])  # resets drawn for every copy / for the done ones (> 512)
+def test_fused_collect_is_the_generic_collect_with_the_same_env_kernel(num_envs):
+    """Same generators, same draws, the same compiled dynamics: the same epochs, step for step
+    (a sampled action could only differ where float rounding of the logits flips a comparison)."""
+    cfg = Config(**{**SMALL, "num_envs": num_envs, "num_steps": 32}, env_kernel="cpp")
+    with Trainer(cfg) as fused, Trainer(cfg.replace(fused="off")) as generic:
+        assert fused.fused is not None and generic.fused is None
+        for _ in range(3):
+            fused.collect()
+            generic.collect()
+            for key in ("obs", "action", "reward", "done", "terminated", "valid", "episode_return", "episode_length"):
+                assert torch.equal(fused.buf[key], generic.buf[key]), key
+            assert torch.equal(fused.carry.obs, generic.carry.obs)
+            assert torch.equal(fused.env.elapsed, generic.env.elapsed)
+            assert torch.equal(fused.env.final_obs, generic.env.final_obs)
+
+
+@pytest.mark.parametrize("num_envs", [6, 520])
+def test_fused_env_transitions_are_exact_in_float64(num_envs):
+    """Replaying the fused epoch's actions through the compiled CartPole step (bit-identical to
+    gymnasium in float64, tests/test_native_envs.py) gives the same states bit for bit."""
+    cfg = Config(**{**SMALL, "num_envs": num_envs, "num_steps": 200}, env_dtype="float64")
+    with Trainer(cfg) as tr:
+        replay = TorchCartPole(num_envs, dtype=torch.float64, kernel="cpp")
+        start = replay.reset(seed=cfg.seed).clone()  # the trainer's env was reset with the same seed
+        assert torch.equal(start, tr.env.state)
+        tr.collect()
+        buf = tr.buf
+        for t in range(cfg.num_steps):
+            step = replay.step(buf["action"][t])
+            assert torch.equal(step.done, buf["done"][t]) and torch.equal(step.terminated, buf["terminated"][t])
+            nxt = buf["obs"][t + 1] if t + 1 < cfg.num_steps else tr.carry.obs.float()
+            assert torch.equal(step.obs.float(), nxt)
+        assert buf["done"].any()
+        assert torch.equal(replay.state, tr.env.state) and replay.state.dtype == torch.float64
+        assert torch.equal(replay.final_obs, tr.env.final_obs)
+
+
+@pytest.mark.parametrize(
+    "num_actions, hidden, activation", [(2, (16,), "relu"), (2, (8, 8), "tanh"), (3, (32,), "tanh")]
+)
+def test_fused_sampling_has_the_policy_distribution(num_actions, hidden, activation):
+    """Frequencies of the compiled sampler against the policy's softmax, 40,000 draws per state."""
+    from fastpg._kernels import kernels
+
+    info = EnvInfo("test", (4,), True, num_actions, ())
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(3)
+        policy = MLPPolicy(info, hidden, activation)
+        obs = torch.randn(5, 4) * 2
+    with torch.no_grad():
+        probs = torch.softmax(policy.net(obs), -1).double()  # [5, A]
+    linears = [m for m in policy.net if isinstance(m, torch.nn.Linear)]
+    reps = 40_000
+    actions = kernels().mlp_act(
+        [m.weight for m in linears], [m.bias for m in linears], {"relu": 0, "tanh": 1}[activation],
+        obs.repeat(reps, 1), torch.Generator().manual_seed(0),
+    )  # fmt: skip
+    freq = torch.nn.functional.one_hot(actions.view(reps, 5), num_actions).double().mean(0)  # [5, A]
+    sigma = (probs * (1 - probs) / reps).sqrt()
+    assert ((freq - probs).abs() <= 5 * sigma + 1e-12).all(), (freq, probs)
+    assert (probs > 0.05).any() and (probs < 0.95).any()  # the check has something to check
+
+
+# -- the update -----------------------------------------------------------------------------------
+
+UPDATE_CASES = [
+    dict(),
+    dict(activation="tanh", hidden_sizes=(8, 8)),
+    dict(baseline="mean", normalize_returns=False),
+    dict(entropy_coef=0.01, max_grad_norm=0.05),
+    dict(hidden_sizes=(20,), normalize_returns=False, max_grad_norm=0.5),
+]
+
+
+@pytest.mark.parametrize(
+    "changes", UPDATE_CASES, ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()) or "defaults"
+)
+def test_fused_update_is_the_autograd_update_on_the_same_batch(changes):
+    cfg = Config(**SMALL, hidden_sizes=changes.pop("hidden_sizes", (16,)), **changes)
+    with Trainer(cfg) as tr:
+        tr.collect()
+        policy_copy = MLPPolicy.from_config(cfg, tr.env.info)
+        policy_copy.load_state_dict(tr.policy.state_dict())
+        opt_copy = torch.optim.Adam(policy_copy.parameters(), lr=cfg.lr)
+        generic, bad = reinforce_update(policy_copy, opt_copy, tr.buf.clone(), tr.carry.obs, tr.settings)
+        assert bad is None
+        generic_grads = [p.grad.clone() for p in policy_copy.parameters()]
+        fused, bad = tr.fused.update(tr.optimizer, tr.buf, tr.settings)
+        assert bad is None
+        for a, b in zip(tr.fused.grads, generic_grads):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+        for key in ("loss", "policy_loss", "value_loss", "entropy", "grad_norm", "mask_frac", "skipped"):
+            torch.testing.assert_close(fused[key].float(), generic[key].float(), rtol=1e-4, atol=1e-6, msg=key)
+        for a, b in zip(tr.policy.parameters(), policy_copy.parameters()):  # after one Adam step each
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_fused_update_skips_a_nonfinite_update_as_the_generic_one_does():
+    with Trainer(Config(**SMALL, max_bad_updates=2)) as tr:
+        tr.epoch()
+        with torch.no_grad():
+            tr.policy.net[2].bias[0] = math.inf  # the logits, hence the loss, become non-finite
+        before = [p.detach().clone() for p in tr.policy.parameters()]
+        adam_steps = tr.optimizer.state_dict()["state"][0]["step"].item()
+        assert tr.epoch()["update_skipped"] is True
+        assert all(torch.equal(a, b) for a, b in zip(before, tr.policy.parameters()))
+        assert tr.optimizer.state_dict()["state"][0]["step"].item() == adam_steps
+        with pytest.raises(NonFiniteError, match=r"2 updates in a row had a non-finite loss"):
+            tr.epoch()
+
+
+def test_fused_nonfinite_names_match_the_generic_ones():
+    with Trainer(Config(**SMALL)) as tr:
+        name = tr.fused._nonfinite_name
+        assert name(0, -1) is None and name(1, -1) == "loss" and name(2, -1) == "gradient norm"
+        assert name(2, 1) == "gradient (of net.0.bias)" and name(3, 2) == "parameter (net.2.weight)"
+
+
+# -- whole runs -----------------------------------------------------------------------------------
+
+
+def test_fused_runs_are_deterministic_with_one_seed():
+    cfg = Config(**SMALL, seed=5, max_epochs=4)
+    runs = []
+    for _ in range(2):
+        with Trainer(cfg) as tr:
+            runs.append(_metrics_without_timing(list(tr.run())))
+    assert runs[0] == runs[1] and len(runs[0]) == 4
+
+
+def test_fused_and_generic_runs_follow_the_same_trajectory_at_first():
+    """Same draws and the same compiled dynamics: the episodes of the first epochs coincide; the
+    updates differ only by float rounding, so the runs agree to rounding until they drift."""
+    cfg = Config(**SMALL, env_kernel="cpp", max_epochs=3)
+    with Trainer(cfg) as fused, Trainer(cfg.replace(fused="off")) as generic:
+        a, b = list(fused.run()), list(generic.run())
+    for ma, mb in zip(a, b):
+        assert ma["episodes"] == mb["episodes"] and ma["return_mean"] == mb["return_mean"]
+        assert math.isclose(ma["loss"], mb["loss"], rel_tol=1e-3, abs_tol=1e-5)
+
+
+def test_fused_run_resumes_bit_for_bit(tmp_path):
+    from fastpg import load_checkpoint, save_checkpoint
+
+    cfg = Config(**SMALL, seed=2)
+    with Trainer(cfg) as tr:
+        whole = _metrics_without_timing([tr.epoch() for _ in range(4)])
+    with Trainer(cfg) as tr:
+        first = _metrics_without_timing([tr.epoch() for _ in range(2)])
+        save_checkpoint(tr.state_dict(), tmp_path)
+    with Trainer(cfg) as tr:
+        tr.load_state_dict(load_checkpoint(tmp_path))
+        rest = _metrics_without_timing([tr.epoch() for _ in range(2)])
+    assert first + rest == whole
+
+
+def test_fused_float64_env_carries_float64_observations():
+    cfg = dataclasses.replace(Config(**SMALL), env_dtype="float64")
+    with Trainer(cfg) as tr:
+        tr.epoch()
+        assert tr.carry.obs.dtype == torch.float64 and tr.fused is not None
