@@ -1,13 +1,14 @@
 """The fused epoch: a whole collect and a whole update as two calls of compiled code.
 
-Where it applies (``fused_problem`` says why not otherwise): native CartPole on CPU, the built-in
+Where it applies (``fused_problem`` says why not otherwise): native CartPole or Acrobot on CPU, the built-in
 ``MLPPolicy`` (Discrete actions, relu or tanh, no value head), baseline none or mean, unfinished
 episodes masked. There the generic path pays a few microseconds of dispatch for each of some 40
 torch ops per lockstep step and dozens per update; the fused path runs:
 
-- ``collect``: T steps of MLP forward, sampling, CartPole step (the env's own compiled dynamics,
-  bit-identical to gymnasium in float64), reset, storage writes and episode totals in one C++ loop
-  (parallel over envs at large N);
+- ``collect``: T steps of MLP forward, sampling, env step (compiled dynamics in gymnasium's
+  arithmetic: CartPole bit-identical to gymnasium in float64, Acrobot to the last bit of the C
+  library's cos/sin), reset, storage writes and episode totals in one C++ loop (parallel over envs
+  at large N);
 - ``update``: reward-to-go, the entries in the loss, the advantage, the MLP's forward and backward
   over those entries (explicit gradients, parallel over chunks of entries), the gradient norm,
   clipping and the non-finite check in one C++ call; then the optimizer's step.
@@ -29,7 +30,7 @@ from torch import Tensor, nn
 
 from fastpg._kernels import kernels
 from fastpg.config import Config
-from fastpg.envs import BatchedEnv, TorchCartPole
+from fastpg.envs import BatchedEnv, TorchAcrobot, TorchCartPole
 from fastpg.errors import KernelBuildError
 from fastpg.policy import MLPPolicy
 from fastpg.rollout import Carry
@@ -38,6 +39,7 @@ from fastpg.update import UpdateSettings
 __all__ = ["FusedEpoch", "fused_problem", "FUSED_ACTIVATIONS"]
 
 FUSED_ACTIVATIONS = {"relu": 0, "tanh": 1}  # codes of fastpg/csrc/kernels.cpp
+_FUSED_ENVS = {TorchCartPole: "cartpole", TorchAcrobot: "acrobot"}  # native envs with compiled dynamics
 
 
 def fused_problem(cfg: Config, env: BatchedEnv, policy: nn.Module, device: torch.device) -> str | None:
@@ -46,8 +48,8 @@ def fused_problem(cfg: Config, env: BatchedEnv, policy: nn.Module, device: torch
         return "--fused off"
     if device.type != "cpu":
         return f"it runs on CPU (device {device})"
-    if not isinstance(env, TorchCartPole):
-        return f"it exists for native CartPole (backend torch), not {type(env).__name__}"
+    if type(env) not in _FUSED_ENVS:
+        return f"it exists for native CartPole and Acrobot (backend torch), not {type(env).__name__}"
     if type(policy) is not MLPPolicy or not policy.discrete or policy.value_net is not None:
         return "it needs the built-in MLPPolicy with Discrete actions and no value head"
     if policy.activation not in FUSED_ACTIVATIONS:
@@ -60,7 +62,7 @@ def fused_problem(cfg: Config, env: BatchedEnv, policy: nn.Module, device: torch
 class FusedEpoch:
     """``collect`` and ``update`` of the fused path, with the signatures of the generic ones."""
 
-    def __init__(self, env: TorchCartPole, policy: MLPPolicy):
+    def __init__(self, env: TorchCartPole | TorchAcrobot, policy: MLPPolicy):
         self.kernels = kernels()
         self.env = env
         self.policy = policy
@@ -71,7 +73,7 @@ class FusedEpoch:
         self.params = [p for m in linears for p in (m.weight, m.bias)]
         self.names = [n for n, _ in policy.named_parameters()]
         self.grads = [torch.zeros_like(p) for p in self.params]
-        self._draws: tuple[Tensor, Tensor] | None = None  # this epoch's uniforms (collect)
+        self.env_name = _FUSED_ENVS[type(env)]
 
     @classmethod
     def create(cls, cfg: Config, env: BatchedEnv, policy: nn.Module, device: torch.device) -> FusedEpoch | None:
@@ -95,30 +97,17 @@ class FusedEpoch:
             if carry.obs.dtype == torch.float32 and carry.obs.is_contiguous()
             else carry.obs.float().contiguous()
         )
-        u, fresh = self._draw_buffers(buf.batch_size[0])
-        self.kernels.collect_cartpole(
+        self.kernels.collect(
+            self.env_name,
             self.weights, self.biases, self.act, generator, state, final, env.elapsed, env.generator,
             env.max_episode_steps, env.selects_resets, buf["obs"], buf["action"], buf["reward"], buf["done"],
             buf["terminated"], buf["valid"], buf["episode_return"], buf["episode_length"], obs,
-            carry.episode_return, carry.episode_length, u, fresh,
+            carry.episode_return, carry.episode_length,
         )  # fmt: skip
         if obs is not carry.obs:
             carry.obs.copy_(obs)
         env.install_kernel_state(state, final)
         return carry
-
-    def _draw_buffers(self, T: int) -> tuple[Tensor, Tensor]:
-        """Buffers for an epoch's uniforms, allocated once: the policy's [T, N * per] (one per
-        action and copy with two actions, else one per action) and the resets' [T, D, N] where every copy
-        draws a reset state every step (``NativeEnv.selects_resets``), else empty."""
-        if self._draws is None:
-            env = self.env
-            N, D = env.num_envs, env.state_dim
-            per = 1 if env.info.num_actions == 2 else env.info.num_actions
-            u = torch.empty(T, N * per, dtype=torch.float32)
-            fresh = torch.empty((T, D, N) if env.selects_resets else (0,), dtype=env.state_dtype)
-            self._draws = (u, fresh)
-        return self._draws
 
     def update(
         self, optimizer: torch.optim.Optimizer, buf: TensorDict, s: UpdateSettings, *, apply: bool = True

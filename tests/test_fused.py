@@ -29,7 +29,9 @@ def test_fused_is_chosen_automatically_where_it_applies_and_off_forces_the_gener
         assert isinstance(tr.fused, FusedEpoch)
     with Trainer(Config(**SMALL, fused="off")) as tr:
         assert tr.fused is None
-    for changes in (dict(env="Acrobot-v1"), dict(baseline="value"), dict(activation="gelu"), dict(backend="vector")):
+    with Trainer(Config(**SMALL, env="Acrobot-v1")) as tr:
+        assert isinstance(tr.fused, FusedEpoch) and tr.fused.env_name == "acrobot"
+    for changes in (dict(env="Pendulum-v1"), dict(baseline="value"), dict(activation="gelu"), dict(backend="vector")):
         with Trainer(Config(**SMALL, **changes)) as tr:
             assert tr.fused is None, changes
 
@@ -97,6 +99,40 @@ def test_fused_env_transitions_are_exact_in_float64(num_envs):
         assert torch.equal(replay.final_obs, tr.env.final_obs)
 
 
+@pytest.mark.parametrize("env_id", ["CartPole-v1", "Acrobot-v1"])
+def test_fused_steps_are_gymnasiums_in_float64(env_id):
+    """Each fused step from the exact float64 state, against gymnasium's own step from that state:
+    CartPole bit for bit; Acrobot bit for bit but for the last bit of a cos/sin (its 4 Runge-Kutta
+    stages call 12 of them; numpy's and the C library's differ for a few inputs in 1000)."""
+    import gymnasium as gym
+    import numpy as np
+
+    cfg = Config(**{**SMALL, "num_envs": 12, "num_steps": 1}, env=env_id, env_dtype="float64")
+    ref = gym.make(env_id).unwrapped
+    ref.reset(seed=0)
+    exact = 0
+    with Trainer(cfg) as tr:
+        for _ in range(150):
+            before = tr.env.state.clone()  # [N, 4] float64
+            tr.collect()
+            after = tr.env.kernel_state().t()  # after resets
+            reached = tr.env._final.t()  # the state each copy reached, before any reset
+            for n in range(cfg.num_envs):
+                ref.state, ref.steps_beyond_terminated = before[n].numpy().copy(), None
+                obs, reward, term, _, _ = ref.step(int(tr.buf["action"][0, n]))
+                state = np.asarray(ref.state, dtype=np.float64)
+                if env_id == "CartPole-v1":
+                    assert np.array_equal(state, reached[n].numpy())
+                else:
+                    np.testing.assert_allclose(reached[n].numpy(), state, rtol=1e-13, atol=1e-15)
+                    exact += np.array_equal(state, reached[n].numpy())
+                assert term == bool(tr.buf["terminated"][0, n]) and reward == float(tr.buf["reward"][0, n])
+                if not tr.buf["done"][0, n]:  # the next observation is gymnasium's, rounded as it rounds
+                    assert torch.equal(after[n], reached[n])
+                    np.testing.assert_allclose(tr.carry.obs[n].float().numpy(), obs, rtol=1e-6, atol=1e-7)
+    assert env_id == "CartPole-v1" or exact >= 0.99 * 150 * cfg.num_envs
+
+
 @pytest.mark.parametrize(
     "num_actions, hidden, activation", [(2, (16,), "relu"), (2, (8, 8), "tanh"), (3, (32,), "tanh")]
 )
@@ -131,6 +167,7 @@ UPDATE_CASES = [
     dict(baseline="mean", normalize_returns=False),
     dict(entropy_coef=0.01, max_grad_norm=0.05),
     dict(hidden_sizes=(20,), normalize_returns=False, max_grad_norm=0.5),
+    dict(env="Acrobot-v1", num_envs=4, num_steps=600, entropy_coef=0.01),  # three actions
 ]
 
 
@@ -138,9 +175,10 @@ UPDATE_CASES = [
     "changes", UPDATE_CASES, ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()) or "defaults"
 )
 def test_fused_update_is_the_autograd_update_on_the_same_batch(changes):
-    cfg = Config(**SMALL, hidden_sizes=changes.pop("hidden_sizes", (16,)), **changes)
+    cfg = Config(**{**SMALL, "hidden_sizes": (16,), **changes})
     with Trainer(cfg) as tr:
         tr.collect()
+        assert tr.fused is not None and tr.buf["done"].any()
         policy_copy = MLPPolicy.from_config(cfg, tr.env.info)
         policy_copy.load_state_dict(tr.policy.state_dict())
         opt_copy = torch.optim.Adam(policy_copy.parameters(), lr=cfg.lr)

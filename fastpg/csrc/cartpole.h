@@ -4,12 +4,14 @@
 #pragma once
 #include <cmath>
 #include <cstdint>
+#include <string>
 
 namespace fastpg {
 
 template <typename T>
 struct CartPole {
   static constexpr int kStateDim = 4;
+  static constexpr int kObsDim = 4;
   static constexpr int kNumActions = 2;
 
   // From state s, take action a (0 push left, 1 push right): the next state into v; returns
@@ -33,8 +35,15 @@ struct CartPole {
     return v[0] < -x_threshold || v[0] > x_threshold || v[2] < -theta_threshold || v[2] > theta_threshold;
   }
 
-  static constexpr double kResetLow = -0.05, kResetHigh = 0.05;  // reset: uniform in [-0.05, 0.05]^4
-  static inline double reward(const T*, int64_t, const T*) { return 1.0; }
+  // The step as the fused collect takes it: reward 1 for every step, the terminal one included.
+  static inline bool step(const T s[4], int64_t a, T v[4], T& reward) {
+    reward = T(1.0);
+    return step(s, a, v);
+  }
+
+  static inline void observe(const T s[4], float o[4]) {
+    for (int i = 0; i < 4; ++i) o[i] = static_cast<float>(s[i]);
+  }
 };
 
 }  // namespace fastpg

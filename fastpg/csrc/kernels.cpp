@@ -22,6 +22,7 @@
 #include <cstring>
 #include <vector>
 
+#include "acrobot.h"
 #include "cartpole.h"
 
 namespace fastpg {
@@ -35,6 +36,18 @@ namespace fastpg {
 static void fill_uniform(torch::Tensor& buf, double from, double to, at::Generator& gen) {
   TORCH_CHECK(buf.is_contiguous(), "uniform buffers must be contiguous");
   buf.uniform_(from, to, gen);
+}
+
+// Reset states [..., D, n] by the torch ops the native envs' _sample_reset runs (so the same values).
+// CartPole: uniform in [-0.05, 0.05]^4 in the env's dtype.
+static torch::Tensor cartpole_resets(at::IntArrayRef shape, at::Generator& gen, c10::ScalarType dtype) {
+  return torch::empty(shape, torch::TensorOptions().dtype(dtype)).uniform_(-0.05, 0.05, gen);
+}
+
+// Acrobot: gymnasium's uniform(-0.1, 0.1, size=4).astype(float32), drawn in float64.
+static torch::Tensor acrobot_resets(at::IntArrayRef shape, at::Generator& gen, c10::ScalarType dtype) {
+  auto u = torch::empty(shape, torch::TensorOptions().dtype(torch::kFloat64)).uniform_(0.0, 1.0, gen);
+  return u.mul_(0.2).add_(-0.1).to(torch::kFloat32).to(dtype);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -292,10 +305,10 @@ torch::Tensor mlp_act(std::vector<torch::Tensor> weights, std::vector<torch::Ten
 }
 
 // ---------------------------------------------------------------------------------------------
-// collect: the fused collect loop for CartPole (state [4, N] of the env's dtype, updated in place).
+// collect: the fused collect loop (state [D, N] of the env's dtype, updated in place).
 
 struct Storage {
-  float* obs;  // [T, N, D]
+  float* obs;  // [T, N, obs_dim]
   int64_t* action;
   float* reward;
   bool *done, *terminated, *valid;
@@ -303,40 +316,49 @@ struct Storage {
   int64_t* ep_length;
 };
 
-// u: [T, N * per] float32 and fresh: [T, D, N] (select) buffers for this epoch's draws.
-template <typename T>
-static void collect_cartpole_impl(const Mlp& mlp, at::Generator& policy_gen, T* state, T* final_state,
-                                  int64_t* elapsed, at::Generator& env_gen, int64_t max_steps, bool select,
-                                  const Storage& st, int64_t T_, int64_t N, float* carry_obs, float* carry_ret,
-                                  int64_t* carry_len, torch::Tensor& u_all, torch::Tensor& fresh_all) {
-  constexpr int D = CartPole<T>::kStateDim;
+using ResetFn = torch::Tensor (*)(at::IntArrayRef, at::Generator&, c10::ScalarType);
+
+template <template <typename> class E>
+struct EnvTag {
+  template <typename T>
+  using type = E<T>;
+};
+
+template <template <typename> class Env, typename T>
+static void collect_impl(const Mlp& mlp, at::Generator& policy_gen, T* state, T* final_state, int64_t* elapsed,
+                         at::Generator& env_gen, ResetFn resets, int64_t max_steps, bool select, const Storage& st,
+                         int64_t T_, int64_t N, float* carry_obs, float* carry_ret, int64_t* carry_len) {
+  constexpr int D = Env<T>::kStateDim, O = Env<T>::kObsDim;
+  const c10::ScalarType dtype = c10::CppTypeToScalarType<T>::value;
   const int64_t A = mlp.num_actions(), per = draws_per_action(A);
+  // This epoch's draws, as the torch-op path makes them step by step: the policy's uniforms
+  // [T, N * per] (trainer's generator), and where every copy draws a reset state every step, the
+  // reset states [T, D, N] (env's generator).
+  auto u_all = torch::empty({T_, N * per}, torch::kFloat32);
   fill_uniform(u_all, 0.0, 1.0, policy_gen);
-  if (select) fill_uniform(fresh_all, CartPole<T>::kResetLow, CartPole<T>::kResetHigh, env_gen);
-  const T* fresh_base = select ? fresh_all.data_ptr<T>() : nullptr;
+  torch::Tensor fresh_all = select ? resets({T_, D, N}, env_gen, dtype).contiguous() : torch::Tensor();
   std::vector<int64_t> done_idx;
   const int64_t grain = std::max<int64_t>(64, 16384 / std::max<int64_t>(mlp.widest, 1));
   const int64_t scratch = mlp.layers() * mlp.widest + A;  // hidden activations and logits, per thread
   std::vector<float> buffers(scratch * at::get_num_threads());
-  std::memcpy(st.obs, carry_obs, sizeof(float) * N * D);  // obs[0]: the carried observation
+  std::memcpy(st.obs, carry_obs, sizeof(float) * N * O);  // obs[0]: the carried observation
   for (int64_t t = 0; t < T_; ++t) {
     // Python's signal handlers run here (the GIL is held): a KeyboardInterrupt from a second Ctrl-C
     // (fastpg.interrupts) ends a long epoch at once instead of after it.
     if (PyErr_CheckSignals() != 0) throw pybind11::error_already_set();
     const float* u = u_all.data_ptr<float>() + t * N * per;
-    const T* fresh = select ? fresh_base + t * D * N : nullptr;
+    const T* fresh = select ? fresh_all.data_ptr<T>() + t * D * N : nullptr;
     const int64_t row = t * N;
-    float* next_obs = t + 1 < T_ ? st.obs + (row + N) * D : carry_obs;
     at::parallel_for(0, N, grain, [&](int64_t begin, int64_t end) {
       float* h = buffers.data() + scratch * at::get_thread_num();
       float* logits = h + mlp.layers() * mlp.widest;
       for (int64_t n = begin; n < end; ++n) {
         const int64_t i = row + n;
-        mlp.forward(st.obs + i * D, h, logits);
+        mlp.forward(st.obs + i * O, h, logits);
         const int64_t a = sample(logits, A, u + n * per);
-        const T s[D] = {state[n], state[N + n], state[2 * N + n], state[3 * N + n]};
-        T v[D];
-        const bool term = CartPole<T>::step(s, a, v);
+        T s[D], v[D], r;
+        for (int k = 0; k < D; ++k) s[k] = state[k * N + n];
+        const bool term = Env<T>::step(s, a, v, r);
         const int64_t el = elapsed[n] + 1;
         const bool d = term || el >= max_steps;
         elapsed[n] = d ? 0 : el;
@@ -344,13 +366,13 @@ static void collect_cartpole_impl(const Mlp& mlp, at::Generator& policy_gen, T* 
           final_state[k * N + n] = v[k];
           state[k * N + n] = (select && d) ? fresh[k * N + n] : v[k];
         }
-        const float r = static_cast<float>(static_cast<T>(CartPole<T>::reward(s, a, v)));
+        const float rf = static_cast<float>(r);
         st.action[i] = a;
-        st.reward[i] = r;
+        st.reward[i] = rf;
         st.done[i] = d;
         st.terminated[i] = term;
         st.valid[i] = true;
-        const float ret = carry_ret[n] + r;  // episode totals, as episode_totals_reference
+        const float ret = carry_ret[n] + rf;  // episode totals, as episode_totals_reference
         const int64_t len = carry_len[n] + 1;
         st.ep_return[i] = ret;
         st.ep_length[i] = len;
@@ -364,41 +386,55 @@ static void collect_cartpole_impl(const Mlp& mlp, at::Generator& policy_gen, T* 
         if (st.done[row + n]) done_idx.push_back(n);
       const int64_t k = static_cast<int64_t>(done_idx.size());
       if (k > 0) {
-        auto drawn = torch::empty({D, k}, fresh_all.options());
-        fill_uniform(drawn, CartPole<T>::kResetLow, CartPole<T>::kResetHigh, env_gen);
+        const auto drawn = resets({D, k}, env_gen, dtype).contiguous();
         const T* fd = drawn.data_ptr<T>();
         for (int64_t j = 0; j < k; ++j)
           for (int f = 0; f < D; ++f) state[f * N + done_idx[j]] = fd[f * k + j];
       }
     }
-    for (int64_t n = 0; n < N; ++n)
-      for (int f = 0; f < D; ++f) next_obs[n * D + f] = static_cast<float>(state[f * N + n]);
+    float* next_obs = t + 1 < T_ ? st.obs + (row + N) * O : carry_obs;
+    for (int64_t n = 0; n < N; ++n) {
+      T s[D];
+      for (int f = 0; f < D; ++f) s[f] = state[f * N + n];
+      Env<T>::observe(s, next_obs + n * O);
+    }
   }
 }
 
-void collect_cartpole(std::vector<torch::Tensor> weights, std::vector<torch::Tensor> biases, int64_t act,
-                      at::Generator policy_gen, torch::Tensor state, torch::Tensor final_state, torch::Tensor elapsed,
-                      at::Generator env_gen, int64_t max_steps, bool select, torch::Tensor obs, torch::Tensor action,
-                      torch::Tensor reward, torch::Tensor done, torch::Tensor terminated, torch::Tensor valid,
-                      torch::Tensor ep_return, torch::Tensor ep_length, torch::Tensor carry_obs,
-                      torch::Tensor carry_return, torch::Tensor carry_length, torch::Tensor u_buf,
-                      torch::Tensor fresh_buf) {
+void collect(const std::string& env, std::vector<torch::Tensor> weights, std::vector<torch::Tensor> biases,
+             int64_t act, at::Generator policy_gen, torch::Tensor state, torch::Tensor final_state,
+             torch::Tensor elapsed, at::Generator env_gen, int64_t max_steps, bool select, torch::Tensor obs,
+             torch::Tensor action, torch::Tensor reward, torch::Tensor done, torch::Tensor terminated,
+             torch::Tensor valid, torch::Tensor ep_return, torch::Tensor ep_length, torch::Tensor carry_obs,
+             torch::Tensor carry_return, torch::Tensor carry_length) {
   c10::InferenceMode guard;
   const Mlp mlp(weights, biases, act);
   const int64_t T_ = obs.size(0), N = obs.size(1);
-  TORCH_CHECK(mlp.obs_dim() == 4 && mlp.num_actions() == 2, "collect_cartpole: the MLP must map 4 -> 2");
-  TORCH_CHECK(state.is_contiguous() && state.size(0) == 4 && state.size(1) == N, "state must be [4, N]");
+  const bool cartpole = env == "cartpole";
+  TORCH_CHECK(cartpole || env == "acrobot", "collect: env must be cartpole or acrobot, got ", env);
+  const int64_t D = 4, O = cartpole ? 4 : 6, A = cartpole ? 2 : 3;
+  TORCH_CHECK(mlp.obs_dim() == O && mlp.num_actions() == A, "collect: the MLP must map ", O, " -> ", A);
+  TORCH_CHECK(state.is_contiguous() && state.size(0) == D && state.size(1) == N, "state must be [4, N]");
+  TORCH_CHECK(obs.dim() == 3 && obs.size(2) == O, "obs must be [T, N, ", O, "]");
   for (const auto& x : {obs, action, reward, done, terminated, valid, ep_return, ep_length, carry_obs, carry_return,
                         carry_length, final_state, elapsed})
-    TORCH_CHECK(x.is_cpu() && x.is_contiguous(), "collect_cartpole: tensors must be contiguous CPU tensors");
-  const Storage st{obs.data_ptr<float>(),    action.data_ptr<int64_t>(), reward.data_ptr<float>(),
-                   done.data_ptr<bool>(),    terminated.data_ptr<bool>(), valid.data_ptr<bool>(),
+    TORCH_CHECK(x.is_cpu() && x.is_contiguous(), "collect: tensors must be contiguous CPU tensors");
+  const Storage st{obs.data_ptr<float>(),       action.data_ptr<int64_t>(),  reward.data_ptr<float>(),
+                   done.data_ptr<bool>(),       terminated.data_ptr<bool>(), valid.data_ptr<bool>(),
                    ep_return.data_ptr<float>(), ep_length.data_ptr<int64_t>()};
-  AT_DISPATCH_FLOATING_TYPES(state.scalar_type(), "collect_cartpole", [&] {
-    collect_cartpole_impl<scalar_t>(mlp, policy_gen, state.data_ptr<scalar_t>(), final_state.data_ptr<scalar_t>(),
-                                    elapsed.data_ptr<int64_t>(), env_gen, max_steps, select, st, T_, N,
-                                    carry_obs.data_ptr<float>(), carry_return.data_ptr<float>(),
-                                    carry_length.data_ptr<int64_t>(), u_buf, fresh_buf);
+  AT_DISPATCH_FLOATING_TYPES(state.scalar_type(), "collect", [&] {
+    auto run = [&](auto env_tag, ResetFn resets) {
+      using Tag = decltype(env_tag);
+      collect_impl<Tag::template type, scalar_t>(
+          mlp, policy_gen, state.data_ptr<scalar_t>(), final_state.data_ptr<scalar_t>(), elapsed.data_ptr<int64_t>(),
+          env_gen, resets, max_steps, select, st, T_, N, carry_obs.data_ptr<float>(), carry_return.data_ptr<float>(),
+          carry_length.data_ptr<int64_t>());
+    };
+    if (cartpole) {
+      run(EnvTag<CartPole>{}, cartpole_resets);
+    } else {
+      run(EnvTag<Acrobot>{}, acrobot_resets);
+    }
   });
 }
 
@@ -625,6 +661,6 @@ torch::Tensor update_grads(std::vector<torch::Tensor> weights, std::vector<torch
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("cartpole_step", &fastpg::cartpole_step, "one lockstep step of native CartPole");
   m.def("mlp_act", &fastpg::mlp_act, "sample the MLP policy's actions for obs [N, D]");
-  m.def("collect_cartpole", &fastpg::collect_cartpole, "the fused collect loop (CartPole, MLP policy)");
+  m.def("collect", &fastpg::collect, "the fused collect loop (CartPole or Acrobot, MLP policy)");
   m.def("update_grads", &fastpg::update_grads, "the fused update's math: returns, loss, gradients, checks");
 }
