@@ -77,10 +77,11 @@ class Config:
     """Step implementation of native CartPole on CPU: torch (torch ops) or cpp (one fused C++
     loop, compiled on first use, about a minute, then cached; several times faster at small N)."""
     fused: Fused = "auto"
-    """The fused epoch (collect and update as two calls of compiled C++) where it applies: native
-    CartPole on CPU with the built-in MLP policy (relu or tanh), baseline none or mean, unfinished
-    mask. auto: use it there (compiled on first use, 1-2 minutes, then cached); off: always the
-    generic torch path. Both compute the same thing."""
+    """The fast epoch where it applies (the built-in MLP policy with Discrete actions, baseline
+    none or mean, unfinished mask): on CPU the fused C++ epoch for native CartPole and Acrobot
+    (relu or tanh; compiled on first use, 1-2 minutes, then cached), on CUDA a captured CUDA graph
+    of the epoch for any native env. auto: use it there; off: always the generic torch path. Both
+    compute the same thing."""
     num_envs: int = 16
     """N: environment copies stepped in lockstep."""
     num_steps: int = 512

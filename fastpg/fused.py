@@ -30,10 +30,11 @@ from torch import Tensor, nn
 
 from fastpg._kernels import kernels
 from fastpg.config import Config
-from fastpg.envs import BatchedEnv, TorchAcrobot, TorchCartPole
+from fastpg.envs import BatchedEnv, NativeEnv, TorchAcrobot, TorchCartPole
 from fastpg.errors import KernelBuildError
 from fastpg.policy import MLPPolicy
 from fastpg.rollout import Carry
+from fastpg.storage import allocate_storage
 from fastpg.update import UpdateSettings
 
 __all__ = ["FusedEpoch", "fused_problem", "FUSED_ACTIVATIONS"]
@@ -62,6 +63,8 @@ def fused_problem(cfg: Config, env: BatchedEnv, policy: nn.Module, device: torch
 class FusedEpoch:
     """``collect`` and ``update`` of the fused path, with the signatures of the generic ones."""
 
+    kind = "fused"
+
     def __init__(self, env: TorchCartPole | TorchAcrobot, policy: MLPPolicy):
         self.kernels = kernels()
         self.env = env
@@ -87,9 +90,10 @@ class FusedEpoch:
             warnings.warn(f"{e} Training goes on with the generic path.", RuntimeWarning, stacklevel=3)
             return None
 
-    def collect(self, buf: TensorDict, carry: Carry, generator: torch.Generator) -> Carry:
-        """Fill ``buf`` with T steps (as ``fastpg.rollout.collect``); returns the carry."""
-        env = self.env
+    def collect(self, buf: TensorDict, carry: Carry, generator: torch.Generator, env: NativeEnv | None = None) -> Carry:
+        """Fill ``buf`` with T steps (as ``fastpg.rollout.collect``) of the trainer's env, or of
+        ``env`` (a native env of the same kind); returns the carry."""
+        env = self.env if env is None else env
         state = env.kernel_state()
         final = torch.empty_like(state)
         obs = (
@@ -108,6 +112,26 @@ class FusedEpoch:
             carry.obs.copy_(obs)
         env.install_kernel_state(state, final)
         return carry
+
+    def evaluate(self, env: NativeEnv, seed: int, generator: torch.Generator) -> dict[str, float]:
+        """One episode in each copy of ``env`` (a native env of the trainer's kind), actions sampled
+        from the policy with ``generator``: what ``fastpg.evaluate`` reports, from one fused
+        collect of ``max_episode_steps`` steps (every copy ends its first episode within them)."""
+        T, N = env.max_episode_steps, env.num_envs
+        buf = allocate_storage(env.info, T, N, "cpu")
+        first = env.reset(seed=seed)
+        carry = Carry(first.clone(), torch.zeros(N), torch.zeros(N, dtype=torch.int64))
+        self.collect(buf, carry, generator, env)
+        end = buf["done"].to(torch.uint8).argmax(0, keepdim=True)  # [1, N]: each copy's first done
+        ret = buf["episode_return"].gather(0, end).squeeze(0)
+        length = buf["episode_length"].gather(0, end).squeeze(0)
+        return {
+            "eval_return_mean": ret.mean().item(),
+            "eval_return_std": ret.std(unbiased=False).item(),
+            "eval_length_mean": length.float().mean().item(),
+            "eval_episodes": N,
+            "unfinished": 0,
+        }
 
     def update(
         self, optimizer: torch.optim.Optimizer, buf: TensorDict, s: UpdateSettings, *, apply: bool = True

@@ -127,7 +127,7 @@ def _summary(
         "env": cfg.env,
         "backend": resolve_backend(cfg.env, cfg.backend),
         "device": str(trainer.device),
-        "epoch": "fused" if trainer.fused is not None else "generic",
+        "epoch": trainer.fused.kind if trainer.fused is not None else "generic",
         "seed": cfg.seed,
         "target_return": target,
         "solved": solved,

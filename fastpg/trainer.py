@@ -35,6 +35,7 @@ from fastpg.envs import BatchedEnv, Checkpointable, env_from_config
 from fastpg.errors import NonFiniteError
 from fastpg.evaluation import EVAL_SEED_OFFSET, TargetCheck, evaluate, evaluation_env
 from fastpg.fused import FusedEpoch
+from fastpg.graph import GraphedEpoch
 from fastpg.metrics import EpisodeWindow, PhaseTimer
 from fastpg.policy import MLPPolicy
 from fastpg.preflight import check_config, check_env, resolve_device
@@ -79,8 +80,9 @@ class Trainer:
         policy: optional ``nn.Module`` following the policy contract of ``fastpg.policy``
             (default: ``MLPPolicy`` from the config).
 
-    Where the fused epoch applies (``fastpg.fused``; ``cfg.fused``), ``collect`` and ``update`` run
-    it (``self.fused``); otherwise the generic path.
+    Where a fast path applies (``cfg.fused``: the fused C++ epoch of ``fastpg.fused`` on CPU, the
+    CUDA-graph epoch of ``fastpg.graph`` on a GPU), ``collect`` and ``update`` run it
+    (``self.fused``); otherwise the generic path.
 
     Use ``run()`` to train to the budget or the target, or drive it yourself with ``collect()`` and
     ``update()`` (``epoch()`` is those two, the target check, which may evaluate the policy on
@@ -102,7 +104,11 @@ class Trainer:
             self.generator = torch.Generator(device=self.device).manual_seed(cfg.seed)
             self.buf = allocate_storage(info, cfg.num_steps, cfg.num_envs, self.device)
             self.carry: Carry = init_carry(self.env, cfg.seed)
-            self.fused = FusedEpoch.create(cfg, self.env, self.policy, self.device)  # None: the generic path
+            # The fast path where one applies (None: the generic path): compiled C++ on CPU, a
+            # captured CUDA graph on a GPU.
+            self.fused: FusedEpoch | GraphedEpoch | None = FusedEpoch.create(
+                cfg, self.env, self.policy, self.device
+            ) or GraphedEpoch.create(cfg, self, self.device)
         except BaseException:
             self.env.close()
             raise
@@ -250,11 +256,14 @@ class Trainer:
     def evaluate(
         self, num_episodes: int = 100, *, deterministic: bool = False, seed: int | None = None
     ) -> dict[str, float]:
-        """Mean return of ``num_episodes`` fresh episodes (one per env copy; see ``evaluate``)."""
+        """Mean return of ``num_episodes`` fresh episodes (one per env copy; see ``evaluate``), sampled
+        by the fused epoch's compiled collect where it runs (the same episodes and draws)."""
         env = evaluation_env(self.cfg, self.device, num_episodes)
         seed = self.cfg.seed + EVAL_SEED_OFFSET if seed is None else seed
         try:
             generator = torch.Generator(device=self.device).manual_seed(seed)
+            if isinstance(self.fused, FusedEpoch) and not deterministic and type(env) is type(self.env):
+                return self.fused.evaluate(env, seed, generator)
             return evaluate(env, self.policy, seed=seed, deterministic=deterministic, generator=generator)
         finally:
             env.close()

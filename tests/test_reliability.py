@@ -203,7 +203,8 @@ def test_signal_stops_after_the_epoch_with_checkpoint_summary_and_no_workers(tmp
     ids=["generic", "fused"],
 )
 def test_second_sigint_exits_at_once(tmp_path, epoch):
-    proc, ckpt, log = _start_training(tmp_path, *epoch)  # long epochs: the first signal waits for the end
+    # Long CPU epochs (a GPU runs them too fast for two signals within one): the first waits for the end.
+    proc, ckpt, log = _start_training(tmp_path, "--device", "cpu", *epoch)
     proc.send_signal(signal.SIGINT)
     time.sleep(0.3)
     proc.send_signal(signal.SIGINT)

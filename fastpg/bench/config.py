@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from fastpg.config import Activation, Config, EnvKernel, choices
+from fastpg.config import Activation, Config, EnvKernel, Fused, choices
 from fastpg.errors import ConfigError
 from fastpg.preflight import check_config
 
@@ -43,6 +43,9 @@ class BenchConfig:
     """Policy hidden-layer activation."""
     env_kernel: EnvKernel = "torch"
     """Native CartPole step on CPU: torch ops or the fused C++ kernel."""
+    fused: Fused = "auto"
+    """The fast epoch where it applies (fused C++ on CPU, a CUDA graph on a GPU; see fastpg train
+    --help); off measures the generic torch path."""
     device: str = "auto"
     """auto (cuda if available), cpu, cuda or cuda:N."""
     seed: int = 0
@@ -68,6 +71,7 @@ class BenchConfig:
             hidden_sizes=self.hidden_sizes,
             activation=self.activation,
             env_kernel=self.env_kernel if backend == "torch" else "torch",
+            fused=self.fused,
             device=self.device,
             seed=self.seed,
             eval_episodes=0,

@@ -164,6 +164,16 @@ class NativeEnv:
         (``elapsed``) and the generator are stepped in place by such a loop."""
         return self._state.clone(memory_format=torch.contiguous_format)
 
+    @property
+    def raw_state(self) -> Tensor:
+        """The state tensor itself, ``[D, N]`` feature-major (``state`` is its ``[N, D]`` view)."""
+        return self._state
+
+    @property
+    def raw_final(self) -> Tensor:
+        """The state each copy reached on the last step before any reset, ``[D, N]``."""
+        return self._final
+
     def install_kernel_state(self, state: Tensor, final: Tensor) -> None:
         """The state a compiled loop stepped to, and the state each copy reached on its last step
         before any reset (``final_obs``), both ``[D, N]``."""
