@@ -17,21 +17,23 @@ Sections (``--sections``; each prints its table as it finishes, the ratios come 
 - ``sps``: fastpg's end-to-end training steps/s (``fastpg bench``'s train phase, T = 128) with the
   tch-rs example's policy (one hidden layer of 32, tanh) and the default policy (128, relu).
 - ``solve``: time to solve CartPole-v1 for every seed, under one protocol for every system:
-  fastpg on its defaults (``fastpg``) and with the fused C++ CartPole step (``fastpg-cpp``,
-  ``--env-kernel cpp``), stable-baselines3 A2C and PPO with the rl-zoo CartPole-v1
+  fastpg on its defaults (``fastpg``: the fused epoch) and on its generic torch path
+  (``fastpg-generic``, ``--fused off``), stable-baselines3 A2C and PPO with the rl-zoo CartPole-v1
   hyperparameters (8 envs, ``DummyVecEnv``), and the classic per-episode REINFORCE loop of the
   tutorials (``classic_reinforce.py``). The peers' training steps/s come from these runs.
 
-Time-to-solve protocol. A system's clock runs only while it trains (collecting and updating):
-setup before training and every evaluation are excluded. After each of its updates (fastpg: an
-epoch; stable-baselines3: a rollout and its training; classic: an episode), once ``--eval-every-s``
-seconds of training time have passed since its last evaluation, the policy plays 100 fresh
-episodes of gymnasium's ``CartPoleVectorEnv`` (one per copy, new seeds each time), actions sampled
-from the policy (``--eval-deterministic``: the most likely action). The first evaluation with a
-mean return >= 475 stops the run, and its training time is the time to solve. Every system is thus
-evaluated on the same wall-clock grid, whatever its update size; a run that has not solved after
-``--max-train-s`` of training (or, for the peers, its rl-zoo step budget) counts as not solved.
-Medians over seeds count an unsolved run as longer than every solved one.
+Time-to-solve protocol (``solve_protocol.py``). A system's clock runs only while it trains
+(collecting and updating): setup and every evaluation are excluded. An evaluation plays 100 fresh
+episodes of gymnasium's ``CartPoleVectorEnv`` (one per copy), actions sampled from the policy
+(``--eval-deterministic``: the most likely action); the first evaluation with a mean return >= 475
+gives the time to solve. The headline evaluates after every update (fastpg: an epoch;
+stable-baselines3: a rollout and its training); the second column evaluates on a 0.5 s grid of
+training time (after the first update once 0.5 s have passed since the last evaluation), measured
+in the same runs. A2C and the classic loop make thousands of tiny updates (one per 64 steps, one
+per episode), too many to evaluate each: they are measured on the grid only
+(``--every-update-systems``). A run that has not solved after ``--max-train-s`` of training (or,
+for the peers, its rl-zoo step budget) counts as not solved; medians over seeds count an unsolved
+run as longer than every solved one.
 
 Run it on an otherwise idle machine: two CPU-bound processes on 2 cores slow each other down by
 far more than 2x.
@@ -44,30 +46,25 @@ import contextlib
 import dataclasses
 import io
 import json
-import math
 import statistics
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 from classic_reinforce import ClassicReinforce
 from returns_impls import returns_data, returns_impls
-from torch import nn
-from torch.distributions import Categorical
+from solve_protocol import EVAL_EPISODES, SolveClock, evaluator, median_time, solve_fastpg
 
-from fastpg import Config, ConfigError, Trainer
+from fastpg import Config, ConfigError
 from fastpg.bench import BenchConfig, machine_info, run_bench
 from fastpg.envs import make_env
-from fastpg.evaluation import evaluate
 from fastpg.metrics import format_si
 
 SECTIONS = ("env", "returns", "sps", "solve")
-SYSTEMS = ("fastpg", "fastpg-cpp", "sb3-a2c", "sb3-ppo", "classic")
+SYSTEMS = ("fastpg", "fastpg-generic", "sb3-a2c", "sb3-ppo", "classic")
 TARGET = 475.0
-EVAL_EPISODES = 100
 
 # rl-baselines3-zoo, hyperparams/ppo.yml and a2c.yml, CartPole-v1 ("lin_X": X times the remaining
 # fraction of the step budget; everything not listed is stable-baselines3's default).
@@ -94,90 +91,18 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-# -- the time-to-solve protocol ---------------------------------------------------------------------
+# -- the time-to-solve section -------------------------------------------------------------------
 
 
-class LogitsPolicy(nn.Module):
-    """A policy for ``fastpg.trainer.evaluate`` from any function obs [B, 4] -> logits [B, 2]."""
-
-    def __init__(self, logits: Callable[[torch.Tensor], torch.Tensor]):
-        super().__init__()
-        self.logits = logits
-
-    def forward(self, obs: torch.Tensor) -> Categorical:
-        return Categorical(logits=self.logits(obs), validate_args=False)
-
-
-class SolveClock:
-    """Training time with evaluations excluded, and the evaluation grid of the protocol."""
-
-    def __init__(self, logits: Callable[[torch.Tensor], torch.Tensor], seed: int, args: argparse.Namespace, eval_env):
-        self.policy = LogitsPolicy(logits)
-        self.seed, self.args, self.eval_env = seed, args, eval_env
-        self.train_s = 0.0
-        self.next_eval_s = args.eval_every_s
-        self.evals: list[tuple[float, int, float]] = []  # (train_s, env_steps, eval mean)
-        self.solved = False
-        self._t = None
-
-    def start(self) -> None:
-        self._t = time.perf_counter()
-
-    def boundary(self, env_steps: int) -> bool:
-        """Call after each update; True when the run should stop (solved or out of time)."""
-        self.train_s += time.perf_counter() - self._t
-        if self.train_s >= self.next_eval_s:
-            g = torch.Generator().manual_seed(10_000 * self.seed + len(self.evals))
-            with torch.no_grad():
-                ev = evaluate(
-                    self.eval_env,
-                    self.policy,
-                    seed=1_000_003 + 10_000 * self.seed + len(self.evals),
-                    deterministic=self.args.eval_deterministic,
-                    generator=g,
-                )
-            self.evals.append((self.train_s, env_steps, ev["eval_return_mean"]))
-            self.solved = ev["eval_return_mean"] >= TARGET
-            self.next_eval_s = self.train_s + self.args.eval_every_s
-        stop = self.solved or self.train_s >= self.args.max_train_s
-        self._t = time.perf_counter()
-        return stop
-
-    def result(self, system: str, env_steps: int) -> dict[str, Any]:
-        return {
-            "system": system,
-            "seed": self.seed,
-            "solved": self.solved,
-            "time_to_solve_s": self.train_s if self.solved else None,
-            "env_steps_to_solve": self.evals[-1][1] if self.solved else None,
-            "train_s": self.train_s,
-            "env_steps": env_steps,
-            "sps": env_steps / self.train_s if self.train_s > 0 else None,
-            "evaluations": len(self.evals),
-            "last_eval_mean": self.evals[-1][2] if self.evals else None,
-        }
-
-
-def solve_fastpg(system: str, seed: int, args: argparse.Namespace, eval_env) -> dict[str, Any]:
-    # fastpg's own early stop (latest 100 training episodes >= target) is switched off: the
-    # protocol's evaluations decide, as for every system. fastpg-cpp: the same with the fused C++
-    # CartPole step (--env-kernel cpp; compiled before the clock starts, cached after first use).
-    extra = {"env_kernel": "cpp"} if system == "fastpg-cpp" else {}
-    cfg = Config(
-        seed=seed, quiet=True, eval_episodes=0, target_return=1e9, max_env_steps=10**9, **{**args.fastpg, **extra}
-    )
-    with Trainer(cfg) as tr:
-        clock = SolveClock(tr.policy.net, seed, args, eval_env)
-        clock.start()
-        while True:
-            tr.epoch()
-            if clock.boundary(tr.counters.env_steps):
-                return clock.result(system, tr.counters.env_steps)
+def _clock(logits, seed: int, args: argparse.Namespace, eval_env, system: str) -> SolveClock:
+    evaluate_fn = evaluator(logits, eval_env, deterministic=args.eval_deterministic)
+    return SolveClock(evaluate_fn, seed, TARGET, every_update=system in args.every_update_systems,
+                      grid_s=args.grid_s, max_train_s=args.max_train_s)  # fmt: skip
 
 
 def solve_classic(seed: int, args: argparse.Namespace, eval_env) -> dict[str, Any]:
     learner = ClassicReinforce(seed)
-    clock = SolveClock(learner.logits, seed, args, eval_env)
+    clock = _clock(learner.logits, seed, args, eval_env, "classic")
     clock.start()
     try:
         while True:
@@ -212,7 +137,7 @@ def solve_sb3(system: str, seed: int, args: argparse.Namespace, eval_env) -> dic
     def logits(obs: torch.Tensor) -> torch.Tensor:
         return model.policy.get_distribution(obs).distribution.logits
 
-    clock = SolveClock(logits, seed, args, eval_env)
+    clock = _clock(logits, seed, args, eval_env, system)
 
     class Protocol(BaseCallback):
         stop = False
@@ -229,7 +154,7 @@ def solve_sb3(system: str, seed: int, args: argparse.Namespace, eval_env) -> dic
 
     try:
         model.learn(total_timesteps=spec["n_timesteps"], callback=Protocol())
-        if not clock.solved and clock.evals and clock.evals[-1][1] < model.num_timesteps:
+        if clock.evals and clock.evals[-1][1] < model.num_timesteps:
             clock.boundary(model.num_timesteps)  # the budget ended between two boundaries
         return clock.result(system, model.num_timesteps)
     finally:
@@ -245,13 +170,16 @@ def run_solve(args: argparse.Namespace) -> list[dict[str, Any]]:
             for seed in seeds:
                 with contextlib.redirect_stdout(io.StringIO()):
                     if system.startswith("fastpg"):
-                        row = solve_fastpg(system, seed, args, eval_env)
+                        overrides = {**args.fastpg, **({"fused": "off"} if system == "fastpg-generic" else {})}
+                        row = solve_fastpg(system, seed, TARGET, overrides, env=eval_env, grid_s=args.grid_s,
+                                           max_train_s=args.max_train_s,
+                                           every_update=system in args.every_update_systems)  # fmt: skip
                     elif system == "classic":
                         row = solve_classic(seed, args, eval_env)
                     else:
                         row = solve_sb3(system, seed, args, eval_env)
                 rows.append(row)
-                t = f"{row['time_to_solve_s']:.2f} s" if row["solved"] else f"not solved in {row['train_s']:.1f} s"
+                t = f"every update {_secs(row['time_to_solve_s'])}, 0.5 s grid {_secs(row['grid_time_to_solve_s'])}"
                 log(
                     f"solve  {system:<8} seed {seed}: {t}, {row['env_steps']:,} steps, "
                     f"{format_si(row['sps'])} steps/s, {row['evaluations']} evaluations"
@@ -261,13 +189,13 @@ def run_solve(args: argparse.Namespace) -> list[dict[str, Any]]:
     return rows
 
 
-def median_time(rows: list[dict[str, Any]]) -> float | None:
-    """Median time to solve, unsolved runs counting as infinitely long (None if the median is one)."""
-    times = sorted(r["time_to_solve_s"] if r["solved"] else math.inf for r in rows)
-    if not times:
-        return None
-    m = statistics.median(times)
-    return None if math.isinf(m) else m
+def _secs(x: float | None) -> str:
+    return "-" if x is None else f"{x:.3f} s"
+
+
+def _cell(x: float | None, measured: bool = True) -> str:
+    """A time for the report's table: seconds, '-' for unsolved, 'n/a' where not measured."""
+    return "n/a" if not measured else "-" if x is None else f"{x:.3f}s"
 
 
 # -- throughput sections --------------------------------------------------------------------------
@@ -390,23 +318,21 @@ def ratios(report: dict[str, Any]) -> list[tuple[str, float | None, str]]:
                 statistics.median(peer),
                 ">= 500x" if system == "sb3-ppo" else "",
             )
-    for ours in ("fastpg", "fastpg-cpp"):
+    for ours in ("fastpg", "fastpg-generic"):
         ours_rows = [r for r in solve if r["system"] == ours]
-        if not ours_rows:
-            continue
-        ours_t = median_time(ours_rows)
-        for system in ("sb3-ppo", "sb3-a2c", "classic"):
+        for system in ("sb3-ppo", "sb3-a2c", "classic") if ours_rows else ():
             peer_rows = [r for r in solve if r["system"] == system]
-            if peer_rows:
-                peer_t = median_time(peer_rows)
-                # time ratio peer / fastpg: > 1 means fastpg solves faster
-                out.append(
-                    (
-                        f"time to solve: {system} median / {ours} median",
-                        peer_t / ours_t if peer_t and ours_t else None,
-                        "> 1" if system != "classic" and ours == "fastpg" else "",
+            for key, protocol in (("time_to_solve_s", "every update"), ("grid_time_to_solve_s", "0.5 s grid")):
+                ours_t, peer_t = median_time(ours_rows, key), median_time(peer_rows, key)
+                if peer_rows and (ours_t or peer_t):  # time ratio peer / fastpg: > 1 means fastpg solves faster
+                    target = ">= 10x" if (ours, system, key) == ("fastpg", "sb3-ppo", "time_to_solve_s") else ""
+                    out.append(
+                        (
+                            f"time to solve ({protocol}): {system} / {ours}",
+                            peer_t / ours_t if peer_t and ours_t else None,
+                            target,
+                        )
                     )
-                )
     return out
 
 
@@ -428,27 +354,28 @@ def format_report(report: dict[str, Any]) -> str:
             if "rate_median" in r
         ]
     if report.get("solve"):
-        lines.append("time to solve CartPole-v1 (training time, evaluations excluded)")
+        lines.append("time to solve CartPole-v1 (training time, evaluations excluded; medians over seeds)")
         lines.append(
-            f"  {'system':<10} {'solved':>6} {'median s':>9} {'min s':>7} {'max s':>7} "
-            f"{'median steps':>13} {'median steps/s':>15}"
+            f"  {'system':<15} {'every update':>12} {'min':>7} {'max':>7} {'solved':>7} {'0.5 s grid':>11} "
+            f"{'steps':>9} {'steps/s':>9}"
         )
         for system in dict.fromkeys(r["system"] for r in report["solve"]):
             rows = [r for r in report["solve"] if r["system"] == system]
-            solved = [r for r in rows if r["solved"]]
-            med = median_time(rows)
-            ts = [r["time_to_solve_s"] for r in solved]
-            steps = [r["env_steps_to_solve"] for r in solved]
+            every = [r["time_to_solve_s"] for r in rows if r["time_to_solve_s"] is not None]
+            measured = rows[0]["every_update"]
+            steps = [r["env_steps_to_solve"] or r["grid_env_steps_to_solve"] for r in rows if r["solved"]]
+            fastest, slowest = _cell(min(every, default=None), measured), _cell(max(every, default=None), measured)
             lines.append(
-                f"  {system:<10} {len(solved)}/{len(rows):<4} {med if med is None else f'{med:.2f}':>9} "
-                f"{min(ts) if ts else float('nan'):>7.2f} {max(ts) if ts else float('nan'):>7.2f} "
-                f"{int(statistics.median(steps)) if steps else 0:>13,} "
-                f"{format_si(statistics.median(r['sps'] for r in rows)):>15}"
+                f"  {system:<15} {_cell(median_time(rows), measured):>12} {fastest:>7} "
+                f"{slowest:>7} {sum(r['solved'] for r in rows)}/{len(rows):<5} "
+                f"{_cell(median_time(rows, 'grid_time_to_solve_s')):>11} "
+                f"{format_si(statistics.median(steps)) if steps else '-':>9} "
+                f"{format_si(statistics.median(r['sps'] for r in rows)):>9}"
             )
     lines.append("ratios (fastpg / peer; same run)")
     for label, value, target in report["ratios"]:
         v = "n/a" if value is None else f"{value:,.2f}x"
-        lines.append(f"  {label:<62} {v:>10}" + (f"   target {target}" if target else ""))
+        lines.append(f"  {label:<66} {v:>10}" + (f"   target {target}" if target else ""))
     return "\n".join(lines)
 
 
@@ -490,10 +417,17 @@ def main() -> None:
     p.add_argument(
         "--classic-seeds", type=int, nargs="+", default=None, help="seeds of the classic loop (default: --seeds)"
     )
-    p.add_argument("--eval-every-s", type=float, default=0.5, help="training seconds between evaluations")
+    p.add_argument("--grid-s", type=float, default=0.5, help="training seconds between evaluations on the grid")
+    p.add_argument(
+        "--every-update-systems",
+        nargs="*",
+        choices=SYSTEMS,
+        default=["fastpg", "fastpg-generic", "sb3-ppo"],
+        help="systems also evaluated after every update (the others on the grid only)",
+    )
     p.add_argument("--eval-deterministic", action="store_true", help="evaluate with the most likely action")
     p.add_argument(
-        "--max-train-s", type=float, default=300.0, help="training time after which a run counts as unsolved"
+        "--max-train-s", type=float, default=120.0, help="training time after which a run counts as unsolved"
     )
     p.add_argument("--sps-num-envs", type=int, nargs="+", default=[4096, 16384, 65536])
     p.add_argument("--repeats", type=int, default=5, help="timed repetitions of the throughput measurements")
