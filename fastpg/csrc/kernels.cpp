@@ -56,8 +56,9 @@ static torch::Tensor acrobot_resets(at::IntArrayRef shape, at::Generator& gen, c
 enum Activation : int64_t { kRelu = 0, kTanh = 1 };
 
 // The MLP's arithmetic: 16-float vectors (GCC/Clang vector extensions: one AVX-512 register, two
-// AVX2 ones, ...) with fused multiply-adds. MLP_MATH lets these functions contract a * b + c into
-// one instruction while the env dynamics, compiled in the same file, keep -ffp-contract=off.
+// AVX2 ones, ...), one input of a block of 16 (env copies when collecting, entries in the loss when
+// updating) per lane, with fused multiply-adds. MLP_MATH lets these functions contract a * b + c
+// into one instruction while the env dynamics, compiled in the same file, keep -ffp-contract=off.
 #if defined(__GNUC__) && !defined(__clang__)
 #define MLP_MATH __attribute__((optimize("fp-contract=fast")))
 #else
@@ -75,108 +76,75 @@ static inline vec16 vload(const float* p) {
 
 static inline void vstore(float* p, vec16 v) { std::memcpy(p, &v, sizeof(v)); }
 
-static inline float madd(float a, float b, float c) {
-#ifdef __FMA__
-  return __builtin_fmaf(a, b, c);
-#else
-  return a * b + c;
-#endif
+static inline vec16 splat(float x) { return vec16{} + x; }
+
+typedef int32_t ivec16 __attribute__((vector_size(kLanes * sizeof(int32_t))));
+
+// exp(x), Cephes' polynomial (relative error ~1e-7), branch-free: the exponent is rounded by adding
+// and subtracting 1.5 * 2^23, and 2^k is built from its bits.
+MLP_MATH static inline vec16 vexp(vec16 x) {
+  x = x < -87.3f ? splat(-87.3f) : (x > 88.3f ? splat(88.3f) : x);
+  const vec16 fx = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+  vec16 r = x - fx * 0.693359375f;
+  r = r - fx * -2.12194440e-4f;
+  vec16 p = splat(1.9875691500e-4f);
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = (p * r) * r + r + 1.0f;
+  const ivec16 e = __builtin_convertvector(fx, ivec16) + 127;
+  return p * __builtin_bit_cast(vec16, e << 23);
 }
 
-// exp(x) for float, Cephes' polynomial (relative error ~1e-7), branch-free so loops vectorize: the
-// exponent is rounded by adding and subtracting 1.5 * 2^23 (floorf would block vectorization
-// without -fno-trapping-math), and 2^k is built from its bits.
-static inline float exp_approx(float x) {
-  x = x < -87.3f ? -87.3f : (x > 88.3f ? 88.3f : x);
-  const float fx = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
-  float r = x - fx * 0.693359375f;
-  r = r - fx * -2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = madd(p, r, 1.3981999507e-3f);
-  p = madd(p, r, 8.3334519073e-3f);
-  p = madd(p, r, 4.1665795894e-2f);
-  p = madd(p, r, 1.6666665459e-1f);
-  p = madd(p, r, 5.0000001201e-1f);
-  p = madd(p * r, r, r) + 1.0f;
-  const int32_t e = static_cast<int32_t>(fx) + 127;
-  return p * __builtin_bit_cast(float, e << 23);
+// log(x) for positive normal x, Cephes' polynomial (relative error ~1e-7): x = m 2^e with m in
+// [sqrt(1/2), sqrt(2)), log x = log m + e log 2.
+MLP_MATH static inline vec16 vlog(vec16 x) {
+  const ivec16 bits = __builtin_bit_cast(ivec16, x);
+  ivec16 e = ((bits >> 23) & 0xff) - 126;
+  vec16 m = __builtin_bit_cast(vec16, (bits & 0x007fffff) | 0x3f000000);  // in [1/2, 1)
+  const ivec16 small = m < 0.707106781186547524f;                         // -1 where true
+  e += small;
+  m = (small ? m + m : m) - 1.0f;
+  const vec16 z = m * m;
+  vec16 y = splat(7.0376836292e-2f);
+  y = y * m - 1.1514610310e-1f;
+  y = y * m + 1.1676998740e-1f;
+  y = y * m - 1.2420140846e-1f;
+  y = y * m + 1.4249322787e-1f;
+  y = y * m - 1.6668057665e-1f;
+  y = y * m + 2.0000714765e-1f;
+  y = y * m - 2.4999993993e-1f;
+  y = y * m + 3.3333331174e-1f;
+  y = y * m * z;
+  const vec16 fe = __builtin_convertvector(e, vec16);
+  y = y + fe * -2.12194440e-4f - 0.5f * z;
+  return (m + y) + fe * 0.693359375f;
 }
 
 // tanh(x) = 1 - 2 / (exp(2x) + 1), absolute error ~1e-7 (torch's CPU path: 2 sigmoid(2x) - 1).
-static inline float tanh_approx(float x) {
-  return 1.0f - 2.0f / (exp_approx(2.0f * x) + 1.0f);
-}
+MLP_MATH static inline vec16 vtanh(vec16 x) { return 1.0f - 2.0f / (vexp(2.0f * x) + 1.0f); }
 
-// sum_k a[k] * b[k]; the 16 lanes are summed pairwise at the end. (Folding the halves in vector
-// registers measured slower here: benchmarks/NOTES.md.)
-MLP_MATH static inline float dot(const float* a, const float* b, int64_t n) {
-  vec16 acc = {};
-  int64_t k = 0;
-  for (; k + kLanes <= n; k += kLanes) acc += vload(a + k) * vload(b + k);
+// The 16 lanes' sum, pairwise.
+static inline float hsum(vec16 v) {
   float lanes[kLanes];
-  vstore(lanes, acc);
+  vstore(lanes, v);
   for (int w = kLanes / 2; w > 0; w /= 2)
     for (int l = 0; l < w; ++l) lanes[l] += lanes[l + w];
-  float s = lanes[0];
-  for (; k < n; ++k) s += a[k] * b[k];
-  return s;
+  return lanes[0];
 }
 
-// y[0:n_out] = bias + sum_k x[k] * m[k * n_out + 0:n_out] (bias may be null: 0), 16 outputs at a
-// time kept in a register across k.
-MLP_MATH static inline void affine_rows(const float* x, int64_t n_in, const float* m, const float* bias,
-                                        int64_t n_out, float* y) {
-  int64_t j0 = 0;
-  for (; j0 + kLanes <= n_out; j0 += kLanes) {
-    vec16 acc = bias != nullptr ? vload(bias + j0) : vec16{};
-    for (int64_t k = 0; k < n_in; ++k) acc += x[k] * vload(m + k * n_out + j0);
-    vstore(y + j0, acc);
-  }
-  for (int64_t j = j0; j < n_out; ++j) {
-    float acc = bias != nullptr ? bias[j] : 0.0f;
-    for (int64_t k = 0; k < n_in; ++k) acc += x[k] * m[k * n_out + j];
-    y[j] = acc;
-  }
+MLP_MATH static inline vec16 activate(int64_t act, vec16 y) {
+  return act == kRelu ? (y > 0.0f ? y : vec16{}) : vtanh(y);
 }
 
-// M[r * cols + c] += sum_b a[b * a_stride + r] * v[b * v_stride + c] for b < B: a rank-B update,
-// 16 columns at a time in a register across b.
-MLP_MATH static inline void rank_update(float* M, int64_t rows, int64_t cols, const float* a, int64_t a_stride,
-                                        const float* v, int64_t v_stride, int64_t B) {
-  for (int64_t r = 0; r < rows; ++r) {
-    float* row = M + r * cols;
-    int64_t c0 = 0;
-    for (; c0 + kLanes <= cols; c0 += kLanes) {
-      vec16 acc = vload(row + c0);
-      for (int64_t b = 0; b < B; ++b) acc += a[b * a_stride + r] * vload(v + b * v_stride + c0);
-      vstore(row + c0, acc);
-    }
-    for (int64_t c = c0; c < cols; ++c) {
-      float acc = row[c];
-      for (int64_t b = 0; b < B; ++b) acc += a[b * a_stride + r] * v[b * v_stride + c];
-      row[c] = acc;
-    }
-  }
-}
-
-static inline void activate(int64_t act, float* y, int64_t n) {
-  if (act == kRelu) {
-    for (int64_t j = 0; j < n; ++j) y[j] = y[j] > 0.0f ? y[j] : 0.0f;
-  } else {
-    for (int64_t j = 0; j < n; ++j) y[j] = tanh_approx(y[j]);
-  }
-}
-
-// A layer with fewer outputs than this computes each output as a dot product over its inputs
-// (weights [out, in]); a wider one adds each input times a weight row (weights [in, out]). Either
-// way the innermost loop runs over the longer, contiguous dimension.
-static constexpr int64_t kNarrow = 16;
-
+// The MLP over a block of up to 16 inputs, one per lane: activations are [width] vectors of 16
+// lanes, so every layer is broadcast weight times lane vector, with no sums across lanes.
 struct Mlp {
-  std::vector<torch::Tensor> wt_keep, w_keep, b_keep;  // keep the float32 contiguous copies alive
-  std::vector<const float*> wt, w, b;                 // wt: [in, out] (transposed); w: [out, in]
+  std::vector<torch::Tensor> w_keep, b_keep;  // keep the float32 contiguous copies alive
+  std::vector<const float*> w, b;             // w: [out, in] (nn.Linear's layout)
   std::vector<int64_t> in, out;
-  std::vector<char> narrow;  // out < kNarrow: dot-product form
   int64_t act = kRelu, widest = 0;
 
   Mlp(const std::vector<torch::Tensor>& weights, const std::vector<torch::Tensor>& biases, int64_t act_)
@@ -188,16 +156,12 @@ struct Mlp {
       auto B = biases[l].detach().to(torch::kFloat32).contiguous();
       TORCH_CHECK(B.numel() == W.size(0), "mlp: bias size must match the weight's rows");
       if (l > 0) TORCH_CHECK(W.size(1) == out.back(), "mlp: layer widths do not chain");
-      auto WT = W.t().contiguous();
       w_keep.push_back(W);
-      wt_keep.push_back(WT);
       b_keep.push_back(B);
       w.push_back(W.data_ptr<float>());
-      wt.push_back(WT.data_ptr<float>());
       b.push_back(B.data_ptr<float>());
       in.push_back(W.size(1));
       out.push_back(W.size(0));
-      narrow.push_back(W.size(0) < kNarrow);
       widest = std::max(widest, W.size(0));
     }
   }
@@ -205,41 +169,85 @@ struct Mlp {
   size_t layers() const { return w.size(); }
   int64_t obs_dim() const { return in.front(); }
   int64_t num_actions() const { return out.back(); }
+  // Lane vectors of scratch a forward pass needs: the activations of every layer.
+  int64_t scratch() const { return static_cast<int64_t>(layers()) * widest; }
 
-  // x [in0] -> logits [A]; hidden activations into h (layers() - 1 buffers of widest floats).
-  MLP_MATH void forward(const float* x, float* h, float* logits) const {
-    const float* cur = x;
+  // x [in0] -> logits [A]; layer l's output (after the activation) into h + l * widest, the last
+  // layer's into logits. Four partial sums per output break the chain of dependent FMAs.
+  MLP_MATH void forward(const vec16* x, vec16* h, vec16* logits) const {
+    const vec16* cur = x;
     for (size_t l = 0; l < layers(); ++l) {
-      float* y = (l + 1 == layers()) ? logits : h + l * widest;
-      const int64_t n_out = out[l], n_in = in[l];
-      if (narrow[l]) {
-        for (int64_t j = 0; j < n_out; ++j) y[j] = b[l][j] + dot(w[l] + j * n_in, cur, n_in);
-      } else {
-        affine_rows(cur, n_in, wt[l], b[l], n_out, y);
+      const bool last = l + 1 == layers();
+      vec16* y = last ? logits : h + l * widest;
+      const int64_t n_in = in[l];
+      for (int64_t j = 0; j < out[l]; ++j) {
+        const float* wj = w[l] + j * n_in;
+        vec16 a0 = splat(b[l][j]), a1 = {}, a2 = {}, a3 = {};
+        int64_t k = 0;
+        for (; k + 4 <= n_in; k += 4) {
+          a0 += wj[k] * cur[k];
+          a1 += wj[k + 1] * cur[k + 1];
+          a2 += wj[k + 2] * cur[k + 2];
+          a3 += wj[k + 3] * cur[k + 3];
+        }
+        for (; k < n_in; ++k) a0 += wj[k] * cur[k];
+        const vec16 z = (a0 + a1) + (a2 + a3);
+        y[j] = last ? z : activate(act, z);
       }
-      if (l + 1 < layers()) activate(act, y, n_out);
       cur = y;
     }
   }
 };
 
+// Gather rows [count, dim] (row-major, count <= 16) into dim lane vectors; missing lanes are 0.
+static inline void gather_lanes(const float* rows, int64_t count, int64_t dim, vec16* x) {
+  for (int64_t k = 0; k < dim; ++k) {
+    float v[kLanes] = {};
+    for (int64_t l = 0; l < count; ++l) v[l] = rows[l * dim + k];
+    x[k] = vload(v);
+  }
+}
+
 // Uniforms per sampled action: one for two actions (a logistic comparison), else one per action
 // (Gumbel-max), as fastpg.policy._gumbel_argmax draws them.
 static inline int64_t draws_per_action(int64_t A) { return A == 2 ? 1 : A; }
 
-static inline int64_t sample(const float* logits, int64_t A, const float* u) {
+// Sample an action for each of the count lanes from logits [A] (u: the block's uniforms, per per
+// lane). Two actions: a = 1 iff z1 - z0 > logit(v), tested as exp(z1 - z0) (1 - v) > v (the same
+// comparison without a log; ties within the functions' last bits may differ). More: Gumbel-max.
+MLP_MATH static void sample(const vec16* logits, int64_t A, const float* u, int64_t count, int64_t* actions) {
   if (A == 2) {
-    const float v = std::max(u[0], FLT_MIN);
-    return logits[1] - logits[0] > std::log(v / (1.0f - v)) ? 1 : 0;
+    float uv[kLanes] = {};
+    for (int64_t l = 0; l < count; ++l) uv[l] = std::max(u[l], FLT_MIN);
+    const vec16 v = vload(uv);
+    const ivec16 take = vexp(logits[1] - logits[0]) * (1.0f - v) > v;
+    for (int64_t l = 0; l < count; ++l) actions[l] = take[l] != 0 ? 1 : 0;
+    return;
   }
-  int64_t best = 0;
-  float best_score = -INFINITY;
-  for (int64_t a = 0; a < A; ++a) {
-    const float score = logits[a] - std::log(-std::log(std::max(u[a], FLT_MIN)));
-    if (score > best_score) best = a, best_score = score;
+  for (int64_t l = 0; l < count; ++l) {
+    int64_t best = 0;
+    float best_score = -INFINITY;
+    for (int64_t a = 0; a < A; ++a) {
+      const float score = logits[a][l] - std::log(-std::log(std::max(u[l * A + a], FLT_MIN)));
+      if (score > best_score) best = a, best_score = score;
+    }
+    actions[l] = best;
   }
-  return best;
 }
+
+// Actions for count <= 16 observations (rows [count, obs_dim]); scratch: mlp.scratch() + obs_dim + A
+// lane vectors.
+static void act_block(const Mlp& mlp, const float* obs, int64_t count, const float* u, vec16* scratch,
+                      int64_t* actions) {
+  vec16* x = scratch;
+  vec16* h = x + mlp.obs_dim();
+  vec16* logits = h + mlp.scratch();
+  gather_lanes(obs, count, mlp.obs_dim(), x);
+  mlp.forward(x, h, logits);
+  sample(logits, mlp.num_actions(), u, count, actions);
+}
+
+static int64_t act_scratch(const Mlp& mlp) { return mlp.obs_dim() + mlp.scratch() + mlp.num_actions(); }
 
 // ---------------------------------------------------------------------------------------------
 // cartpole_step: one lockstep step (state [4, N] feature-major), as before the fused epoch.
@@ -296,11 +304,10 @@ torch::Tensor mlp_act(std::vector<torch::Tensor> weights, std::vector<torch::Ten
   auto u = torch::empty({N * per}, torch::kFloat32);
   fill_uniform(u, 0.0, 1.0, gen);
   auto out = torch::empty({N}, torch::kInt64);
-  std::vector<float> h(mlp.layers() * mlp.widest), logits(A);
-  for (int64_t n = 0; n < N; ++n) {
-    mlp.forward(x.data_ptr<float>() + n * mlp.obs_dim(), h.data(), logits.data());
-    out.data_ptr<int64_t>()[n] = sample(logits.data(), A, u.data_ptr<float>() + n * per);
-  }
+  std::vector<vec16> scratch(act_scratch(mlp));
+  for (int64_t n = 0; n < N; n += kLanes)
+    act_block(mlp, x.data_ptr<float>() + n * mlp.obs_dim(), std::min(kLanes, N - n), u.data_ptr<float>() + n * per,
+              scratch.data(), out.data_ptr<int64_t>() + n);
   return out;
 }
 
@@ -338,9 +345,11 @@ static void collect_impl(const Mlp& mlp, at::Generator& policy_gen, T* state, T*
   fill_uniform(u_all, 0.0, 1.0, policy_gen);
   torch::Tensor fresh_all = select ? resets({T_, D, N}, env_gen, dtype).contiguous() : torch::Tensor();
   std::vector<int64_t> done_idx;
-  const int64_t grain = std::max<int64_t>(64, 16384 / std::max<int64_t>(mlp.widest, 1));
-  const int64_t scratch = mlp.layers() * mlp.widest + A;  // hidden activations and logits, per thread
-  std::vector<float> buffers(scratch * at::get_num_threads());
+  // Env copies in blocks of 16 (one per lane of the policy's forward pass), blocks in parallel.
+  const int64_t blocks = (N + kLanes - 1) / kLanes;
+  const int64_t grain = std::max<int64_t>(4, 1024 / std::max<int64_t>(mlp.widest, 1));
+  const int64_t scratch = act_scratch(mlp);
+  std::vector<vec16> buffers(scratch * at::get_num_threads());
   std::memcpy(st.obs, carry_obs, sizeof(float) * N * O);  // obs[0]: the carried observation
   for (int64_t t = 0; t < T_; ++t) {
     // Python's signal handlers run here (the GIL is held): a KeyboardInterrupt from a second Ctrl-C
@@ -349,35 +358,37 @@ static void collect_impl(const Mlp& mlp, at::Generator& policy_gen, T* state, T*
     const float* u = u_all.data_ptr<float>() + t * N * per;
     const T* fresh = select ? fresh_all.data_ptr<T>() + t * D * N : nullptr;
     const int64_t row = t * N;
-    at::parallel_for(0, N, grain, [&](int64_t begin, int64_t end) {
-      float* h = buffers.data() + scratch * at::get_thread_num();
-      float* logits = h + mlp.layers() * mlp.widest;
-      for (int64_t n = begin; n < end; ++n) {
-        const int64_t i = row + n;
-        mlp.forward(st.obs + i * O, h, logits);
-        const int64_t a = sample(logits, A, u + n * per);
-        T s[D], v[D], r;
-        for (int k = 0; k < D; ++k) s[k] = state[k * N + n];
-        const bool term = Env<T>::step(s, a, v, r);
-        const int64_t el = elapsed[n] + 1;
-        const bool d = term || el >= max_steps;
-        elapsed[n] = d ? 0 : el;
-        for (int k = 0; k < D; ++k) {
-          final_state[k * N + n] = v[k];
-          state[k * N + n] = (select && d) ? fresh[k * N + n] : v[k];
+    at::parallel_for(0, blocks, grain, [&](int64_t begin, int64_t end) {
+      vec16* lanes = buffers.data() + scratch * at::get_thread_num();
+      int64_t actions[kLanes];
+      for (int64_t blk = begin; blk < end; ++blk) {
+        const int64_t n0 = blk * kLanes, count = std::min(kLanes, N - n0);
+        act_block(mlp, st.obs + (row + n0) * O, count, u + n0 * per, lanes, actions);
+        for (int64_t n = n0; n < n0 + count; ++n) {
+          const int64_t i = row + n, a = actions[n - n0];
+          T s[D], v[D], r;
+          for (int k = 0; k < D; ++k) s[k] = state[k * N + n];
+          const bool term = Env<T>::step(s, a, v, r);
+          const int64_t el = elapsed[n] + 1;
+          const bool d = term || el >= max_steps;
+          elapsed[n] = d ? 0 : el;
+          for (int k = 0; k < D; ++k) {
+            final_state[k * N + n] = v[k];
+            state[k * N + n] = (select && d) ? fresh[k * N + n] : v[k];
+          }
+          const float rf = static_cast<float>(r);
+          st.action[i] = a;
+          st.reward[i] = rf;
+          st.done[i] = d;
+          st.terminated[i] = term;
+          st.valid[i] = true;
+          const float ret = carry_ret[n] + rf;  // episode totals, as episode_totals_reference
+          const int64_t len = carry_len[n] + 1;
+          st.ep_return[i] = ret;
+          st.ep_length[i] = len;
+          carry_ret[n] = d ? 0.0f : ret;
+          carry_len[n] = d ? 0 : len;
         }
-        const float rf = static_cast<float>(r);
-        st.action[i] = a;
-        st.reward[i] = rf;
-        st.done[i] = d;
-        st.terminated[i] = term;
-        st.valid[i] = true;
-        const float ret = carry_ret[n] + rf;  // episode totals, as episode_totals_reference
-        const int64_t len = carry_len[n] + 1;
-        st.ep_return[i] = ret;
-        st.ep_length[i] = len;
-        carry_ret[n] = d ? 0.0f : ret;
-        carry_len[n] = d ? 0 : len;
       }
     });
     if (!select) {  // only the done copies draw a reset state, [D, k] in index order
@@ -487,79 +498,98 @@ static std::vector<float> advantages(const float* ret, const std::vector<int64_t
   return adv;
 }
 
-struct Grads {  // one set of gradient accumulators; weights as [out, in] for narrow layers, else [in, out]
-  std::vector<std::vector<float>> wt, b;
+struct Grads {  // one set of gradient sums, weights [out, in] as nn.Linear's
+  std::vector<std::vector<float>> w, b;
   double policy_sum = 0.0, entropy_sum = 0.0;
   explicit Grads(const Mlp& mlp) {
     for (size_t l = 0; l < mlp.layers(); ++l) {
-      wt.emplace_back(mlp.in[l] * mlp.out[l], 0.0f);
+      w.emplace_back(mlp.in[l] * mlp.out[l], 0.0f);
       b.emplace_back(mlp.out[l], 0.0f);
     }
   }
 };
 
-// Per-thread scratch of batch_grad: inputs, hidden activations, logits / their gradients.
-struct Scratch {
-  std::vector<float> x, h, dz, dh;
-  Scratch(const Mlp& mlp, int64_t B)
-      : x(B * mlp.obs_dim()), h(B * mlp.layers() * mlp.widest), dz(B * mlp.widest), dh(B * mlp.widest) {}
+// Per-thread state of batch_grad: per-lane gradient sums (summed across lanes once per chunk) and
+// the lane vectors of one batch (inputs, activations, logits and their gradients).
+struct LaneGrads {
+  std::vector<std::vector<vec16>> w, b;
+  std::vector<vec16> x, h, dz, dh;
+  vec16 policy = {}, entropy = {};
+  explicit LaneGrads(const Mlp& mlp)
+      : x(mlp.obs_dim()), h(mlp.scratch()), dz(mlp.widest), dh(mlp.widest) {
+    for (size_t l = 0; l < mlp.layers(); ++l) {
+      w.emplace_back(mlp.in[l] * mlp.out[l], vec16{});
+      b.emplace_back(mlp.out[l], vec16{});
+    }
+  }
+  // Add the lanes' sums into g and start again from zero.
+  void flush(Grads& g) {
+    for (size_t l = 0; l < w.size(); ++l) {
+      for (size_t i = 0; i < w[l].size(); ++i) g.w[l][i] += hsum(w[l][i]), w[l][i] = vec16{};
+      for (size_t i = 0; i < b[l].size(); ++i) g.b[l][i] += hsum(b[l][i]), b[l][i] = vec16{};
+    }
+    g.policy_sum += hsum(policy);
+    g.entropy_sum += hsum(entropy);
+    policy = entropy = vec16{};
+  }
 };
 
-static constexpr int64_t kBatch = 16;  // entries per rank-B gradient update
-
-// Forward and backward of B <= kBatch entries, accumulating into g. dz of the logits:
+// Forward and backward of B <= 16 entries, one per lane, accumulating into g. The logits' gradient:
 //   policy term  (adv / K) (p - onehot(a));  entropy term  (c / K) p (log p + H).
-MLP_MATH static void batch_grad(const Mlp& mlp, const float* obs, const int64_t* entry, const int64_t* acts, const float* adv,
-                       int64_t B, float inv_count, float ent_coef, Scratch& s, Grads& g) {
+MLP_MATH static void batch_grad(const Mlp& mlp, const float* obs, const int64_t* entry, const int64_t* acts,
+                                const float* adv, int64_t B, float inv_count, float ent_coef, LaneGrads& g) {
   const size_t L = mlp.layers();
-  const int64_t D = mlp.obs_dim(), A = mlp.num_actions(), W = mlp.widest, HS = static_cast<int64_t>(L) * W;
-  for (int64_t b = 0; b < B; ++b) {
-    float* x = s.x.data() + b * D;
-    std::memcpy(x, obs + entry[b] * D, sizeof(float) * D);
-    float* logits = s.dz.data() + b * W;  // the logits' buffer becomes their gradient
-    mlp.forward(x, s.h.data() + b * HS, logits);
-    // log-softmax: e = exp(z - max), p = e / sum(e), log p = z - max - log(sum(e))
-    float m = logits[0];
-    for (int64_t i = 1; i < A; ++i) m = std::max(m, logits[i]);
-    float* e = s.dh.data() + b * W;  // scratch for p
-    float sum = 0.0f;
-    for (int64_t i = 0; i < A; ++i) sum += (e[i] = std::exp(logits[i] - m));
-    const float log_s = std::log(sum), inv_s = 1.0f / sum;
-    float H = 0.0f;
-    for (int64_t i = 0; i < A; ++i) {
-      logits[i] -= m + log_s;  // now log p
-      e[i] *= inv_s;           // now p
-      H -= e[i] * logits[i];
-    }
-    const int64_t a = acts[entry[b]];
-    g.policy_sum -= static_cast<double>(adv[b]) * logits[a];
-    g.entropy_sum += H;
-    const float pg = adv[b] * inv_count, ec = ent_coef * inv_count;
-    for (int64_t i = 0; i < A; ++i) logits[i] = pg * (e[i] - (i == a ? 1.0f : 0.0f)) + ec * e[i] * (logits[i] + H);
+  const int64_t D = mlp.obs_dim(), A = mlp.num_actions(), W = mlp.widest;
+  float rows[kLanes * 64], av[kLanes] = {}, live_f[kLanes] = {};
+  int32_t act_i[kLanes] = {};
+  TORCH_CHECK(D <= 64, "update_grads: observations wider than 64");
+  for (int64_t l = 0; l < B; ++l) {
+    std::memcpy(rows + l * D, obs + entry[l] * D, sizeof(float) * D);
+    av[l] = adv[l];
+    live_f[l] = 1.0f;
+    act_i[l] = static_cast<int32_t>(acts[entry[l]]);
   }
+  gather_lanes(rows, B, D, g.x.data());
+  vec16* z = g.dz.data();  // the logits, then their gradient
+  mlp.forward(g.x.data(), g.h.data(), z);
+  // log-softmax: e = exp(z - max), p = e / sum(e), log p = z - max - log(sum(e))
+  vec16 m = z[0];
+  for (int64_t i = 1; i < A; ++i) m = z[i] > m ? z[i] : m;
+  vec16* p = g.dh.data();
+  vec16 sum = {};
+  for (int64_t i = 0; i < A; ++i) sum += (p[i] = vexp(z[i] - m));
+  const vec16 log_s = vlog(sum), inv_s = 1.0f / sum, live = vload(live_f), a_adv = vload(av);
+  ivec16 a_vec;
+  std::memcpy(&a_vec, act_i, sizeof(a_vec));
+  vec16 H = {}, logp_a = {};
+  for (int64_t i = 0; i < A; ++i) {
+    z[i] -= m + log_s;  // now log p
+    p[i] *= inv_s;      // now p
+    H -= p[i] * z[i];
+    logp_a += a_vec == static_cast<int32_t>(i) ? z[i] : vec16{};
+  }
+  g.policy -= a_adv * logp_a;
+  g.entropy += live * H;
+  const vec16 pg = a_adv * inv_count, ec = live * (ent_coef * inv_count);
+  for (int64_t i = 0; i < A; ++i)
+    z[i] = pg * (p[i] - (a_vec == static_cast<int32_t>(i) ? splat(1.0f) : vec16{})) + ec * p[i] * (z[i] + H);
   for (size_t l = L; l-- > 0;) {
     const int64_t n_in = mlp.in[l], n_out = mlp.out[l];
-    const float* input = l == 0 ? s.x.data() : s.h.data() + (l - 1) * W;  // entry b at + b * in_stride
-    const int64_t in_stride = l == 0 ? D : HS;
-    float* gb = g.b[l].data();
-    for (int64_t b = 0; b < B; ++b)
-      for (int64_t j = 0; j < n_out; ++j) gb[j] += s.dz[b * W + j];
-    if (mlp.narrow[l]) {  // g[j, k] += sum_b dz_b[j] input_b[k]
-      rank_update(g.wt[l].data(), n_out, n_in, s.dz.data(), W, input, in_stride, B);
-    } else {  // g[k, j] += sum_b input_b[k] dz_b[j]
-      rank_update(g.wt[l].data(), n_in, n_out, input, in_stride, s.dz.data(), W, B);
+    const vec16* input = l == 0 ? g.x.data() : g.h.data() + (l - 1) * W;
+    vec16* gw = g.w[l].data();
+    for (int64_t j = 0; j < n_out; ++j) {
+      g.b[l][j] += z[j];
+      for (int64_t k = 0; k < n_in; ++k) gw[j * n_in + k] += z[j] * input[k];
     }
     if (l == 0) break;
-    for (int64_t b = 0; b < B; ++b) {  // dh_b = W^T dz_b, then through the activation
-      float* dh = s.dh.data() + b * W;
-      affine_rows(s.dz.data() + b * W, n_out, mlp.w[l], nullptr, n_in, dh);
-      const float* in_b = input + b * in_stride;
-      float* dz = s.dz.data() + b * W;
-      if (mlp.act == kRelu) {
-        for (int64_t k = 0; k < n_in; ++k) dz[k] = in_b[k] > 0.0f ? dh[k] : 0.0f;
-      } else {
-        for (int64_t k = 0; k < n_in; ++k) dz[k] = dh[k] * (1.0f - in_b[k] * in_b[k]);
-      }
+    vec16* dh = g.dh.data();  // dh = W^T dz, then through the activation into dz
+    const float* wl = mlp.w[l];
+    for (int64_t k = 0; k < n_in; ++k) dh[k] = vec16{};
+    for (int64_t j = 0; j < n_out; ++j)
+      for (int64_t k = 0; k < n_in; ++k) dh[k] += wl[j * n_in + k] * z[j];
+    for (int64_t k = 0; k < n_in; ++k) {
+      const vec16 y = input[k];
+      z[k] = mlp.act == kRelu ? (y > 0.0f ? dh[k] : vec16{}) : dh[k] * (1.0f - y * y);
     }
   }
 }
@@ -588,16 +618,19 @@ torch::Tensor update_grads(std::vector<torch::Tensor> weights, std::vector<torch
   const int64_t chunks = (K + kChunk - 1) / kChunk;
   std::vector<Grads> partial(std::max<int64_t>(chunks, 1), Grads(mlp));
   at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
-    Scratch scratch(mlp, kBatch);
-    for (int64_t c = c0; c < c1; ++c)
-      for (int64_t j = c * kChunk; j < std::min(K, (c + 1) * kChunk); j += kBatch)
-        batch_grad(mlp, x, idx.data() + j, acts, adv.data() + j, std::min(kBatch, std::min(K, (c + 1) * kChunk) - j),
-                   inv_count, static_cast<float>(entropy_coef), scratch, partial[c]);
+    LaneGrads lanes(mlp);
+    for (int64_t c = c0; c < c1; ++c) {
+      const int64_t stop = std::min(K, (c + 1) * kChunk);
+      for (int64_t j = c * kChunk; j < stop; j += kLanes)
+        batch_grad(mlp, x, idx.data() + j, acts, adv.data() + j, std::min(kLanes, stop - j), inv_count,
+                   static_cast<float>(entropy_coef), lanes);
+      lanes.flush(partial[c]);
+    }
   });
   Grads& total = partial[0];
   for (size_t c = 1; c < partial.size(); ++c) {
     for (size_t l = 0; l < mlp.layers(); ++l) {
-      for (size_t i = 0; i < total.wt[l].size(); ++i) total.wt[l][i] += partial[c].wt[l][i];
+      for (size_t i = 0; i < total.w[l].size(); ++i) total.w[l][i] += partial[c].w[l][i];
       for (size_t i = 0; i < total.b[l].size(); ++i) total.b[l][i] += partial[c].b[l][i];
     }
     total.policy_sum += partial[c].policy_sum;
@@ -612,7 +645,7 @@ torch::Tensor update_grads(std::vector<torch::Tensor> weights, std::vector<torch
     const int64_t n_in = mlp.in[l], n_out = mlp.out[l];
     for (int64_t j = 0; j < n_out; ++j) {
       for (int64_t k = 0; k < n_in; ++k)
-        gw[j * n_in + k] = mlp.narrow[l] ? total.wt[l][j * n_in + k] : total.wt[l][k * n_out + j];
+        gw[j * n_in + k] = total.w[l][j * n_in + k];
       gb[j] = total.b[l][j];
     }
     for (const auto& g : {grads_out[2 * l], grads_out[2 * l + 1]}) {
