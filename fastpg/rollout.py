@@ -98,7 +98,14 @@ def finished_episodes(buf: TensorDict) -> tuple[list[float], list[int]]:
 
 def nonfinite_envs(buf: TensorDict) -> list[int]:
     """Indices of the env copies with a non-finite reward or observation in the stored epoch (a
-    check once per epoch, not per step)."""
+    check once per epoch, not per step).
+
+    One sum screens the epoch (one host sync): a NaN or infinity anywhere makes any sum of the
+    elements non-finite, so a finite sum clears them all. Only a non-finite sum (a non-finite
+    element, or finite values whose sum overflows) pays for the per-copy check, ~40x the sum's
+    time at N = 16384, T = 128."""
+    if torch.isfinite(buf["reward"].sum() + buf["obs"].sum()):
+        return []
     ok = torch.isfinite(buf["reward"]).all(0) & torch.isfinite(buf["obs"]).flatten(2).all(-1).all(0)
     return (~ok).nonzero().squeeze(1).tolist()
 

@@ -2,6 +2,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tensordict import TensorDict
 
 from fastpg.envs.base import EnvInfo, Step
 from fastpg.policy import MLPPolicy
@@ -13,6 +14,7 @@ from fastpg.rollout import (
     episode_totals_reference,
     episode_totals_scan,
     init_carry,
+    nonfinite_envs,
 )
 from fastpg.storage import allocate_storage
 
@@ -156,3 +158,24 @@ def test_collect_with_policy_without_act_fast_path():
     env, policy, buf, carry = _setup([4, 4], 6)
     collect(env, NoAct(policy), buf, carry, torch.Generator().manual_seed(0))
     assert buf["action"].dtype == torch.int64 and set(buf["action"].unique().tolist()) <= {0, 1}
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [("reward", float("nan")), ("reward", float("inf")), ("obs", float("-inf")), ("obs", float("nan"))],
+)
+def test_nonfinite_envs_names_the_copies_with_a_nonfinite_value(field, value):
+    buf = TensorDict({"obs": torch.randn(6, 5, 3), "reward": torch.randn(6, 5)}, batch_size=[6, 5])
+    assert nonfinite_envs(buf) == []
+    buf[field][2, 1] = value
+    buf[field][4, 3] = value
+    assert nonfinite_envs(buf) == [1, 3]
+
+
+def test_nonfinite_envs_opposite_infinities_and_overflowing_sums():
+    buf = TensorDict({"obs": torch.zeros(4, 3, 2), "reward": torch.zeros(4, 3)}, batch_size=[4, 3])
+    buf["obs"][0, 2, 0], buf["reward"][1, 2] = float("inf"), float("-inf")  # they would cancel into NaN
+    assert nonfinite_envs(buf) == [2]
+    buf = TensorDict({"obs": torch.full((4, 3, 2), 3e38), "reward": torch.zeros(4, 3)}, batch_size=[4, 3])
+    assert not torch.isfinite(buf["obs"].sum())  # the screening sum overflows: every value is finite
+    assert nonfinite_envs(buf) == []
