@@ -1,7 +1,13 @@
 """The sweep behind fastpg's defaults: time to solve CartPole-v1 AND Acrobot-v1, per configuration.
 
+    # stage 1: the whole grid, 5 seeds
     .venv/bin/python benchmarks/sweep_defaults.py --json benchmarks/results/sweep_defaults.json \\
         > benchmarks/results/sweep_defaults.txt
+    # stage 2: the leaders and the robustness candidates, 10 seeds
+    .venv/bin/python benchmarks/sweep_defaults.py --seeds 0 1 2 3 4 5 6 7 8 9 \\
+        --configs N8_T512_lr0.01 N8_T512_lr0.01_ent0.01 N16_T512_lr0.01_ent0.01 N8_T512_lr0.005 \\
+        N32_T512_lr0.01 N64_T512_lr0.02 --json benchmarks/results/sweep_defaults_10seeds.json \\
+        > benchmarks/results/sweep_defaults_10seeds.txt
 
 Every configuration (changes from ``Config``'s defaults: N, T, learning rate, policy) trains each task
 for every seed under the protocol of ``solve_protocol.py`` (evaluation after every update, 100
@@ -39,10 +45,18 @@ TASKS = {"CartPole-v1": 475.0, "Acrobot-v1": -100.0}
 def grid() -> dict[str, dict[str, Any]]:
     """Configuration name -> changes from Config's defaults."""
     configs = {}
+    no_bonus = dict(entropy_coef=0.0)  # explicit: the stage-1 grid ran before the default became 0.01
     for n, t, lr in itertools.product((8, 16, 32, 64), (256, 512), (1e-2, 2e-2)):
-        configs[f"N{n}_T{t}_lr{lr:g}"] = dict(num_envs=n, num_steps=t, lr=lr)
-    configs["N16_T512_lr0.01_tanh32"] = dict(num_envs=16, num_steps=512, lr=1e-2, hidden_sizes=(32,), activation="tanh")
-    configs["N16_T128_lr0.01"] = dict(num_envs=16, num_steps=128, lr=1e-2)  # the cost of a short T
+        configs[f"N{n}_T{t}_lr{lr:g}"] = dict(num_envs=n, num_steps=t, lr=lr, **no_bonus)
+    configs["N16_T512_lr0.01_tanh32"] = dict(
+        num_envs=16, num_steps=512, lr=1e-2, hidden_sizes=(32,), activation="tanh", **no_bonus
+    )
+    configs["N16_T128_lr0.01"] = dict(num_envs=16, num_steps=128, lr=1e-2, **no_bonus)  # the cost of a short T
+    # Robustness candidates (a policy that collapses onto one action on Acrobot never recovers):
+    # an entropy bonus, a smaller step.
+    for n in (8, 16):
+        configs[f"N{n}_T512_lr0.01_ent0.01"] = dict(num_envs=n, num_steps=512, lr=1e-2, entropy_coef=0.01)
+    configs["N8_T512_lr0.005"] = dict(num_envs=8, num_steps=512, lr=5e-3, **no_bonus)
     return configs
 
 

@@ -22,6 +22,7 @@ from fastpg.errors import (
     FastpgError,
     KernelBuildError,
     NonFiniteError,
+    OutputError,
     UnsupportedEnvError,
 )
 from fastpg.evaluation import TargetCheck, evaluate
@@ -47,6 +48,7 @@ __all__ = [
     "EnvWorkerError",
     "NonFiniteError",
     "KernelBuildError",
+    "OutputError",
     # environments
     "BatchedEnv",
     "Checkpointable",

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -26,12 +27,27 @@ from typing import Any
 import torch
 
 from fastpg.config import Config
-from fastpg.errors import ConfigError
+from fastpg.errors import ConfigError, OutputError
 
-__all__ = ["FORMAT", "CHECKPOINT_NAME", "save_checkpoint", "load_checkpoint", "check_compatible"]
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
+
+__all__ = [
+    "FORMAT",
+    "CHECKPOINT_NAME",
+    "save_checkpoint",
+    "load_checkpoint",
+    "check_compatible",
+    "DirectoryLock",
+    "check_state",
+]
 
 FORMAT = 1
 CHECKPOINT_NAME = "checkpoint.pt"
+LOCK_NAME = ".fastpg.lock"
+TEMP_PREFIX = ".checkpoint-"
 # Fields that must match for a checkpoint to continue a run: they fix the shapes of the policy, the
 # optimizer state, the storage and the environment. (Budgets, learning rate, logging... may change.)
 COMPATIBLE_FIELDS = (
@@ -56,43 +72,173 @@ def check_compatible(saved: dict[str, Any], cfg: Config, path: str | Path) -> No
 
 
 def save_checkpoint(state: dict[str, Any], directory: str | Path) -> Path:
-    """Write ``state`` to ``directory/checkpoint.pt`` atomically; returns the path."""
+    """Write ``state`` to ``directory/checkpoint.pt`` atomically; returns the path.
+
+    Raises ``OutputError`` if it cannot be written (a full disk, say): the temporary file is
+    removed and the previous checkpoint is left as it was."""
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     path = directory / CHECKPOINT_NAME
-    for stale in directory.glob(".checkpoint-*.tmp"):  # left by a run killed mid-write
-        with contextlib.suppress(OSError):
-            stale.unlink()
-    fd, tmp = tempfile.mkstemp(prefix=".checkpoint-", suffix=".tmp", dir=directory)
+    tmp = None
     try:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=".tmp", dir=directory)
         with os.fdopen(fd, "wb") as f:
             torch.save({"format": FORMAT, **state}, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # the rename itself is durable
+        tmp = None
+        dir_fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)  # the rename itself is durable
+        finally:
+            os.close(dir_fd)
+    except OSError as e:
+        kept = "the previous checkpoint is intact" if path.exists() else "no checkpoint was written"
+        raise OutputError(f"could not write the checkpoint {path} ({e.strerror or e}); {kept}") from e
     finally:
-        os.close(dir_fd)
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
     return path
+
+
+class DirectoryLock:
+    """One run at a time in a checkpoint directory: an exclusive OS file lock on
+    ``DIR/.fastpg.lock`` (released by the OS when the process ends, however it ends), taken for
+    the whole run. Holding it proves that no other run writes in the directory, so the temporary
+    files of a run killed mid-write are removed then, and only then. Without ``fcntl`` (Windows)
+    there is no lock and no cleanup."""
+
+    def __init__(self, directory: str | Path):
+        self.directory = Path(directory)
+        self._fd: int | None = None
+
+    def __enter__(self) -> DirectoryLock:
+        if fcntl is None:
+            return self
+        self.directory.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.directory / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise ConfigError(
+                "checkpoint_dir",
+                f"{self.directory} is in use by another fastpg run (pid {holder}); give each run its own",
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+        for stale in self.directory.glob(f"{TEMP_PREFIX}*.tmp"):  # left by a run killed mid-write
+            with contextlib.suppress(OSError):
+                stale.unlink()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor releases the lock
+            self._fd = None
 
 
 def load_checkpoint(directory: str | Path) -> dict[str, Any]:
     """Read ``directory/checkpoint.pt`` with ``weights_only=True``; clear errors if it is missing or
-    not a fastpg checkpoint."""
+    not a fastpg checkpoint (``check_state`` then holds its contents to the run that continues it)."""
     path = Path(directory) / CHECKPOINT_NAME
     if not path.is_file():
         raise ConfigError("resume", f"no checkpoint at {path}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # unpickling errors come in several types
-        raise ConfigError("resume", f"{path} is not a readable fastpg checkpoint ({type(e).__name__}: {e})") from e
+        raise ConfigError("resume", f"{path} is not a readable fastpg checkpoint ({_load_problem(e)})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         got = state.get("format") if isinstance(state, dict) else type(state).__name__
         raise ConfigError("resume", f"{path} is not a fastpg checkpoint of format {FORMAT} (got {got!r})")
+    if not isinstance(state.get("config"), dict):
+        raise ConfigError("resume", f"{path} is not a valid fastpg checkpoint: 'config' is missing or not a dict")
     return state
+
+
+def _load_problem(e: Exception) -> str:
+    """What torch.load found wrong, without its advice to load untrusted files with weights_only=False."""
+    text = str(e)
+    found = re.search(r"WeightsUnpickler error: ([^\n]*)", text)
+    if found:
+        return f"it holds Python objects beyond tensors and plain values: {found.group(1).strip()}"
+    return f"{type(e).__name__}: {text.strip().splitlines()[0] if text.strip() else 'unreadable'}"
+
+
+def check_state(state: dict[str, Any], live: dict[str, Any], params: list[torch.Tensor], source: str) -> None:
+    """Raise ``ConfigError`` naming ``source`` and the first problem if the saved ``state`` cannot
+    continue the run whose current ``state_dict()`` is ``live``: a missing entry, a wrong type, a
+    tensor of another shape or dtype (policy, optimizer, generator, carry, env state). ``params``:
+    the optimizer's parameters, in its order."""
+    problem = _state_problem(state, live, params)
+    if problem is not None:
+        raise ConfigError("resume", f"{source} is not a valid fastpg checkpoint for this run: {problem}")
+
+
+_NUMBER = (int, float)
+
+
+def _state_problem(state: dict[str, Any], live: dict[str, Any], params: list[torch.Tensor]) -> str | None:
+    missing = [k for k in live if k not in state]
+    if missing:
+        return f"missing {', '.join(map(repr, missing))}"
+    for key, value in live.items():
+        if key in ("config", "optimizer", "window"):
+            continue
+        if isinstance(value, _NUMBER) and not isinstance(value, bool):
+            if not isinstance(state[key], _NUMBER) or isinstance(state[key], bool):
+                return f"{key!r} is {type(state[key]).__name__}, expected a number"
+        elif key in ("policy", "generator", "carry", "env"):
+            problem = _like(state[key], value, key)
+            if problem:
+                return problem
+    window = state["window"]
+    if not (isinstance(window, dict) and all(isinstance(window.get(k), list) for k in ("returns", "lengths"))):
+        return "'window' must hold the lists 'returns' and 'lengths'"
+    if any(not isinstance(x, _NUMBER) for x in window["returns"] + window["lengths"]):
+        return "'window' holds values that are not numbers"
+    return _optimizer_problem(state["optimizer"], live["optimizer"], params)
+
+
+def _like(saved: Any, live: Any, where: str) -> str | None:
+    """Whether ``saved`` has the structure of ``live``: the same keys, tensors of the same shape and dtype."""
+    if isinstance(live, torch.Tensor):
+        if not isinstance(saved, torch.Tensor):
+            return f"{where} is {type(saved).__name__}, expected a tensor"
+        if saved.shape != live.shape or saved.dtype != live.dtype:
+            got, want = f"{saved.dtype} {list(saved.shape)}", f"{live.dtype} {list(live.shape)}"
+            return f"{where} is a tensor of {got}, expected {want}"
+        return None
+    if isinstance(live, dict):
+        if not isinstance(saved, dict):
+            return f"{where} is {type(saved).__name__}, expected a dict"
+        keys = set(live) ^ set(saved)
+        if keys:
+            return f"{where} has other entries than expected ({', '.join(sorted(map(str, keys)))})"
+        return next((p for k in live if (p := _like(saved[k], live[k], f"{where}.{k}"))), None)
+    if live is None and saved is not None:
+        return f"{where} is {type(saved).__name__}, expected none (this env's state is not saved)"
+    return None
+
+
+def _optimizer_problem(saved: Any, live: dict[str, Any], params: list[torch.Tensor]) -> str | None:
+    if not (
+        isinstance(saved, dict) and isinstance(saved.get("state"), dict) and isinstance(saved.get("param_groups"), list)
+    ):
+        return "'optimizer' must hold 'state' and 'param_groups'"
+    counts = [len(g.get("params", ())) if isinstance(g, dict) else -1 for g in saved["param_groups"]]
+    expected = [len(g["params"]) for g in live["param_groups"]]
+    if counts != expected:
+        return f"'optimizer' has parameter groups of {counts} parameters, expected {expected}"
+    for index, entry in saved["state"].items():
+        if not isinstance(index, int) or not 0 <= index < len(params) or not isinstance(entry, dict):
+            return f"'optimizer' state has an entry for parameter {index!r}, which does not exist"
+        for name, value in entry.items():
+            if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape != params[index].shape:
+                want = list(params[index].shape)
+                return f"optimizer.state.{index}.{name} has shape {list(value.shape)}, expected {want}"
+    return None

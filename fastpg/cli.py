@@ -1,6 +1,6 @@
 """``fastpg`` command line: a thin layer that builds a config, checks it and calls the library.
 
-    fastpg train [--env CartPole-v1] [--num-envs 8] ...    (fastpg train --help lists every flag)
+    fastpg train [--env CartPole-v1] [--num-envs 16] ...   (fastpg train --help lists every flag)
     fastpg bench [--num-envs 16 256 4096] ...              (fastpg bench --help)
 
 Bad values print one line naming the flag, the value and what is allowed, and exit with code 2. A

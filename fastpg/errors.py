@@ -14,6 +14,7 @@ __all__ = [
     "EnvWorkerError",
     "NonFiniteError",
     "KernelBuildError",
+    "OutputError",
 ]
 
 
@@ -50,3 +51,8 @@ class NonFiniteError(FastpgError, RuntimeError):
 
 class KernelBuildError(FastpgError, RuntimeError):
     """A compiled kernel could not be built here (no C++ compiler or ninja, say)."""
+
+
+class OutputError(FastpgError, RuntimeError):
+    """A checkpoint or metrics file could not be written (a full disk, say); the message names the
+    file and what was kept intact."""

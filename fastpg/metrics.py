@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
 import sys
 import time
 from collections import defaultdict, deque
@@ -13,6 +15,8 @@ from pathlib import Path
 from typing import IO, Any
 
 import torch
+
+from fastpg.errors import OutputError
 
 __all__ = ["synchronize", "PhaseTimer", "EpisodeWindow", "ConsoleProgress", "JsonlSink", "format_si", "jsonable"]
 
@@ -116,15 +120,39 @@ class ConsoleProgress:
 
 
 class JsonlSink:
-    """Writes one JSON object per line and flushes it at once, so a killed run keeps every line."""
+    """Writes one JSON object per line, each straight to the file, so a killed run keeps every
+    whole line. A write that fails (a full disk, say) is undone to the last whole line and raises
+    ``OutputError``. A context manager (closes the file)."""
 
     def __init__(self, path: str | Path, *, append: bool = False):
         self.path = Path(path)
-        self._f = self.path.open("a" if append else "w", encoding="utf-8")
+        flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if append else os.O_TRUNC)
+        try:
+            self._fd: int | None = os.open(self.path, flags, 0o644)
+        except OSError as e:
+            raise OutputError(f"could not open the metrics file {self.path} ({e.strerror or e})") from e
 
     def write(self, record: dict[str, Any]) -> None:
-        self._f.write(json.dumps({k: jsonable(v) for k, v in record.items()}) + "\n")
-        self._f.flush()
+        data = memoryview((json.dumps({k: jsonable(v) for k, v in record.items()}) + "\n").encode())
+        start = os.lseek(self._fd, 0, os.SEEK_END)
+        try:
+            while data:
+                data = data[os.write(self._fd, data) :]
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, start)  # no torn line
+            raise OutputError(
+                f"could not write to the metrics file {self.path} ({e.strerror or e}); "
+                "it ends with the last whole record"
+            ) from e
 
     def close(self) -> None:
-        self._f.close()
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> JsonlSink:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

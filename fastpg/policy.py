@@ -148,7 +148,7 @@ class MLPPolicy(nn.Module):
             torch.manual_seed(cfg.seed)
             return cls(
                 info,
-                cfg.hidden_sizes,
+                () if cfg.hidden_sizes == (0,) else cfg.hidden_sizes,  # (0,): linear, asked for explicitly
                 cfg.activation,
                 value_head=cfg.baseline == "value",
                 log_std_init=0.0 if cfg.log_std_init is None else cfg.log_std_init,

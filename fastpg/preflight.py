@@ -10,6 +10,9 @@ one-line ``ConfigError`` as the command line.
 from __future__ import annotations
 
 import difflib
+import os
+import tempfile
+from pathlib import Path
 
 import gymnasium as gym
 import torch
@@ -18,7 +21,7 @@ from fastpg.config import Config
 from fastpg.envs import BatchedEnv, backend_problem, kernel_problem, resolve_backend
 from fastpg.errors import ConfigError
 
-__all__ = ["check_config", "check_env", "resolve_device"]
+__all__ = ["check_config", "check_env", "resolve_device", "check_writable_file", "check_writable_dir"]
 
 
 def resolve_device(device: str) -> torch.device:
@@ -77,13 +80,51 @@ def _check_backend(cfg: Config) -> None:
 
 
 def _check_paths(cfg: Config) -> None:
-    if cfg.metrics_file is not None and not cfg.metrics_file.parent.is_dir():
-        raise ConfigError("metrics_file", f"directory {cfg.metrics_file.parent} does not exist")
+    if cfg.metrics_file is not None:
+        check_writable_file("metrics_file", cfg.metrics_file)
     if cfg.resume is not None and not cfg.resume.is_dir():
         raise ConfigError("resume", f"directory {cfg.resume} does not exist")
-    ckpt = cfg.checkpoint_dir
-    if ckpt is not None and ckpt.exists() and not ckpt.is_dir():
-        raise ConfigError("checkpoint_dir", f"{ckpt} exists and is not a directory")
+    if cfg.checkpoint_dir is not None:
+        check_writable_dir("checkpoint_dir", cfg.checkpoint_dir)
+    elif cfg.resume is not None:  # checkpoints go back into the resumed directory
+        check_writable_dir("resume", cfg.resume)
+
+
+def check_writable_file(field: str, path: Path) -> None:
+    """Raise ``ConfigError`` unless a file can be written at ``path``: asked of the OS (a probe file
+    in its directory; an existing file opened for appending, its content untouched), not guessed
+    from permission bits."""
+    if path.is_dir():
+        raise ConfigError(field, f"{path} is a directory; give a file path")
+    if not path.parent.is_dir():
+        raise ConfigError(field, f"directory {path.parent} does not exist")
+    _probe_directory(field, path.parent)
+    if path.exists():
+        try:
+            with path.open("a"):
+                pass
+        except OSError as e:
+            raise ConfigError(field, f"{path} cannot be written ({e.strerror})") from None
+
+
+def check_writable_dir(field: str, directory: Path) -> None:
+    """Raise ``ConfigError`` unless files can be written in ``directory``, or (if it does not exist
+    yet) it can be created: probed in it, or in its nearest existing ancestor."""
+    if directory.exists() and not directory.is_dir():
+        raise ConfigError(field, f"{directory} exists and is not a directory")
+    existing = next(d for d in (directory, *directory.absolute().parents) if d.exists())
+    if not existing.is_dir():
+        raise ConfigError(field, f"{directory} cannot be created: {existing} is not a directory")
+    _probe_directory(field, existing)
+
+
+def _probe_directory(field: str, directory: Path) -> None:
+    try:
+        fd, name = tempfile.mkstemp(prefix=".fastpg-probe-", dir=directory)
+        os.close(fd)
+        os.unlink(name)
+    except OSError as e:
+        raise ConfigError(field, f"cannot write in {directory} ({e.strerror or e})") from None
 
 
 def check_env(cfg: Config, env: BatchedEnv, device: torch.device) -> None:

@@ -9,13 +9,24 @@ current epoch; the final evaluation runs and the summary is written and printed.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
-from fastpg.checkpoint import CHECKPOINT_NAME, check_compatible, load_checkpoint, save_checkpoint
+from fastpg.checkpoint import (
+    CHECKPOINT_NAME,
+    LOCK_NAME,
+    TEMP_PREFIX,
+    DirectoryLock,
+    check_compatible,
+    load_checkpoint,
+    save_checkpoint,
+)
 from fastpg.config import Config
 from fastpg.envs import resolve_backend
 from fastpg.errors import ConfigError
@@ -24,11 +35,20 @@ from fastpg.metrics import ConsoleProgress, JsonlSink, jsonable
 from fastpg.preflight import check_config
 from fastpg.trainer import Trainer
 
-__all__ = ["train", "check_outputs"]
+__all__ = ["train", "check_outputs", "trim_metrics"]
 
 
 def check_outputs(cfg: Config) -> None:
-    """Refuse to replace an existing metrics file or checkpoint unless asked to."""
+    """Refuse outputs that collide, and an existing metrics file or checkpoint unless asked to
+    replace it."""
+    ckpt = cfg.checkpoint_dir if cfg.checkpoint_dir is not None else cfg.resume
+    if cfg.metrics_file is not None and ckpt is not None:
+        m = cfg.metrics_file.absolute()
+        reserved = m.name in (CHECKPOINT_NAME, LOCK_NAME) or m.name.startswith(TEMP_PREFIX)
+        if reserved and m.parent.resolve() == ckpt.absolute().resolve():
+            raise ConfigError(
+                "metrics_file", f"{cfg.metrics_file} is a file the checkpoints in {ckpt} use; name it otherwise"
+            )
     if cfg.overwrite:
         return
     if cfg.metrics_file is not None and cfg.metrics_file.exists() and cfg.resume is None:
@@ -54,46 +74,104 @@ def train(cfg: Config, *, policy: nn.Module | None = None) -> dict[str, Any]:
     (evaluation mean >= target), ``time_to_solve_s`` (training wall time, evaluation excluded),
     ``env_steps_to_solve``, ``eval_return_mean``, ``sps``, ``checkpoint`` and more.
 
-    Checkpoints (``checkpoint_dir``, or the ``resume`` directory) are written every
-    ``checkpoint_every`` epochs and when training stops. SIGINT / SIGTERM stop the run after the
-    current epoch: checkpoint, summary (``stop_reason`` ``"interrupted (SIGINT)"``, no evaluation),
-    environments closed; ``summary["exit_code"]`` is then 128 + the signal number. A
-    ``NonFiniteError`` leaves the last checkpoint as it was.
+    Every output is checked before anything runs (``check_config``, ``check_outputs``); the
+    checkpoint directory is held by this run alone (``DirectoryLock``). Checkpoints
+    (``checkpoint_dir``, or the ``resume`` directory) are written every ``checkpoint_every`` epochs
+    and when training stops. SIGINT / SIGTERM stop the run after the current epoch: checkpoint,
+    summary (``stop_reason`` ``"interrupted (SIGINT)"``, no evaluation), environments closed;
+    ``summary["exit_code"]`` is then 128 + the signal number. A ``NonFiniteError`` or an
+    ``OutputError`` (a file that cannot be written) leaves the last checkpoint as it was.
     """
     check_config(cfg)
     check_outputs(cfg)
-    state = _resume_state(cfg)
     ckpt_dir = cfg.checkpoint_dir if cfg.checkpoint_dir is not None else cfg.resume
-    sink = (
-        JsonlSink(cfg.metrics_file, append=cfg.resume is not None and not cfg.overwrite) if cfg.metrics_file else None
-    )
-    progress = None if cfg.quiet else ConsoleProgress(cfg.progress_interval_s)
-    try:
-        with Trainer(cfg, policy=policy) as trainer, StopOnSignals() as signals:
-            if state is not None:
-                trainer.load_state_dict(state)
-            start_epoch = trainer.counters.epoch
-            ckpt_path = None
-            for metrics in trainer.run(should_stop=signals.requested):
-                if sink:
-                    sink.write(metrics)
-                if progress:
-                    progress(metrics, force=trainer.stop_reason is not None)
-                if ckpt_dir is not None and trainer.counters.epoch % cfg.checkpoint_every == 0:
-                    ckpt_path = save_checkpoint(trainer.state_dict(), ckpt_dir)
-            if ckpt_dir is not None and (ckpt_path is None or trainer.counters.epoch % cfg.checkpoint_every):
-                ckpt_path = save_checkpoint(trainer.state_dict(), ckpt_dir)
-            evaluation = _final_evaluation(trainer, interrupted=signals.exit_code is not None)
-            summary = _summary(
-                trainer, evaluation, start_epoch=start_epoch, checkpoint=ckpt_path, exit_code=signals.exit_code or 0
-            )
+    with contextlib.ExitStack() as stack:
+        if ckpt_dir is not None:
+            stack.enter_context(DirectoryLock(ckpt_dir))
+        state = _resume_state(cfg)
+        if state is not None and cfg.metrics_file is not None and cfg.metrics_file.exists() and not cfg.overwrite:
+            trim_metrics(cfg.metrics_file, state["epoch"])
+        if cfg.metrics_file is not None:
+            sink = stack.enter_context(JsonlSink(cfg.metrics_file, append=cfg.resume is not None and not cfg.overwrite))
+        else:
+            sink = None
+        summary = _run(cfg, policy, state, ckpt_dir, sink)
         if sink:
             sink.write(summary)
-    finally:
-        if sink:
-            sink.close()
     print(json.dumps({k: jsonable(v) for k, v in summary.items()}), flush=True)
     return summary
+
+
+def _run(
+    cfg: Config, policy: nn.Module | None, state: dict[str, Any] | None, ckpt_dir: Path | None, sink: JsonlSink | None
+) -> dict[str, Any]:
+    """The epochs, the checkpoints and the final evaluation; returns the summary."""
+    progress = None if cfg.quiet else ConsoleProgress(cfg.progress_interval_s)
+    with Trainer(cfg, policy=policy) as trainer, StopOnSignals() as signals:
+        if state is not None:
+            trainer.load_state_dict(state, source=str(cfg.resume / CHECKPOINT_NAME))
+        start_epoch = trainer.counters.epoch
+        ckpt_path = None
+        for metrics in trainer.run(should_stop=signals.requested):
+            if sink:
+                sink.write(metrics)
+            if progress:
+                progress(metrics, force=trainer.stop_reason is not None)
+            if ckpt_dir is not None and trainer.counters.epoch % cfg.checkpoint_every == 0:
+                ckpt_path = save_checkpoint(trainer.state_dict(), ckpt_dir)
+        if ckpt_dir is not None and (ckpt_path is None or trainer.counters.epoch % cfg.checkpoint_every):
+            ckpt_path = save_checkpoint(trainer.state_dict(), ckpt_dir)
+        stopped_by_signal = signals.received is not None
+        evaluation = _final_evaluation(trainer, interrupted=stopped_by_signal)
+        stop_reason = trainer.stop_reason
+        if signals.received is not None and not stopped_by_signal:  # a signal during the evaluation
+            stop_reason = f"{signals.requested()} during the final evaluation, after {stop_reason}"
+        return _summary(
+            trainer,
+            evaluation,
+            start_epoch=start_epoch,
+            checkpoint=ckpt_path,
+            exit_code=signals.exit_code or 0,
+            stop_reason=stop_reason,
+        )
+
+
+def trim_metrics(path: Path, epoch: int) -> int:
+    """Make the metrics file of a run resumed at ``epoch`` read as one run; returns the lines dropped.
+
+    A run killed after its last checkpoint wrote the records of later epochs, which the resumed
+    run writes again; a run stopped by its budget or a signal wrote a summary in the middle; a
+    kill mid-write leaves a torn last line. Those are dropped (the file is rewritten atomically,
+    with a note on stderr); every other line is kept as it was."""
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    keep = [line for line in lines if _continues_at(line, epoch)]
+    dropped = len(lines) - len(keep)
+    if dropped:
+        tmp = path.with_name(f".{path.name}.trim")
+        tmp.write_text("".join(keep), encoding="utf-8")
+        os.replace(tmp, path)
+        print(
+            f"fastpg: resume: dropped {dropped} line(s) of {path} written after the checkpoint's epoch {epoch} "
+            "(later epochs, a summary, or a torn last line)",
+            file=sys.stderr,
+            flush=True,
+        )
+    return dropped
+
+
+def _continues_at(line: str, epoch: int) -> bool:
+    """Whether a metrics line belongs to the run continued at ``epoch``."""
+    if not line.endswith("\n"):
+        return False  # torn by a kill mid-write
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError:
+        return False
+    if not isinstance(record, dict):
+        return True
+    if record.get("summary"):
+        return False
+    return not isinstance(record.get("epoch"), int) or record["epoch"] <= epoch
 
 
 def _resume_state(cfg: Config) -> dict[str, Any] | None:
@@ -116,7 +194,13 @@ def _final_evaluation(trainer: Trainer, *, interrupted: bool) -> dict[str, Any]:
 
 
 def _summary(
-    trainer: Trainer, evaluation: dict[str, Any], *, start_epoch: int, checkpoint: Path | None, exit_code: int
+    trainer: Trainer,
+    evaluation: dict[str, Any],
+    *,
+    start_epoch: int,
+    checkpoint: Path | None,
+    exit_code: int,
+    stop_reason: str | None,
 ) -> dict[str, Any]:
     cfg, c = trainer.cfg, trainer.counters
     target = trainer.target.target
@@ -131,7 +215,7 @@ def _summary(
         "seed": cfg.seed,
         "target_return": target,
         "solved": solved,
-        "stop_reason": trainer.stop_reason,
+        "stop_reason": stop_reason,
         "time_to_solve_s": c.wall_s if solved else None,
         "env_steps_to_solve": c.env_steps if solved else None,
         "train_wall_s": c.wall_s,

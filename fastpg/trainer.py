@@ -30,6 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from fastpg.checkpoint import check_state
 from fastpg.config import Config
 from fastpg.envs import BatchedEnv, Checkpointable, env_from_config
 from fastpg.errors import NonFiniteError
@@ -128,20 +129,25 @@ class Trainer:
         else:
             self.carry = collect(self.env, self.policy, self.buf, self.carry, self.generator)
 
-    def update(self, *, apply: bool = True) -> dict[str, torch.Tensor]:
+    def update(self, *, apply: bool = True, bad_data: str | None = None) -> dict[str, torch.Tensor]:
         """Returns, loss and one optimizer step over the stored epoch; returns detached stats.
 
         With ``apply=False`` everything is computed and reported but the parameters are left
         unchanged (the epoch whose policy confirmed the target). An update with a non-finite
-        loss, gradient or parameter is skipped; ``max_bad_updates`` of them in a row raise
-        ``NonFiniteError``.
+        loss, gradient or parameter is skipped, and so is one whose epoch holds non-finite env
+        data (``bad_data`` names it; masked steps could otherwise hide it from the loss);
+        ``max_bad_updates`` of them in a row raise ``NonFiniteError``.
         """
+        apply = apply and bad_data is None
         if self.fused is not None:
             stats, bad = self.fused.update(self.optimizer, self.buf, self.settings, apply=apply)
         else:
             stats, bad = reinforce_update(
                 self.policy, self.optimizer, self.buf, self.carry.obs, self.settings, apply=apply
             )
+        if bad_data is not None:
+            bad = bad_data
+            stats["skipped"] = torch.ones_like(stats["skipped"])
         if bad is None:
             self.bad_updates = 0
             return stats
@@ -173,8 +179,9 @@ class Trainer:
             bad_envs = self._warn_nonfinite_envs()  # and one for the env data check
         confirmed = self.target(self.window, self._evaluate_for_target)
         # STORAGE -> RETURNS -> LOSS -> OPTIMIZER
+        bad_data = f"reward or observation (env {_listed(bad_envs)})" if bad_envs else None
         with timer("update"):
-            stats = self.update(apply=not confirmed)
+            stats = self.update(apply=not confirmed, bad_data=bad_data)
         return self._end_epoch(stats, finished, len(bad_envs))
 
     def _warn_nonfinite_envs(self) -> list[int]:
@@ -182,10 +189,9 @@ class Trainer:
         them (their NaN / inf reaches the loss, and the update is skipped)."""
         bad = nonfinite_envs(self.buf)
         if bad:
-            shown = ", ".join(map(str, bad[:10])) + (f" and {len(bad) - 10} more" if len(bad) > 10 else "")
             warnings.warn(
                 f"epoch {self.counters.epoch + 1}: {self.env.info.env_id} returned a non-finite reward or "
-                f"observation in env cop{'ies' if len(bad) > 1 else 'y'} {shown}",
+                f"observation in env cop{'ies' if len(bad) > 1 else 'y'} {_listed(bad)}",
                 RuntimeWarning,
                 stacklevel=3,
             )
@@ -288,13 +294,17 @@ class Trainer:
             "env": self.env.state_dict() if isinstance(self.env, Checkpointable) else None,
         }
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue the run saved in ``state`` (check it first with ``checkpoint.check_compatible``).
+    def load_state_dict(self, state: dict[str, Any], *, source: str = "the state") -> None:
+        """Continue the run saved in ``state`` (check its config first with
+        ``checkpoint.check_compatible``; its contents are checked here, ``ConfigError`` naming
+        ``source`` and the problem, before anything is changed).
 
         A native env gets its exact state back, so the run goes on bit for bit as if never stopped
         (same device). A gymnasium env's state cannot be restored: it is re-seeded with
         ``seed + epoch`` and the episodes that were running are dropped.
         """
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        check_state(state, self.state_dict(), params, source)
         self.policy.load_state_dict(state["policy"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.generator.set_state(state["generator"])
@@ -316,3 +326,9 @@ class Trainer:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _listed(indices: list[int], shown: int = 10) -> str:
+    """'1, 5, 7' (the first ``shown``, then how many more)."""
+    more = f" and {len(indices) - shown} more" if len(indices) > shown else ""
+    return ", ".join(map(str, indices[:shown])) + more

@@ -48,7 +48,7 @@ UPDATE_SLICE_BYTES = 8 * 2**20
 
 def slice_rows(hidden_sizes: tuple[int, ...]) -> int:
     """Entries per update slice for an MLP with these hidden widths (at least 1024)."""
-    widest = max(hidden_sizes, default=1)
+    widest = max(hidden_sizes, default=1) or 1  # (0,): a linear policy
     return max(1024, UPDATE_SLICE_BYTES // (4 * widest))
 
 

@@ -29,6 +29,8 @@ BAD = [
     (dict(lr=float("nan")), "lr", "finite"),
     (dict(hidden_sizes=(64, 0)), "hidden_sizes", "integers >= 1"),
     (dict(hidden_sizes=64), "hidden_sizes", "tuple"),
+    (dict(hidden_sizes=()), "hidden_sizes", "no widths given"),
+    (dict(hidden_sizes=(0, 0)), "hidden_sizes", "integers >= 1"),
     (dict(activation="sigmoid"), "activation", "tanh, relu"),
     (dict(baseline="median"), "baseline", "none, mean, value"),
     (dict(unfinished="drop"), "unfinished", "mask, bootstrap"),

@@ -167,6 +167,7 @@ UPDATE_CASES = [
     dict(baseline="mean", normalize_returns=False),
     dict(entropy_coef=0.01, max_grad_norm=0.05),
     dict(hidden_sizes=(20,), normalize_returns=False, max_grad_norm=0.5),
+    dict(hidden_sizes=(0,)),  # a linear policy
     dict(env="Acrobot-v1", num_envs=4, num_steps=600, entropy_coef=0.01),  # three actions
 ]
 

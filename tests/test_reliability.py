@@ -47,6 +47,39 @@ def test_resumed_native_run_has_the_same_metrics_bit_for_bit(tmp_path):
     assert len(_epochs(full)) == 6
 
 
+def test_resume_after_a_kill_drops_the_epochs_written_after_the_checkpoint(tmp_path, capsys):
+    """A run killed after its last checkpoint had written later epochs (and a torn line); the
+    resumed run's metrics file reads as the uninterrupted run: each epoch once, one summary."""
+    full, part, ckpt = tmp_path / "full.jsonl", tmp_path / "part.jsonl", tmp_path / "ckpt"
+    train(Config(**SMALL, seed=1, max_epochs=4, metrics_file=full))
+    train(Config(**SMALL, seed=1, max_epochs=2, metrics_file=part, checkpoint_dir=ckpt))
+    epoch3 = next(line for line in full.read_text().splitlines() if json.loads(line).get("epoch") == 3)
+    with part.open("a") as f:
+        f.write(epoch3 + "\n" + epoch3[:25])  # what the killed run wrote after its checkpoint
+    capsys.readouterr()
+    train(Config(**SMALL, seed=1, max_epochs=4, metrics_file=part, resume=ckpt))
+    assert "dropped 3 line(s)" in capsys.readouterr().err  # the first summary, epoch 3, the torn line
+    rows = [json.loads(line) for line in part.read_text().splitlines()]
+    assert [r.get("epoch") for r in rows if not r.get("summary")] == [1, 2, 3, 4]
+    assert [r.get("summary", False) for r in rows] == [False] * 4 + [True]
+    assert _epochs(part) == _epochs(full)
+
+
+def test_a_signal_during_the_final_evaluation_is_the_stop_reason(tmp_path, monkeypatch):
+    import os
+
+    real = Trainer.evaluate
+
+    def evaluate_then_signal(self, *args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)  # arrives while evaluating: recorded, evaluation goes on
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "evaluate", evaluate_then_signal)
+    summary = train(Config(**{**SMALL, "eval_episodes": 8}, max_epochs=1))
+    assert summary["stop_reason"] == "interrupted (SIGINT) during the final evaluation, after max_epochs"
+    assert summary["exit_code"] == 130 and summary["eval_episodes"] == 8
+
+
 def test_checkpoint_holds_plain_data_only(tmp_path):
     with Trainer(Config(**SMALL)) as tr:
         tr.epoch()
@@ -58,8 +91,53 @@ def test_checkpoint_holds_plain_data_only(tmp_path):
 
 def test_a_file_that_needs_unpickling_code_is_refused(tmp_path):
     torch.save({"format": 1, "payload": functools.partial(print, "hi")}, tmp_path / CHECKPOINT_NAME)
-    with pytest.raises(ConfigError, match="not a readable fastpg checkpoint"):
+    with pytest.raises(ConfigError, match="not a readable fastpg checkpoint") as e:
         load_checkpoint(tmp_path)
+    assert "Python objects beyond tensors" in str(e.value) and "weights_only" not in str(e.value)
+
+
+def _without(key):
+    return lambda s: s.pop(key)
+
+
+def _set(path, value):
+    def change(state):
+        *parents, last = path
+        for key in parents:
+            state = state[key]
+        state[last] = value(state[last]) if callable(value) else value
+
+    return change
+
+
+@pytest.mark.parametrize(
+    "change, problem",
+    [
+        (_without("policy"), "missing 'policy'"),
+        (_set(["epoch"], "three"), "'epoch' is str, expected a number"),
+        (_set(["policy", "net.0.weight"], lambda t: t[:5]), "policy.net.0.weight is a tensor of torch.float32 [5, 4]"),
+        (
+            _set(["env", "state"], lambda t: t[:, :3]),
+            "env.state is a tensor of torch.float32 [4, 3], expected torch.float32 [4, 8]",
+        ),
+        (_set(["carry", "obs"], [1, 2]), "carry.obs is list, expected a tensor"),
+        (_set(["generator"], lambda t: t[:10]), "generator is a tensor of torch.uint8 [10]"),
+        (_set(["optimizer", "state", 0, "exp_avg"], lambda t: t.T), "optimizer.state.0.exp_avg has shape [4, 128]"),
+        (_set(["window", "returns"], "x"), "'window' must hold the lists"),
+        (_set(["config"], None), "'config' is missing or not a dict"),
+    ],
+)
+def test_a_checkpoint_with_wrong_contents_is_refused_in_one_line(tmp_path, capsys, change, problem):
+    ckpt = tmp_path / "ckpt"
+    train(Config(**SMALL, max_epochs=1, checkpoint_dir=ckpt))
+    state = torch.load(ckpt / CHECKPOINT_NAME, weights_only=True)
+    change(state)
+    torch.save(state, ckpt / CHECKPOINT_NAME)
+    capsys.readouterr()
+    code = main(["train", "--resume", str(ckpt), "--num-envs", "8", "--num-steps", "64", "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith(f"fastpg: error: --resume: {ckpt / CHECKPOINT_NAME} ")
+    assert problem in err[0]
 
 
 def test_incompatible_checkpoint_is_refused_with_the_fields(tmp_path):
@@ -126,6 +204,121 @@ def test_existing_metrics_file_and_checkpoint_are_refused_unless_overwrite(tmp_p
     assert code == 2 and len(err) == 1 and err[0].startswith("fastpg: error: --metrics-file:")
     train(Config(**SMALL, max_epochs=2, metrics_file=log, checkpoint_dir=ckpt, overwrite=True))
     assert len(_epochs(log)) == 2 and load_checkpoint(ckpt)["epoch"] == 2
+
+
+# -- outputs: checked up front, never torn, never shared ----------------------------------------------
+
+
+def _cli(capsys, *argv: str) -> tuple[int, list[str]]:
+    """Exit code and stderr lines of ``fastpg ARGV``."""
+    capsys.readouterr()
+    code = main(list(argv))
+    return code, capsys.readouterr().err.strip().splitlines()
+
+
+@pytest.mark.parametrize(
+    "flag, path, message",
+    [
+        ("--metrics-file", "{tmp}", "is a directory; give a file path"),
+        ("--metrics-file", "/sys/fastpg-metrics.jsonl", "cannot write in /sys (Permission denied)"),
+        ("--checkpoint-dir", "/sys/fastpg-ckpt/run1", "cannot write in /sys (Permission denied)"),
+        ("--checkpoint-dir", "{tmp}/file/ckpt", "cannot be created: {tmp}/file is not a directory"),
+    ],
+)
+def test_unwritable_outputs_are_refused_before_training(tmp_path, capsys, flag, path, message):
+    (tmp_path / "file").write_text("x")
+    code, err = _cli(capsys, "train", flag, path.format(tmp=tmp_path), "--max-epochs", "1")
+    assert code == 2 and len(err) == 1 and err[0].startswith(f"fastpg: error: {flag}: ")
+    assert message.format(tmp=tmp_path) in err[0]
+
+
+def test_bench_json_path_is_checked_before_measuring(tmp_path, capsys):
+    t0 = time.perf_counter()
+    code, err = _cli(capsys, "bench", "--json", str(tmp_path), "--phases", "train")
+    assert code == 2 and len(err) == 1 and "--json" in err[0] and "is a directory" in err[0]
+    assert time.perf_counter() - t0 < 5  # refused, not measured
+
+
+def test_a_metrics_file_named_like_the_checkpoint_is_refused(tmp_path, capsys):
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    code, err = _cli(capsys, "train", "--checkpoint-dir", str(ckpt), "--metrics-file", str(ckpt / CHECKPOINT_NAME))
+    assert code == 2 and len(err) == 1 and "is a file the checkpoints in" in err[0]
+
+
+def test_a_checkpoint_directory_serves_one_run_at_a_time(tmp_path, capsys):
+    import os
+
+    from fastpg.checkpoint import DirectoryLock
+
+    ckpt = tmp_path / "ckpt"
+    with DirectoryLock(ckpt):  # another run holds it
+        stray = ckpt / ".checkpoint-inflight.tmp"
+        stray.write_bytes(b"the other run's checkpoint, half written")
+        code, err = _cli(capsys, "train", "--checkpoint-dir", str(ckpt), "--max-epochs", "1")
+        assert code == 2 and err == [
+            f"fastpg: error: --checkpoint-dir: {ckpt} is in use by another fastpg run (pid {os.getpid()}); "
+            "give each run its own"
+        ]
+        save_checkpoint({"epoch": 0}, ckpt)  # the holder's own writes leave other temp files alone
+        assert stray.exists()
+    code, _ = _cli(capsys, "train", "--checkpoint-dir", str(ckpt), "--max-epochs", "1", "--overwrite", "--quiet")
+    assert code == 0 and not stray.exists()  # the lock's new holder proves it stale and removes it
+
+
+def _full_disk_after(calls: int):
+    """A write function that works ``calls`` times, then writes half its bytes and fails as a full disk does."""
+    import errno
+    import os
+
+    real, count = os.write, [0]
+
+    def write(fd, data):
+        count[0] += 1
+        if count[0] <= calls:
+            return real(fd, data)
+        if count[0] == calls + 1:
+            return real(fd, bytes(data)[: len(data) // 2])
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    return write
+
+
+def test_full_disk_on_the_metrics_file_keeps_whole_lines(tmp_path, capsys, monkeypatch):
+    import fastpg.metrics
+
+    metrics = tmp_path / "m.jsonl"
+    monkeypatch.setattr(fastpg.metrics.os, "write", _full_disk_after(2))
+    code, err = _cli(capsys, "train", "--metrics-file", str(metrics), "--max-epochs", "5", "--quiet")
+    monkeypatch.undo()
+    assert code == 1 and len(err) == 1 and "No space left on device" in err[0] and str(metrics) in err[0]
+    text = metrics.read_text()
+    assert text.endswith("\n") and [json.loads(line)["epoch"] for line in text.splitlines()] == [1, 2]
+
+
+def test_full_disk_on_a_checkpoint_keeps_the_previous_one(tmp_path, capsys, monkeypatch):
+    import errno
+
+    import fastpg.checkpoint
+
+    ckpt, real_save, saves = tmp_path / "ckpt", torch.save, []
+
+    def save(obj, f):
+        saves.append(1)
+        if len(saves) == 2:
+            f.write(b"partial")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_save(obj, f)
+
+    monkeypatch.setattr(fastpg.checkpoint.torch, "save", save)
+    args = ("train", "--checkpoint-dir", str(ckpt), "--checkpoint-every", "1", "--max-epochs", "4", "--quiet")
+    code, err = _cli(capsys, *args)
+    monkeypatch.undo()
+    assert code == 1 and err == [
+        f"fastpg: error: could not write the checkpoint {ckpt / CHECKPOINT_NAME} (No space left on device); "
+        "the previous checkpoint is intact"
+    ]
+    assert load_checkpoint(ckpt)["epoch"] == 1 and not list(ckpt.glob(".checkpoint-*"))
 
 
 # -- interrupts ----------------------------------------------------------------------------------------
@@ -267,9 +460,26 @@ def test_nan_reward_is_reported_with_the_env_index_and_the_update_skipped():
         assert tr.optimizer.state_dict()["state"][0]["step"].item() == opt_steps  # Adam never saw it
         with (
             pytest.warns(RuntimeWarning),
-            pytest.raises(NonFiniteError, match=r"epoch 4: 3 updates in a row had a non-finite loss"),
+            pytest.raises(
+                NonFiniteError, match=r"epoch 4: 3 updates in a row had a non-finite reward or observation \(env 5\)"
+            ),
         ):
             for _ in range(3):
+                tr.epoch()
+
+
+def test_nan_data_in_masked_steps_still_counts_as_a_bad_update():
+    """Every reward NaN and T far below an episode's length: no step reaches the loss (no episode
+    ends within an epoch), yet the NaNs are bad data and stop the run after max_bad_updates."""
+    from fastpg.envs import make_env
+
+    cfg = Config(**{**SMALL, "num_steps": 2}, max_bad_updates=3, device="cpu", env="Acrobot-v1")
+    with Trainer(cfg, env=_NanRewardEnv(make_env("Acrobot-v1", 8), index=2, every=1)) as tr:
+        with pytest.warns(RuntimeWarning, match="env copy 2$"):
+            for _ in range(2):
+                m = tr.epoch()
+                assert m["update_skipped"] and m["mask_frac"] == 0.0
+            with pytest.raises(NonFiniteError, match=r"epoch 3: 3 updates in a row .* reward or observation \(env 2\)"):
                 tr.epoch()
 
 

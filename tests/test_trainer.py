@@ -86,7 +86,7 @@ def test_same_seed_same_metrics(backend):
         dict(baseline="value"),
         dict(baseline="value", unfinished="bootstrap"),
         dict(normalize_returns=False, entropy_coef=0.01, max_grad_norm=0.5),
-        dict(hidden_sizes=(), activation="tanh"),
+        dict(hidden_sizes=(0,), activation="tanh"),  # linear
     ],
 )
 def test_options_train_and_report_finite_metrics(changes):

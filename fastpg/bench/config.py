@@ -9,7 +9,7 @@ from typing import Literal
 
 from fastpg.config import Activation, Config, EnvKernel, Fused, choices
 from fastpg.errors import ConfigError
-from fastpg.preflight import check_config
+from fastpg.preflight import check_config, check_writable_file
 
 __all__ = ["BenchConfig", "Phase", "PHASES", "check_bench_config"]
 
@@ -112,9 +112,8 @@ def check_bench_config(b: BenchConfig) -> None:
     """Raise ``ConfigError`` if ``b`` cannot run here: output directories, matplotlib for the plot,
     and every cell's training config (``fastpg.preflight.check_config``)."""
     for field in ("json", "plot"):
-        path = getattr(b, field)
-        if path is not None and not Path(path).parent.is_dir():
-            raise ConfigError(field, f"directory {Path(path).parent} does not exist")
+        if getattr(b, field) is not None:
+            check_writable_file(field, Path(getattr(b, field)))
     if b.plot is not None:
         try:
             import matplotlib  # noqa: F401
