@@ -11,7 +11,9 @@ Each command imports what it needs only when it runs.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -42,11 +44,37 @@ def _unvalidated(cls: type) -> type:
     return dataclasses.dataclass(frozen=True)(twin)
 
 
+class UsageError(Exception):
+    """A command line tyro could not parse (a value of the wrong type, an unknown flag or choice)."""
+
+
 def _parse(cls: type, argv: Sequence[str], prog: str) -> Any:
     import tyro
 
-    raw = tyro.cli(_unvalidated(cls), args=list(argv), prog=prog)
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err):
+            raw = tyro.cli(_unvalidated(cls), args=list(argv), prog=prog)
+    except SystemExit as e:
+        if e.code not in (0, None):
+            raise UsageError(_box_message(err.getvalue())) from None
+        raise
+    finally:
+        if not isinstance(sys.exc_info()[1], UsageError):
+            sys.stderr.write(err.getvalue())  # anything else tyro said (help, warnings) as it was
     return cls(**{f.name: getattr(raw, f.name) for f in dataclasses.fields(cls)})
+
+
+def _box_message(text: str) -> str:
+    """The message of tyro's error box on one line: its lines up to the first rule, frame removed."""
+    lines = []
+    for line in text.splitlines()[1:]:  # the first line is the box's title
+        inner = line.strip().strip("│").strip()
+        if not inner or set(inner) <= set("─╰╯"):
+            break
+        lines.append(inner)
+    message = " ".join(" ".join(lines).split())
+    return message or " ".join(text.split())[:300] or "could not parse the command line"
 
 
 def parse_config(argv: Sequence[str]) -> Config:
@@ -95,6 +123,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _error(f"unknown command {command!r} (commands: {', '.join(_COMMANDS)})")
     try:
         return _COMMANDS[command](rest)
+    except UsageError as e:
+        return _error(f"{e} (fastpg {command} --help lists every flag)")
     except ConfigError as e:
         return _error(f"{e.flag}: {e.detail}")  # the flag the user typed, not the field name
     except UnsupportedEnvError as e:

@@ -9,6 +9,7 @@ one-line ``ConfigError`` as the command line.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import os
 import tempfile
@@ -16,12 +17,25 @@ from pathlib import Path
 
 import gymnasium as gym
 import torch
+from torch import nn
+from torch.distributions import Categorical, Distribution
 
 from fastpg.config import Config
-from fastpg.envs import BatchedEnv, backend_problem, kernel_problem, resolve_backend
+from fastpg.envs import BatchedEnv, EnvInfo, backend_problem, kernel_problem, resolve_backend
+from fastpg.envs.gym_vector import env_info_from_spaces
 from fastpg.errors import ConfigError
+from fastpg.footprint import footprint, format_bytes
+from fastpg.update import slice_rows
 
-__all__ = ["check_config", "check_env", "resolve_device", "check_writable_file", "check_writable_dir"]
+__all__ = [
+    "check_config",
+    "check_env",
+    "check_env_interface",
+    "check_policy",
+    "resolve_device",
+    "check_writable_file",
+    "check_writable_dir",
+]
 
 
 def resolve_device(device: str) -> torch.device:
@@ -37,6 +51,7 @@ def check_config(cfg: Config) -> None:
     _check_env_id(cfg.env)
     _check_backend(cfg)
     _check_paths(cfg)
+    _check_memory(cfg)
 
 
 def _check_device(device: str) -> None:
@@ -90,6 +105,56 @@ def _check_paths(cfg: Config) -> None:
         check_writable_dir("resume", cfg.resume)
 
 
+def _check_memory(cfg: Config) -> None:
+    """Refuse a run whose large buffers (``fastpg.footprint``) exceed the memory the device has."""
+    device = resolve_device(cfg.device)
+    available = available_memory(device)
+    if available is None:
+        return
+    probe = gym.make(cfg.env)
+    try:
+        info = env_info_from_spaces(cfg.env, probe.observation_space, probe.action_space, gym.spec(cfg.env))
+    finally:
+        with contextlib.suppress(Exception):
+            probe.close()
+    backend = resolve_backend(cfg.env, cfg.backend)
+    fused = device.type == "cpu" and backend == "torch" and cfg.fused == "auto" and info.discrete
+    parts = footprint(cfg, info, backend=backend, fused=fused, slice_rows=slice_rows(cfg.hidden_sizes))
+    total = sum(p.nbytes for p in parts)
+    if total <= available:
+        return
+    parts.sort(key=lambda p: -p.nbytes)
+    shown = "; ".join(
+        f"{p.name} {format_bytes(p.nbytes)} from {' x '.join('--' + f.replace('_', '-') for f in p.flags)}"
+        for p in parts
+        if p.nbytes >= total / 100
+    )
+    defaults = Config()
+    changed = [f for f in parts[0].flags if getattr(cfg, f) != getattr(defaults, f)]
+    raise ConfigError(
+        (changed or parts[0].flags)[0],
+        f"the run needs at least {format_bytes(total)} of memory ({shown}), more than the "
+        f"{format_bytes(available)} available on {device}",
+    )
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Bytes the device can still give: free GPU memory, or the OS's MemAvailable (None if unknown)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
 def check_writable_file(field: str, path: Path) -> None:
     """Raise ``ConfigError`` unless a file can be written at ``path``: asked of the OS (a probe file
     in its directory; an existing file opened for appending, its content untouched), not guessed
@@ -125,6 +190,57 @@ def _probe_directory(field: str, directory: Path) -> None:
         os.unlink(name)
     except OSError as e:
         raise ConfigError(field, f"cannot write in {directory} ({e.strerror or e})") from None
+
+
+_ENV_MEMBERS = ("num_envs", "info", "device", "reset", "step", "close")
+
+
+def check_env_interface(env: object) -> None:
+    """Raise ``ConfigError`` unless ``env`` has what ``BatchedEnv`` promises (before anything uses it)."""
+    missing = [name for name in _ENV_MEMBERS if not hasattr(env, name)]
+    if missing:
+        raise ConfigError(
+            "env",
+            f"the env given ({type(env).__name__}) is not a fastpg BatchedEnv: it has no {', '.join(missing)} "
+            "(see fastpg.BatchedEnv; wrap a gymnasium VectorEnv in fastpg.GymVectorEnv)",
+        )
+    if not isinstance(env.info, EnvInfo):
+        raise ConfigError("env", f"the env given has info of type {type(env.info).__name__}, not fastpg.EnvInfo")
+
+
+def check_policy(policy: nn.Module, info: EnvInfo, obs: torch.Tensor) -> None:
+    """Raise ``ConfigError`` unless ``policy(obs)`` for the first observations ``[N, *obs_shape]``
+    returns the distribution fastpg samples from and scores: a ``torch.distributions.Distribution``
+    with batch shape ``[N]`` over actions of the env's shape (one forward pass, no sampling)."""
+    name = type(policy).__name__
+    try:
+        with torch.no_grad():
+            dist = policy(obs)
+    except Exception as e:
+        failed = f"{type(e).__name__}: {e}"
+        raise ConfigError("policy", f"{name} failed on observations of shape {list(obs.shape)}: {failed}") from None
+    if not isinstance(dist, Distribution):
+        raise ConfigError(
+            "policy",
+            f"{name} must return a torch.distributions.Distribution for observations [N, *obs_shape]; "
+            f"it returned {type(dist).__name__}",
+        )
+    n = obs.shape[0]
+    if info.discrete:
+        expected = (n,)
+        width = dist.logits.shape[-1] if isinstance(dist, Categorical) else info.num_actions
+        if width != info.num_actions:
+            actions = f"{info.env_id} has {info.num_actions} actions"
+            raise ConfigError("policy", f"{name} gives {width} action logits; {actions}")
+    else:
+        expected = (n, *info.action_shape)
+    got = tuple(dist.batch_shape) + tuple(dist.event_shape)
+    if got != expected:
+        raise ConfigError(
+            "policy",
+            f"{name} returned a distribution over shape {list(got)} for observations {list(obs.shape)}; "
+            f"expected {list(expected)} (batch [N] of {info.env_id}'s actions)",
+        )
 
 
 def check_env(cfg: Config, env: BatchedEnv, device: torch.device) -> None:

@@ -29,7 +29,7 @@ from fastpg.checkpoint import (
 )
 from fastpg.config import Config
 from fastpg.envs import resolve_backend
-from fastpg.errors import ConfigError
+from fastpg.errors import ConfigError, EnvWorkerError
 from fastpg.interrupts import StopOnSignals
 from fastpg.metrics import ConsoleProgress, JsonlSink, jsonable
 from fastpg.preflight import check_config
@@ -95,45 +95,53 @@ def train(cfg: Config, *, policy: nn.Module | None = None) -> dict[str, Any]:
             sink = stack.enter_context(JsonlSink(cfg.metrics_file, append=cfg.resume is not None and not cfg.overwrite))
         else:
             sink = None
-        summary = _run(cfg, policy, state, ckpt_dir, sink)
+        summary, failure = _run(cfg, policy, state, ckpt_dir, sink)
         if sink:
             sink.write(summary)
     print(json.dumps({k: jsonable(v) for k, v in summary.items()}), flush=True)
+    if failure is not None:
+        raise failure
     return summary
 
 
 def _run(
     cfg: Config, policy: nn.Module | None, state: dict[str, Any] | None, ckpt_dir: Path | None, sink: JsonlSink | None
-) -> dict[str, Any]:
-    """The epochs, the checkpoints and the final evaluation; returns the summary."""
+) -> tuple[dict[str, Any], EnvWorkerError | None]:
+    """The epochs, the checkpoints and the final evaluation; returns the summary, and the env
+    failure that ended the run if one did (after the checkpoint of the last whole epoch)."""
     progress = None if cfg.quiet else ConsoleProgress(cfg.progress_interval_s)
+    failure = None
     with Trainer(cfg, policy=policy) as trainer, StopOnSignals() as signals:
         if state is not None:
             trainer.load_state_dict(state, source=str(cfg.resume / CHECKPOINT_NAME))
         start_epoch = trainer.counters.epoch
         ckpt_path = None
-        for metrics in trainer.run(should_stop=signals.requested):
-            if sink:
-                sink.write(metrics)
-            if progress:
-                progress(metrics, force=trainer.stop_reason is not None)
-            if ckpt_dir is not None and trainer.counters.epoch % cfg.checkpoint_every == 0:
-                ckpt_path = save_checkpoint(trainer.state_dict(), ckpt_dir)
-        if ckpt_dir is not None and (ckpt_path is None or trainer.counters.epoch % cfg.checkpoint_every):
+        try:
+            for metrics in trainer.run(should_stop=signals.requested):
+                if sink:
+                    sink.write(metrics)
+                if progress:
+                    progress(metrics, force=trainer.stop_reason is not None)
+                if ckpt_dir is not None and trainer.counters.epoch % cfg.checkpoint_every == 0:
+                    ckpt_path = save_checkpoint(trainer.state_dict(), ckpt_dir)
+        except EnvWorkerError as e:  # the epoch in progress is lost; the ones before it are kept
+            failure = e
+        if ckpt_dir is not None and (ckpt_path is None or trainer.counters.epoch % cfg.checkpoint_every or failure):
             ckpt_path = save_checkpoint(trainer.state_dict(), ckpt_dir)
         stopped_by_signal = signals.received is not None
-        evaluation = _final_evaluation(trainer, interrupted=stopped_by_signal)
-        stop_reason = trainer.stop_reason
+        evaluation = _final_evaluation(trainer, interrupted=stopped_by_signal or failure is not None)
+        stop_reason = f"env failure: {failure}" if failure else trainer.stop_reason
         if signals.received is not None and not stopped_by_signal:  # a signal during the evaluation
             stop_reason = f"{signals.requested()} during the final evaluation, after {stop_reason}"
-        return _summary(
+        summary = _summary(
             trainer,
             evaluation,
             start_epoch=start_epoch,
             checkpoint=ckpt_path,
-            exit_code=signals.exit_code or 0,
+            exit_code=1 if failure else signals.exit_code or 0,
             stop_reason=stop_reason,
         )
+    return summary, failure
 
 
 def trim_metrics(path: Path, epoch: int) -> int:

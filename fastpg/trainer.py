@@ -39,7 +39,7 @@ from fastpg.fused import FusedEpoch
 from fastpg.graph import GraphedEpoch
 from fastpg.metrics import EpisodeWindow, PhaseTimer
 from fastpg.policy import MLPPolicy
-from fastpg.preflight import check_config, check_env, resolve_device
+from fastpg.preflight import check_config, check_env, check_env_interface, check_policy, resolve_device
 from fastpg.rollout import Carry, collect, finished_episodes, init_carry, nonfinite_envs
 from fastpg.storage import allocate_storage
 from fastpg.update import UpdateSettings, reinforce_update
@@ -95,6 +95,8 @@ class Trainer:
         check_config(cfg)
         self.cfg = cfg
         self.device = resolve_device(cfg.device)
+        if env is not None:
+            check_env_interface(env)
         self.env = env if env is not None else env_from_config(cfg, self.device)
         try:
             info = self.env.info
@@ -105,6 +107,8 @@ class Trainer:
             self.generator = torch.Generator(device=self.device).manual_seed(cfg.seed)
             self.buf = allocate_storage(info, cfg.num_steps, cfg.num_envs, self.device)
             self.carry: Carry = init_carry(self.env, cfg.seed)
+            if policy is not None:
+                check_policy(self.policy, info, self.carry.obs)
             # The fast path where one applies (None: the generic path): compiled C++ on CPU, a
             # captured CUDA graph on a GPU.
             self.fused: FusedEpoch | GraphedEpoch | None = FusedEpoch.create(

@@ -344,7 +344,9 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
-def _start_training(tmp_path: Path, *extra: str) -> tuple[subprocess.Popen, Path, Path]:
+def _start_training(
+    tmp_path: Path, *extra: str, start_new_session: bool = False
+) -> tuple[subprocess.Popen, Path, Path]:
     ckpt, log = tmp_path / "ckpt", tmp_path / "m.jsonl"
     cmd = [
         sys.executable,
@@ -364,7 +366,9 @@ def _start_training(tmp_path: Path, *extra: str) -> tuple[subprocess.Popen, Path
         "--quiet",
         *extra,
     ]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=start_new_session
+    )
     deadline = time.monotonic() + 90
     while not (log.exists() and log.read_text().count("\n") >= 2):
         assert proc.poll() is None, proc.communicate()

@@ -14,10 +14,14 @@ action back to the host waits for the stream, which has by then finished the ear
 from __future__ import annotations
 
 import contextlib
+import itertools
 import multiprocessing
+import os
 import signal
 import threading
 import time
+import warnings
+from collections.abc import Callable
 
 import gymnasium as gym
 import numpy as np
@@ -49,6 +53,72 @@ def _workers_ignore_sigint():
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+@contextlib.contextmanager
+def _failure_said_once():
+    """gymnasium logs a failed worker's traceback (as a warning) before it raises; fastpg reports
+    the failure in one line, so what is logged during a call that fails is dropped, and what is
+    logged during one that succeeds is passed on as it was."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    for w in caught:
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
+
+
+def _leave_process_group(env: gym.Env) -> gym.Env:
+    """Applied to each env as it is built: in an async worker process, move that worker into a
+    process group of its own. A signal to the launcher's whole group (``kill -TERM -PGID`` from a
+    job scheduler or systemd, Ctrl-C at a terminal) then reaches the main process alone, which
+    stops after the epoch, writes its checkpoint and summary and closes the workers; killed with
+    it, the workers would leave the epoch unfinishable. (The env built in the main process for
+    the spaces stays where it is.)"""
+    if multiprocessing.parent_process() is not None:
+        with contextlib.suppress(OSError):
+            os.setpgid(0, 0)
+    return env
+
+
+class _CopyFailure(Exception):
+    """Raised by ``_NamedCopy``: env copy ``index`` failed with the chained exception."""
+
+    def __init__(self, index: int):
+        super().__init__(f"env copy {index}")
+        self.index = index
+
+
+class _NamedCopy(gym.Wrapper):
+    """Copy ``index`` of a sync vector env: its failures name the copy, and a failing ``close``
+    warns instead of leaving the other copies open."""
+
+    def __init__(self, env: gym.Env, index: int):
+        super().__init__(env)
+        self.index = index
+
+    def step(self, action):
+        try:
+            return self.env.step(action)
+        except Exception as e:
+            raise _CopyFailure(self.index) from e
+
+    def reset(self, **kwargs):
+        try:
+            return self.env.reset(**kwargs)
+        except Exception as e:
+            raise _CopyFailure(self.index) from e
+
+    def close(self):
+        try:
+            self.env.close()
+        except Exception as e:
+            warnings.warn(f"env copy {self.index}: close failed: {type(e).__name__}: {e}", RuntimeWarning, stacklevel=2)
+
+
+def _name_copies() -> Callable[[gym.Env], gym.Env]:
+    """A ``make_vec`` wrapper numbering the copies as the sync vector env builds them (in order)."""
+    counter = itertools.count()
+    return lambda env: _NamedCopy(env, next(counter))
 
 
 def env_info_from_spaces(env_id: str, obs_space: spaces.Space, action_space: spaces.Space, spec=None) -> EnvInfo:
@@ -98,13 +168,28 @@ def make_gym_vector_env(env_id: str, backend: str, num_envs: int, device: torch.
     try:
         env_info_from_spaces(env_id, probe.observation_space, probe.action_space, spec)
     finally:
-        probe.close()
+        try:
+            probe.close()
+        except Exception as e:  # the env works; its close does not: say so, go on
+            warnings.warn(f"env {env_id}: close failed: {type(e).__name__}: {e}", RuntimeWarning, stacklevel=2)
     kwargs = {}
     if backend != "vector":
         # The adapter copies every array into torch at once, so gymnasium need not copy first.
         kwargs["vector_kwargs"] = {"copy": False}
-    with _workers_ignore_sigint() if backend == "async" else contextlib.nullcontext():
-        vec = gym.make_vec(env_id, num_envs=num_envs, vectorization_mode=_MODES[backend], **kwargs)
+    if backend == "async":
+        kwargs["wrappers"] = [_leave_process_group]
+    elif backend == "sync":
+        kwargs["wrappers"] = [_name_copies()]
+    try:
+        with _workers_ignore_sigint() if backend == "async" else contextlib.nullcontext():
+            vec = gym.make_vec(env_id, num_envs=num_envs, vectorization_mode=_MODES[backend], **kwargs)
+    except OSError as e:  # fork refused: a process or memory limit
+        raise EnvWorkerError(
+            f"env {env_id}: could not start {num_envs} async worker processes ({e.strerror or e}); "
+            "lower --num-envs or use --backend sync"
+        ) from e
+    except Exception as e:  # the env's own constructor, in a worker or here
+        raise UnsupportedEnvError(f"could not create {num_envs} copies of {env_id}: {type(e).__name__}: {e}") from e
     return GymVectorEnv(vec, device=device, env_id=env_id)
 
 
@@ -178,33 +263,53 @@ class GymVectorEnv:
         who = f"worker{'s' if len(workers) != 1 else ''} {', '.join(map(str, workers))}" if workers else "a worker"
         if isinstance(e, multiprocessing.TimeoutError):
             cause = f"no answer within {self.async_timeout_s:g} s (hung or died)"
+        elif dead and not failed:
+            codes = sorted({vec.processes[i].exitcode for i in dead}, key=str)
+            cause = f"the worker process died (exit code {', '.join(map(str, codes))})"
         else:
             cause = f"{type(e).__name__}: {e}"
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(Exception), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # gymnasium's notes on closing mid-step: said here in one line
             vec.close(terminate=True)  # every worker process is stopped
         return EnvWorkerError(f"env {self.env_id}: {what} failed in async {who}: {cause}")
+
+    def _env_error(self, what: str, e: BaseException) -> EnvWorkerError:
+        """A sync or vector env's failure as one line: the env id, the copy (where known) and the
+        original exception; the env is closed."""
+        where = f"env copy {e.index}" if isinstance(e, _CopyFailure) else "the vector env"
+        cause = e.__cause__ if isinstance(e, _CopyFailure) else e
+        self.close()
+        return EnvWorkerError(f"env {self.env_id}: {what} failed in {where}: {type(cause).__name__}: {cause}")
 
     def reset(self, seed: int | None = None) -> Tensor:
         if self._async:
             try:
-                self.vec_env.reset_async(seed=seed)
-                obs, _ = self.vec_env.reset_wait(timeout=self.async_timeout_s)
+                with _failure_said_once():
+                    self.vec_env.reset_async(seed=seed)
+                    obs, _ = self.vec_env.reset_wait(timeout=self.async_timeout_s)
             except Exception as e:
                 raise self._worker_error("reset", e) from e
         else:
-            obs, _ = self.vec_env.reset(seed=seed)
+            try:
+                obs, _ = self.vec_env.reset(seed=seed)
+            except Exception as e:
+                raise self._env_error("reset", e) from e
         self._prev_done = np.zeros(self.num_envs, dtype=bool)
         return self._obs(obs)
 
     def step(self, action: Tensor) -> Step:
         if self._async:
             try:
-                self.vec_env.step_async(self._action(action))
-                obs, reward, terminated, truncated, _ = self.vec_env.step_wait(timeout=self.async_timeout_s)
+                with _failure_said_once():
+                    self.vec_env.step_async(self._action(action))
+                    obs, reward, terminated, truncated, _ = self.vec_env.step_wait(timeout=self.async_timeout_s)
             except Exception as e:
                 raise self._worker_error("step", e) from e
         else:
-            obs, reward, terminated, truncated, _ = self.vec_env.step(self._action(action))
+            try:
+                obs, reward, terminated, truncated, _ = self.vec_env.step(self._action(action))
+            except Exception as e:
+                raise self._env_error("step", e) from e
         # Flag logic in numpy: on N-element arrays it costs a fraction of a torch op.
         done = np.logical_or(terminated, truncated)
         if self.same_step_reset:
@@ -221,8 +326,14 @@ class GymVectorEnv:
         )
 
     def close(self) -> None:
-        if not getattr(self.vec_env, "closed", False):
+        """Close the envs; an env whose close raises gets a warning, not a traceback (the run's
+        results are written by then)."""
+        if getattr(self.vec_env, "closed", False):
+            return
+        try:
             self.vec_env.close(terminate=True) if self._async and self._failed_workers() else self.vec_env.close()
+        except Exception as e:
+            warnings.warn(f"env {self.env_id}: close failed: {type(e).__name__}: {e}", RuntimeWarning, stacklevel=2)
 
     def _failed_workers(self) -> list[int]:
         """Async workers whose pipe gymnasium closed after an error (or that never answered)."""

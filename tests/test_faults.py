@@ -1,0 +1,259 @@
+"""Every fault ends in one clear line (issue 12): failing environments on every backend, signals to a
+whole process group, sizes that cannot fit, command lines tyro cannot parse, interrupted imports,
+kernels that cannot be built, and misuse of the Python API."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from faulty_envs import FaultyEnv
+from test_reliability import _alive, _children, _epochs, _start_training
+
+from fastpg import Config, ConfigError, EnvWorkerError, GymVectorEnv, Trainer
+from fastpg.checkpoint import CHECKPOINT_NAME, load_checkpoint
+from fastpg.cli import main
+
+QUICK = ("--num-envs", "3", "--num-steps", "16", "--quiet", "--eval-episodes", "0")
+
+
+def _cli(capsys, *argv: str) -> tuple[int, str, list[str]]:
+    """Exit code, stdout and stderr lines of ``fastpg ARGV`` run in this process."""
+    capsys.readouterr()
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err.strip().splitlines()
+
+
+# -- failing environments, every backend ----------------------------------------------------------------
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # gymnasium logs a worker's traceback as warnings
+@pytest.mark.parametrize(
+    "env_id, backend, line",
+    [
+        ("FaultyRaise-v0", "sync", "env FaultyRaise-v0: step failed in env copy 1: ValueError: the simulator exploded"),
+        (
+            "FaultyRaise-v0",
+            "async",
+            "env FaultyRaise-v0: step failed in async worker 1: ValueError: the simulator exploded",
+        ),
+        ("FaultyDie-v0", "async", "env FaultyDie-v0: step failed in async worker 1: "),
+    ],
+)
+def test_an_env_failure_ends_in_one_line_after_checkpoint_and_summary(tmp_path, capsys, env_id, backend, line):
+    ckpt, metrics = tmp_path / "ckpt", tmp_path / "m.jsonl"
+    args = ("--checkpoint-dir", str(ckpt), "--metrics-file", str(metrics), "--max-epochs", "10")
+    code, out, err = _cli(capsys, "train", "--env", env_id, "--backend", backend, *QUICK, *args)
+    assert code == 1 and len(err) == 1 and err[0].startswith(f"fastpg: error: {line}"), err
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["exit_code"] == 1 and summary["stop_reason"].startswith(f"env failure: {line}")
+    # the fault comes at the copy's 40th step: two whole epochs of 16 steps before it are kept
+    assert summary["epochs"] == 2 and load_checkpoint(ckpt)["epoch"] == 2 and len(_epochs(metrics)) == 2
+    assert json.loads(metrics.read_text().splitlines()[-1])["summary"]
+
+
+def test_a_vector_env_built_by_the_user_fails_in_one_line():
+    env = GymVectorEnv(gym.vector.SyncVectorEnv([lambda: FaultyEnv(fault="raise", at=2)]), env_id="Mine-v0")
+    env.reset(seed=0)
+    env.step(torch.zeros(1, dtype=torch.int64))
+    with pytest.raises(EnvWorkerError, match="^env Mine-v0: step failed in the vector env: ValueError: the simulator"):
+        env.step(torch.zeros(1, dtype=torch.int64))
+
+
+def test_an_env_whose_close_raises_still_trains_and_warns(capsys):
+    with pytest.warns(RuntimeWarning, match="close failed: OSError: the simulator's licence server is gone"):
+        code, out, _ = _cli(
+            capsys, "train", "--env", "FaultyClose-v0", "--backend", "sync", *QUICK, "--max-epochs", "1"
+        )
+    assert code == 0 and json.loads(out.strip().splitlines()[-1])["epochs"] == 1
+
+
+def test_sigterm_to_the_whole_process_group_stops_an_async_run_cleanly(tmp_path):
+    """What systemd and job schedulers send: the workers live in process groups of their own, so
+    the main process alone gets it, finishes the epoch, checkpoints, summarizes and closes them."""
+    proc, ckpt, log = _start_training(tmp_path, "--backend", "async", start_new_session=True)
+    workers = _children(proc.pid)
+    assert len(workers) >= 2
+    os.killpg(proc.pid, signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert "Traceback" not in err
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["stop_reason"] == "interrupted (SIGTERM)" and summary["checkpoint"] == str(ckpt / CHECKPOINT_NAME)
+    assert load_checkpoint(ckpt)["epoch"] == summary["epochs"] == len(_epochs(log))
+    time.sleep(0.5)
+    assert not [w for w in workers if _alive(w)], "worker processes were left behind"
+
+
+def test_async_workers_that_cannot_start_give_one_line(capsys, monkeypatch):
+    import multiprocessing.process
+
+    def refuse(self):
+        raise BlockingIOError(errno.EAGAIN, os.strerror(errno.EAGAIN))
+
+    monkeypatch.setattr(multiprocessing.process.BaseProcess, "start", refuse)
+    code, _, err = _cli(capsys, "train", "--backend", "async", *QUICK, "--max-epochs", "1")
+    assert code == 1 and err == [
+        "fastpg: error: env CartPole-v1: could not start 3 async worker processes (Resource temporarily unavailable); "
+        "lower --num-envs or use --backend sync"
+    ]
+
+
+# -- sizes that cannot fit -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "flag, value, part",
+    [
+        ("--num-steps", "1000000000", "storage [T, N]"),
+        ("--num-envs", "1000000000", "storage [T, N]"),
+        ("--hidden-sizes", "1000000000", "update activations"),
+        ("--eval-episodes", "1000000000", "evaluation"),
+    ],
+)
+def test_a_run_that_cannot_fit_is_refused_before_anything_runs(capsys, flag, value, part):
+    t0 = time.perf_counter()
+    code, out, err = _cli(capsys, "train", flag, value)
+    assert code == 2 and len(err) == 1 and out == ""
+    assert err[0].startswith(f"fastpg: error: {flag}: the run needs at least ")
+    assert f"({part} " in err[0] or f"; {part} " in err[0]
+    assert "available on cpu" in err[0]
+    assert time.perf_counter() - t0 < 10
+
+
+def test_the_footprint_of_the_defaults_is_small():
+    from fastpg.footprint import footprint
+    from fastpg.update import slice_rows
+
+    with Trainer(Config(max_epochs=1, quiet=True)) as tr:
+        info = tr.env.info
+        stored = sum(t.numel() * t.element_size() for t in tr.buf.values())
+    parts = footprint(Config(), info, backend="torch", fused=True, slice_rows=slice_rows((128,)))
+    assert parts[0].nbytes == stored  # the storage estimate is the storage fastpg allocates
+    assert sum(p.nbytes for p in parts) < 100 * 2**20
+
+
+# -- the command line and its start ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--num-envs", "abc"], "Error parsing --num-envs: invalid literal for int() with base 10: 'abc'"),
+        (["--backend", "foo"], "invalid choice 'foo' for argument '--backend'."),
+        (["--bogus", "3"], "Unrecognized options: --bogus"),
+    ],
+)
+def test_command_lines_tyro_cannot_parse_give_one_line(capsys, argv, message):
+    code, _, err = _cli(capsys, "train", *argv)
+    assert code == 2 and len(err) == 1 and err[0].startswith("fastpg: error: ") and message in err[0]
+    assert err[0].endswith("(fastpg train --help lists every flag)")
+
+
+def test_ctrl_c_while_importing_exits_130_in_one_line():
+    script = (
+        "import builtins, sys\n"
+        "real = builtins.__import__\n"
+        "def interrupted(name, *args, **kwargs):\n"
+        "    if name == 'torch' or name.startswith('torch.'):\n"
+        "        raise KeyboardInterrupt\n"
+        "    return real(name, *args, **kwargs)\n"
+        "from fastpg.cli import main\n"
+        "builtins.__import__ = interrupted\n"
+        "sys.exit(main(['train']))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 130 and proc.stderr.strip().splitlines() == ["fastpg: interrupted"], proc.stderr
+
+
+def test_a_kernel_that_cannot_be_built_ends_in_one_line(tmp_path):
+    env = {**os.environ, "CXX": str(tmp_path / "no-compiler"), "TORCH_EXTENSIONS_DIR": str(tmp_path / "ext")}
+    cmd = [sys.executable, "-m", "fastpg.cli", "train", "--env-kernel", "cpp", "--device", "cpu", "--max-epochs", "1"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
+    last = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert last.startswith("fastpg: error: could not build fastpg's C++ kernels")
+
+
+# -- the Python API --------------------------------------------------------------------------------------
+
+
+def test_an_object_that_is_not_an_env_is_refused_by_name():
+    with pytest.raises(
+        ConfigError, match=r"^env: the env given \(object\) is not a fastpg BatchedEnv: it has no num_envs"
+    ):
+        Trainer(Config(quiet=True), env=object())
+
+
+class _TensorPolicy(torch.nn.Module):
+    def __init__(self, out: int = 2, shape_out: bool = False):
+        super().__init__()
+        self.net = torch.nn.Linear(4, out)
+        self.shape_out = shape_out
+
+    def forward(self, obs):
+        logits = self.net(obs)
+        if self.shape_out:
+            return torch.distributions.Categorical(logits=logits.unsqueeze(0).expand(2, -1, -1))
+        return logits
+
+
+@pytest.mark.parametrize(
+    "policy, message",
+    [
+        (
+            _TensorPolicy(),
+            "_TensorPolicy must return a torch.distributions.Distribution for observations [N, *obs_shape]; it returned Tensor",
+        ),
+        (_TensorPolicy(out=3, shape_out=True), "_TensorPolicy gives 3 action logits; CartPole-v1 has 2 actions"),
+        (
+            _TensorPolicy(shape_out=True),
+            "_TensorPolicy returned a distribution over shape [2, 16] for observations [16, 4]; "
+            "expected [16] (batch [N] of CartPole-v1's actions)",
+        ),
+    ],
+)
+def test_a_policy_that_breaks_the_contract_is_refused_by_name(policy, message):
+    with pytest.raises(ConfigError) as e:
+        Trainer(Config(quiet=True, fused="off"), policy=policy)
+    assert str(e.value) == f"policy: {message}"
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        (dict(overwrite="no"), "overwrite: must be True or False, got 'no'"),
+        (dict(quiet="yes"), "quiet: must be True or False"),
+        (dict(max_epochs=True), "max_epochs: "),
+        (dict(metrics_file=3), "metrics_file: must be a path"),
+    ],
+)
+def test_config_values_of_the_wrong_type_are_refused(changes, message):
+    with pytest.raises(ConfigError, match="^" + message.replace("(", r"\(")):
+        Config(**changes)
+
+
+def test_numpy_scalars_are_accepted():
+    cfg = Config(gamma=np.float32(0.5), seed=np.int64(3), num_envs=np.int32(4))
+    assert (cfg.gamma, cfg.seed, cfg.num_envs) == (0.5, 3, 4) and type(cfg.seed) is int
+
+
+def test_metrics_path_check_does_not_touch_an_existing_file(tmp_path):
+    path = tmp_path / "m.jsonl"
+    path.write_text("kept\n")
+    with pytest.raises(ConfigError, match="already exists"):
+        from fastpg.run import train
+
+        train(Config(metrics_file=path, quiet=True, max_epochs=1))
+    assert path.read_text() == "kept\n" and Path(path).stat().st_size == 5
