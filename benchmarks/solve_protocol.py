@@ -145,7 +145,7 @@ def solve_fastpg(system: str, seed: int, target: float, overrides: dict[str, Any
     cfg = Config(seed=seed, quiet=True, eval_episodes=0, target_return=1e9, max_env_steps=10**10, **overrides)
     with contextlib.redirect_stdout(io.StringIO()), Trainer(cfg) as tr:
         if env is not None:
-            evaluate_fn = evaluator(lambda obs: tr.policy.net(obs), env)
+            evaluate_fn = evaluator(lambda obs: tr.policy.net(obs.to(tr.device)).to(obs.device), env)
         else:
             evaluate_fn = lambda s: tr.evaluate(EVAL_EPISODES, seed=s)["eval_return_mean"]  # noqa: E731
         clock_ = SolveClock(evaluate_fn, seed, target, **clock)
