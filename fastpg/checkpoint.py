@@ -18,6 +18,7 @@ were running are dropped (documented in the README).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import re
 import tempfile
@@ -42,6 +43,8 @@ __all__ = [
     "check_compatible",
     "DirectoryLock",
     "check_state",
+    "resumed_config",
+    "RESUME_CHANGEABLE",
 ]
 
 FORMAT = 1
@@ -61,6 +64,48 @@ COMPATIBLE_FIELDS = (
     "baseline",
     "log_std_init",
 )
+
+
+# Fields a resumed run may change: budgets, target, learning rate, outputs, logging, the
+# evaluation and the non-finite guard. Everything else continues as saved (see resumed_config).
+RESUME_CHANGEABLE = (
+    "max_env_steps",
+    "max_epochs",
+    "target_return",
+    "lr",
+    "metrics_file",
+    "checkpoint_dir",
+    "checkpoint_every",
+    "resume",
+    "overwrite",
+    "progress_interval_s",
+    "quiet",
+    "eval_episodes",
+    "eval_deterministic",
+    "max_bad_updates",
+)
+
+
+def resumed_config(saved: dict[str, Any], given: Config, explicit: set[str]) -> Config:
+    """The config that continues a saved run: the saved config, with the ``explicit`` fields (the
+    flags typed on the command line) of ``given`` applied where they may change
+    (``RESUME_CHANGEABLE``); ``ConfigError`` for one that may not and differs. Checkpoints go back
+    into the resumed directory unless ``--checkpoint-dir`` says otherwise; ``overwrite`` is never
+    carried over."""
+    known = {f.name for f in dataclasses.fields(Config)}
+    base = Config.from_dict({k: v for k, v in saved.items() if k in known})
+    changes: dict[str, Any] = {"resume": given.resume, "checkpoint_dir": None, "overwrite": False}
+    for name in sorted(explicit & known):
+        new, old = getattr(given, name), getattr(base, name)
+        if name in RESUME_CHANGEABLE:
+            changes[name] = new
+        elif new != old:
+            raise ConfigError(
+                name,
+                f"cannot change when resuming (checkpoint: {old!r}, given: {new!r}); a resumed run may change only "
+                f"{', '.join('--' + f.replace('_', '-') for f in RESUME_CHANGEABLE)}",
+            )
+    return dataclasses.replace(base, **changes)
 
 
 def check_compatible(saved: dict[str, Any], cfg: Config, path: str | Path) -> None:

@@ -93,7 +93,23 @@ def _train(argv: Sequence[str]) -> int:
     cfg = parse_config(argv)
     from fastpg.run import train
 
+    if cfg.resume is not None:  # the saved run's settings, with the flags typed here that may change
+        from fastpg.checkpoint import load_checkpoint, resumed_config
+
+        cfg = resumed_config(load_checkpoint(cfg.resume)["config"], cfg, given_fields(argv))
+
     return train(cfg)["exit_code"]  # 128 + signal number after Ctrl-C / SIGTERM, else 0
+
+
+def given_fields(argv: Sequence[str]) -> set[str]:
+    """The config fields of the flags typed in ``argv`` (``--no-normalize-returns`` counts as
+    ``normalize_returns``)."""
+    fields = set()
+    for token in argv:
+        if token.startswith("--"):
+            name = token[2:].split("=", 1)[0].replace("-", "_")
+            fields.add(name[3:] if name.startswith("no_") else name)
+    return fields
 
 
 def _bench(argv: Sequence[str]) -> int:

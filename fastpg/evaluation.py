@@ -17,6 +17,7 @@ from torch import nn
 
 from fastpg.config import Config
 from fastpg.envs import BatchedEnv, env_from_config, resolve_backend
+from fastpg.envs.base import action_clipper
 from fastpg.metrics import EpisodeWindow
 from fastpg.policy import mode_action, sample_action
 
@@ -56,6 +57,7 @@ def evaluate(
     N = env.num_envs
     limit = max_steps or env.info.max_episode_steps or 100_000
     obs = env.reset(seed=seed).to(torch.float32)  # policies take float32 (native envs may be float64)
+    to_env = action_clipper(env.info, obs.device)
     ret = torch.zeros(N, device=obs.device)
     length = torch.zeros(N, dtype=torch.int64, device=obs.device)
     running = torch.ones(N, dtype=torch.bool, device=obs.device)
@@ -66,7 +68,7 @@ def evaluate(
             for _ in range(limit + 1):  # +1: a NEXT_STEP env may not have started yet
                 dist = policy(obs)
                 action = mode_action(dist) if deterministic else sample_action(dist, generator)
-                step = env.step(action)
+                step = env.step(to_env(action))
                 live = running & step.valid
                 ret += torch.where(live, step.reward, 0.0)
                 length += live

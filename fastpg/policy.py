@@ -19,8 +19,9 @@ touching the global RNG. ``Categorical``, ``Normal`` and ``Independent(Normal)``
 way; any other distribution falls back to its own ``sample()``, which draws from the global RNG.
 
 Box actions: the Gaussian is unbounded; the stored action and its log-probability are those of the
-raw sample, and the environment adapter clips the action to the space's bounds before stepping
-(the CleanRL convention; the clip is part of the environment from the policy's point of view).
+raw sample, and every backend steps the env with the action clipped to the space's bounds
+(``fastpg.envs.base.action_clipper``; the CleanRL convention: the clip is part of the environment
+from the policy's point of view).
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import importlib
 import os
 import tempfile
 from pathlib import Path
@@ -22,7 +23,7 @@ from torch.distributions import Categorical, Distribution
 
 from fastpg.config import Config
 from fastpg.envs import BatchedEnv, EnvInfo, backend_problem, kernel_problem, resolve_backend
-from fastpg.envs.gym_vector import env_info_from_spaces
+from fastpg.envs.gym_vector import env_info_from_spaces, env_spec
 from fastpg.errors import ConfigError
 from fastpg.footprint import footprint, format_bytes
 from fastpg.update import slice_rows
@@ -71,8 +72,14 @@ def _check_device(device: str) -> None:
 
 
 def _check_env_id(env_id: str) -> None:
+    module, _, name = env_id.rpartition(":")
+    if module:  # gymnasium's module:Env-v0 form: importing the module registers the id
+        try:
+            importlib.import_module(module)
+        except Exception as e:
+            raise ConfigError("env", f"could not import {module!r} (of {env_id!r}): {type(e).__name__}: {e}") from None
     try:
-        gym.spec(env_id)
+        env_spec(env_id)
     except Exception:  # gymnasium raises several error types for unknown / unimportable ids
         close = difflib.get_close_matches(env_id, list(gym.registry.keys()), n=3, cutoff=0.6)
         hint = f"; did you mean {', '.join(close)}?" if close else " (see gymnasium.pprint_registry())"
@@ -113,7 +120,7 @@ def _check_memory(cfg: Config) -> None:
         return
     probe = gym.make(cfg.env)
     try:
-        info = env_info_from_spaces(cfg.env, probe.observation_space, probe.action_space, gym.spec(cfg.env))
+        info = env_info_from_spaces(cfg.env, probe.observation_space, probe.action_space, env_spec(cfg.env))
     finally:
         with contextlib.suppress(Exception):
             probe.close()

@@ -76,7 +76,9 @@ def reward_to_go(
     temporary at all (on CPU a fresh ``[T, N]`` or even a chunk-sized scratch buffer costs
     first-touch page faults comparable to the scan). The discount is exactly ``gamma`` or 0, so the
     result equals the reference up to the rounding of a fused multiply-add. Stable for every gamma
-    in [0, 1] and any T; runs on any device.
+    in [0, 1] and any T; runs on any device. Not differentiable: it writes with ``out=`` into
+    its own rows, which autograd does not allow (returns are data in REINFORCE; use
+    ``reward_to_go_reference`` for gradients through rewards).
 
     Args:
         reward: [T, N] float32 or float64.

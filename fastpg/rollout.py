@@ -8,7 +8,7 @@ import torch
 from tensordict import TensorDict
 from torch import Tensor, nn
 
-from fastpg.envs.base import BatchedEnv
+from fastpg.envs.base import BatchedEnv, action_clipper
 from fastpg.policy import SamplingPolicy, sample_action
 
 __all__ = [
@@ -68,12 +68,13 @@ def collect(
     obs, action, reward = buf["obs"], buf["action"], buf["reward"]
     done, terminated, valid = buf["done"], buf["terminated"], buf["valid"]
     act = policy.act if isinstance(policy, SamplingPolicy) else (lambda o, g: sample_action(policy(o), g))
+    to_env = action_clipper(env.info, obs.device)  # Box actions: the env gets them clipped
     obs[0].copy_(carry.obs)
     with torch.inference_mode():
         for t in range(T):
             a = act(obs[t], generator)
             action[t].copy_(a)
-            step = env.step(a)
+            step = env.step(to_env(a))
             reward[t].copy_(step.reward)
             done[t].copy_(step.done)
             terminated[t].copy_(step.terminated)

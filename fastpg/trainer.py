@@ -33,7 +33,7 @@ from torch import nn
 from fastpg.checkpoint import check_state
 from fastpg.config import Config
 from fastpg.envs import BatchedEnv, Checkpointable, env_from_config
-from fastpg.errors import NonFiniteError
+from fastpg.errors import ConfigError, NonFiniteError
 from fastpg.evaluation import EVAL_SEED_OFFSET, TargetCheck, evaluate, evaluation_env
 from fastpg.fused import FusedEpoch
 from fastpg.graph import GraphedEpoch
@@ -80,6 +80,11 @@ class Trainer:
             training device.
         policy: optional ``nn.Module`` following the policy contract of ``fastpg.policy``
             (default: ``MLPPolicy`` from the config).
+        eval_env: where evaluations run (the target check, ``evaluate()``): a ``BatchedEnv``
+            (one episode per copy), or a function ``num_episodes -> BatchedEnv`` (closed after
+            each evaluation). Default: fresh copies of ``cfg.env``. A trainer given its own ``env``
+            needs one too, unless ``cfg.eval_episodes`` is 0: evaluating on ``cfg.env`` would test
+            another task.
 
     Where a fast path applies (``cfg.fused``: the fused C++ epoch of ``fastpg.fused`` on CPU, the
     CUDA-graph epoch of ``fastpg.graph`` on a GPU), ``collect`` and ``update`` run it
@@ -91,7 +96,14 @@ class Trainer:
     to stop environment workers.
     """
 
-    def __init__(self, cfg: Config, *, env: BatchedEnv | None = None, policy: nn.Module | None = None):
+    def __init__(
+        self,
+        cfg: Config,
+        *,
+        env: BatchedEnv | None = None,
+        policy: nn.Module | None = None,
+        eval_env: BatchedEnv | Callable[[int], BatchedEnv] | None = None,
+    ):
         check_config(cfg)
         self.cfg = cfg
         self.device = resolve_device(cfg.device)
@@ -101,6 +113,8 @@ class Trainer:
         try:
             info = self.env.info
             check_env(cfg, self.env, self.device)
+            self.eval_env = _evaluation_source(cfg, env, eval_env)
+            self.env_given = env is not None
             self.policy = (policy if policy is not None else MLPPolicy.from_config(cfg, info)).to(self.device)
             self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=cfg.lr)
             self.settings = UpdateSettings.from_config(cfg)
@@ -266,9 +280,20 @@ class Trainer:
     def evaluate(
         self, num_episodes: int = 100, *, deterministic: bool = False, seed: int | None = None
     ) -> dict[str, float]:
-        """Mean return of ``num_episodes`` fresh episodes (one per env copy; see ``evaluate``), sampled
-        by the fused epoch's compiled collect where it runs (the same episodes and draws)."""
-        env = evaluation_env(self.cfg, self.device, num_episodes)
+        """Mean return of fresh episodes, one per env copy (see ``evaluate``): ``num_episodes``
+        copies of ``cfg.env``, or from the ``eval_env`` function given to the trainer; an
+        ``eval_env`` env is used as it is (its ``num_envs`` episodes) and left open. Sampled by the
+        fused epoch's compiled collect where it runs (the same episodes and draws)."""
+        owned = True
+        if self.eval_env is None and self.env_given:
+            raise ConfigError("eval_env", f"this trainer was given its own env: evaluating needs one ({EVAL_ENV_HELP})")
+        if self.eval_env is None:
+            env = evaluation_env(self.cfg, self.device, num_episodes)
+        elif _is_env(self.eval_env):
+            env, owned = self.eval_env, False  # the caller's: reused, not closed
+        else:
+            env = self.eval_env(num_episodes)
+            check_env_interface(env)
         seed = self.cfg.seed + EVAL_SEED_OFFSET if seed is None else seed
         try:
             generator = torch.Generator(device=self.device).manual_seed(seed)
@@ -276,7 +301,8 @@ class Trainer:
                 return self.fused.evaluate(env, seed, generator)
             return evaluate(env, self.policy, seed=seed, deterministic=deterministic, generator=generator)
         finally:
-            env.close()
+            if owned:
+                env.close()
 
     def _evaluate_for_target(self) -> dict[str, float]:
         seed = self.cfg.seed + EVAL_SEED_OFFSET + self.counters.epoch + 1
@@ -311,6 +337,8 @@ class Trainer:
         check_state(state, self.state_dict(), params, source)
         self.policy.load_state_dict(state["policy"])
         self.optimizer.load_state_dict(state["optimizer"])
+        for group in self.optimizer.param_groups:  # the config's learning rate, not the saved one
+            group["lr"] = self.cfg.lr
         self.generator.set_state(state["generator"])
         self.counters = Counters.from_state(state)
         self.target.checks = int(state.get("target_checks", 0))
@@ -336,3 +364,32 @@ def _listed(indices: list[int], shown: int = 10) -> str:
     """'1, 5, 7' (the first ``shown``, then how many more)."""
     more = f" and {len(indices) - shown} more" if len(indices) > shown else ""
     return ", ".join(map(str, indices[:shown])) + more
+
+
+EVAL_ENV_HELP = "an env, or a function num_episodes -> env"
+
+
+def _is_env(obj: object) -> bool:
+    return all(hasattr(obj, name) for name in ("num_envs", "info", "reset", "step"))
+
+
+def _evaluation_source(
+    cfg: Config, env: BatchedEnv | None, eval_env: BatchedEnv | Callable[[int], BatchedEnv] | None
+) -> BatchedEnv | Callable[[int], BatchedEnv] | None:
+    """Where evaluations run: ``eval_env`` (an env, or a function ``num_episodes -> env``), else
+    fresh copies of ``cfg.env``; a trainer given its own env must be given one too (evaluating on
+    ``cfg.env`` would be another task), unless it never evaluates (``eval_episodes=0``)."""
+    if eval_env is not None:
+        if _is_env(eval_env):
+            check_env_interface(eval_env)
+        elif not callable(eval_env):
+            raise ConfigError("eval_env", f"must be a BatchedEnv or a function num_episodes -> env, got {eval_env!r}")
+        return eval_env
+    if env is not None and cfg.eval_episodes > 0:
+        raise ConfigError(
+            "eval_env",
+            f"the trainer was given its own env ({type(env).__name__}), so it cannot evaluate on fresh copies of "
+            f"cfg.env ({cfg.env}): pass eval_env ({EVAL_ENV_HELP}), or set eval_episodes=0 (the training "
+            "window alone then decides the target)",
+        )
+    return None

@@ -257,3 +257,59 @@ def test_metrics_path_check_does_not_touch_an_existing_file(tmp_path):
 
         train(Config(metrics_file=path, quiet=True, max_epochs=1))
     assert path.read_text() == "kept\n" and Path(path).stat().st_size == 5
+
+
+# -- issue 13's bugs ---------------------------------------------------------------------------------------
+
+
+def test_resume_continues_with_the_saved_settings_and_applies_what_may_change(tmp_path, capsys):
+    ckpt, metrics = tmp_path / "ckpt", tmp_path / "m.jsonl"
+    first = ("--hidden-sizes", "64", "--activation", "tanh", "--num-envs", "4", "--num-steps", "32", "--lr", "0.005")
+    code, _, _ = _cli(
+        capsys,
+        "train",
+        *first,
+        "--max-epochs",
+        "2",
+        "--checkpoint-dir",
+        str(ckpt),
+        "--metrics-file",
+        str(metrics),
+        "--quiet",
+    )
+    assert code == 0
+    code, out, err = _cli(capsys, "train", "--resume", str(ckpt), "--max-epochs", "4", "--lr", "0.002")
+    assert code == 0, err
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["epochs"] == 4 and summary["epochs_this_run"] == 2 and summary["resumed_from"] == str(ckpt)
+    state = load_checkpoint(ckpt)
+    assert state["config"]["hidden_sizes"] == [64] and state["config"]["activation"] == "tanh"  # as saved
+    assert state["config"]["lr"] == 0.002 and state["optimizer"]["param_groups"][0]["lr"] == 0.002  # applied
+    assert [r["epoch"] for r in _epochs(metrics)] == [1, 2, 3, 4]  # the saved metrics file, appended to
+    code, _, err = _cli(capsys, "train", "--resume", str(ckpt), "--hidden-sizes", "32", "--max-epochs", "6")
+    assert code == 2 and len(err) == 1
+    assert err[0].startswith(
+        "fastpg: error: --hidden-sizes: cannot change when resuming (checkpoint: (64,), given: (32,))"
+    )
+
+
+def test_an_env_id_in_gymnasiums_module_form_is_accepted(tmp_path, capsys, monkeypatch):
+    (tmp_path / "my_envs_for_fastpg.py").write_text(
+        "import gymnasium as gym\n"
+        "gym.register('MyPole-v0', entry_point='gymnasium.envs.classic_control.cartpole:CartPoleEnv', max_episode_steps=50)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    code, out, err = _cli(capsys, "train", "--env", "my_envs_for_fastpg:MyPole-v0", *QUICK, "--max-epochs", "1")
+    assert code == 0, err
+    assert json.loads(out.strip().splitlines()[-1])["env"] == "my_envs_for_fastpg:MyPole-v0"
+    code, _, err = _cli(capsys, "train", "--env", "no_such_module_here:MyPole-v0")
+    assert code == 2 and err == [
+        "fastpg: error: --env: could not import 'no_such_module_here' (of 'no_such_module_here:MyPole-v0'): "
+        "ModuleNotFoundError: No module named 'no_such_module_here'"
+    ]
+
+
+def test_the_last_epoch_gets_its_progress_line_when_a_budget_stops_the_run(capsys):
+    code, out, _ = _cli(capsys, "train", "--max-epochs", "3", "--progress-interval-s", "100", "--eval-episodes", "0")
+    assert code == 0
+    assert [line.split("|")[0].split()[1] for line in out.splitlines() if line.startswith("epoch")] == ["1", "3"]

@@ -179,3 +179,28 @@ def test_nonfinite_envs_opposite_infinities_and_overflowing_sums():
     buf = TensorDict({"obs": torch.full((4, 3, 2), 3e38), "reward": torch.zeros(4, 3)}, batch_size=[4, 3])
     assert not torch.isfinite(buf["obs"].sum())  # the screening sum overflows: every value is finite
     assert nonfinite_envs(buf) == []
+
+
+class _FarOutOfBounds(torch.nn.Module):
+    """A Box policy whose samples lie far beyond MountainCarContinuous's bounds of [-1, 1]."""
+
+    def __init__(self):
+        super().__init__()
+        self.loc = torch.nn.Parameter(torch.tensor([5.0]))
+
+    def forward(self, obs):
+        loc = self.loc.expand(obs.shape[0], 1)
+        return torch.distributions.Independent(torch.distributions.Normal(loc, 1e-3), 1)
+
+
+@pytest.mark.parametrize("backend", ["torch", "sync"])
+def test_box_actions_reach_every_backend_clipped_and_are_stored_as_sampled(backend):
+    from fastpg.envs import make_env
+
+    env = make_env("MountainCarContinuous-v0", 3, backend=backend)
+    buf = allocate_storage(env.info, 40, 3, "cpu")
+    collect(env, _FarOutOfBounds(), buf, init_carry(env, seed=0), torch.Generator().manual_seed(0))
+    env.close()
+    assert (buf["action"] > 4.9).all()  # the sample, for the loss
+    valid = buf["valid"] & ~buf["terminated"]
+    assert torch.allclose(buf["reward"][valid], torch.tensor(-0.1))  # -0.1 a^2 of the clipped a = 1

@@ -262,3 +262,26 @@ def test_target_needs_a_confirming_evaluation(monkeypatch):
     assert [e for e, _ in calls] == [calls[0][0], calls[0][0] + 1, calls[0][0] + 2]  # checked every epoch
     assert len({s for _, s in calls}) == 3  # fresh episodes each time
     assert summary["eval_return_mean"] == 100.0 and summary["epochs"] == calls[-1][0] + 1
+
+
+def test_a_trainer_given_its_env_evaluates_on_that_task_only():
+    """MountainCar copies handed in while cfg.env is CartPole: evaluations run on MountainCar
+    (random play never reaches the flag: -200 per episode), never on CartPole."""
+    cfg = Config(num_envs=4, num_steps=16, eval_episodes=5, quiet=True)
+    with pytest.raises(ConfigError, match=r"^eval_env: the trainer was given its own env \(TorchMountainCar\)"):
+        Trainer(cfg, env=make_env("MountainCar-v0", 4))
+    with Trainer(cfg, env=make_env("MountainCar-v0", 4), eval_env=lambda n: make_env("MountainCar-v0", n)) as tr:
+        tr.epoch()
+        ev = tr.evaluate(5)
+        assert ev["eval_episodes"] == 5 and ev["eval_return_mean"] == -200.0
+        assert tr.target.target == -110.0  # MountainCar's threshold, not CartPole's
+    fixed = make_env("MountainCar-v0", 3)
+    with Trainer(cfg, env=make_env("MountainCar-v0", 4), eval_env=fixed) as tr:
+        assert tr.evaluate(100)["eval_episodes"] == 3  # an env is used as it is
+    fixed.reset(seed=0)  # and left open for its owner
+    with Trainer(
+        Config(num_envs=4, num_steps=16, eval_episodes=0, quiet=True), env=make_env("MountainCar-v0", 4)
+    ) as tr:
+        assert tr.eval_env is None  # never evaluates: nothing to give
+        with pytest.raises(ConfigError, match="^eval_env: this trainer was given its own env"):
+            tr.evaluate(5)  # and asked to, it says what is missing instead of playing CartPole

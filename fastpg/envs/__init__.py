@@ -10,7 +10,6 @@ Backends, fastest first (``auto`` takes the first one available for an id):
 
 from __future__ import annotations
 
-import gymnasium as gym
 import torch
 from gymnasium.envs.registration import load_env_creator
 
@@ -25,7 +24,7 @@ from fastpg.envs.classic_control import (
     TorchMountainCarContinuous,
     TorchPendulum,
 )
-from fastpg.envs.gym_vector import GymVectorEnv, make_gym_vector_env
+from fastpg.envs.gym_vector import GymVectorEnv, env_spec, make_gym_vector_env
 from fastpg.errors import ConfigError, EnvWorkerError, UnsupportedEnvError
 
 __all__ = [
@@ -69,7 +68,7 @@ def backend_problem(env_id: str, backend: str) -> str | None:
     """Why ``backend`` cannot step ``env_id`` (a registered id), or None if it can."""
     if backend == "torch" and env_id not in _NATIVE:
         return f"'torch' has no native implementation of {env_id} (native ids: {', '.join(native_env_ids()) or 'none'})"
-    if backend == "vector" and gym.spec(env_id).vector_entry_point is None:
+    if backend == "vector" and env_spec(env_id).vector_entry_point is None:
         return f"'vector' needs an env with its own vectorized implementation; {env_id} has none (use sync or async)"
     return None
 
@@ -101,7 +100,7 @@ def resolve_backend(env_id: str, backend: str = "auto") -> str:
 
 def _vector_entry_point_loads(env_id: str) -> bool:
     """True if the id registers a vectorized implementation that imports here (some need jax)."""
-    entry = gym.spec(env_id).vector_entry_point
+    entry = env_spec(env_id).vector_entry_point
     if entry is None:
         return False
     if callable(entry):

@@ -25,6 +25,7 @@ you keep (the collector writes them straight into storage).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol, runtime_checkable
 
@@ -61,6 +62,18 @@ class EnvInfo:
         if self.discrete:
             return f"Discrete({self.num_actions})"
         return f"Box(shape={self.action_shape})"
+
+
+def action_clipper(info: EnvInfo, device: torch.device | str) -> Callable[[Tensor], Tensor]:
+    """The one rule for every backend: a Box action reaches the env clipped to the action space's
+    bounds (the policy's sample itself, stored for the loss, is not clipped: its log-probability is
+    the policy's); Discrete actions pass as they are. Without it a native env would score the
+    unclipped sample (MountainCarContinuous's ``-0.1 a^2``) where gymnasium's backends score the
+    clipped one, and ``auto`` would optimize another objective than ``sync``."""
+    if info.discrete or info.action_low is None or info.action_high is None:
+        return lambda action: action
+    low, high = info.action_low.to(device), info.action_high.to(device)
+    return lambda action: torch.clamp(action, low, high)
 
 
 class Step(NamedTuple):

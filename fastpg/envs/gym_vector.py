@@ -14,6 +14,7 @@ action back to the host waits for the stream, which has by then finished the ear
 from __future__ import annotations
 
 import contextlib
+import importlib
 import itertools
 import multiprocessing
 import os
@@ -33,7 +34,14 @@ from torch import Tensor
 from fastpg.envs.base import EnvInfo, Step
 from fastpg.errors import EnvWorkerError, UnsupportedEnvError
 
-__all__ = ["GymVectorEnv", "make_gym_vector_env", "env_info_from_spaces", "UnsupportedEnvError", "EnvWorkerError"]
+__all__ = [
+    "GymVectorEnv",
+    "make_gym_vector_env",
+    "env_spec",
+    "env_info_from_spaces",
+    "UnsupportedEnvError",
+    "EnvWorkerError",
+]
 
 _MODES = {"vector": "vector_entry_point", "sync": "sync", "async": "async"}
 # An AsyncVectorEnv step or reset that takes longer than this is taken for a hung or dead worker.
@@ -155,12 +163,21 @@ def env_info_from_spaces(env_id: str, obs_space: spaces.Space, action_space: spa
     raise UnsupportedEnvError(f"env {env_id}: action space {action_space} is not supported; {supported}")
 
 
+def env_spec(env_id: str) -> gym.envs.registration.EnvSpec:
+    """gymnasium's spec of ``env_id``, also in gymnasium's ``module:Env-v0`` form, as ``gym.make``
+    takes it (the module is imported first: importing it registers the id)."""
+    module, _, name = env_id.rpartition(":")
+    if module:
+        importlib.import_module(module)
+    return gym.spec(name)
+
+
 def make_gym_vector_env(env_id: str, backend: str, num_envs: int, device: torch.device | str = "cpu") -> GymVectorEnv:
     """Build ``num_envs`` copies of ``env_id`` with a gymnasium backend (vector, sync or async)."""
     if backend not in _MODES:
         raise ValueError(f"backend must be one of {', '.join(_MODES)}, got {backend!r}")
     # Refuse unsupported spaces before starting any worker processes.
-    spec = gym.spec(env_id)
+    spec = env_spec(env_id)
     try:
         probe = gym.make(env_id)
     except Exception as e:  # missing optional dependency (box2d, mujoco, jax...), bad kwargs
