@@ -30,6 +30,9 @@ fastpg: vectorized REINFORCE for PyTorch.
 commands:
   train    train a policy (fastpg train --help lists every flag)
   bench    measure steps/s per phase, backend and N (fastpg bench --help)
+
+  fastpg --version   versions of fastpg, torch and gymnasium
+  python -m fastpg   the same command
 """
 
 
@@ -128,12 +131,32 @@ def _error(message: str, code: int = 2) -> int:
     return code
 
 
+def _versions() -> str:
+    """``fastpg 0.1.0 (torch 2.13.0+cpu, gymnasium 1.4.0, Python 3.11.7)``, without importing torch."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    from fastpg import __version__
+
+    def of(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "not installed"
+
+    python = platform.python_version()
+    return f"fastpg {__version__} (torch {of('torch')}, gymnasium {of('gymnasium')}, Python {python})"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``fastpg`` console script; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(_USAGE, end="")
         return 0 if argv else 2
+    if argv[0] in ("-V", "--version"):
+        print(_versions())
+        return 0
     command, rest = argv[0], argv[1:]
     if command not in _COMMANDS:
         return _error(f"unknown command {command!r} (commands: {', '.join(_COMMANDS)})")

@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,7 @@ from fastpg.config import Config
 from fastpg.envs import resolve_backend
 from fastpg.errors import ConfigError, EnvWorkerError
 from fastpg.interrupts import StopOnSignals
-from fastpg.metrics import ConsoleProgress, JsonlSink, jsonable
+from fastpg.metrics import ConsoleProgress, JsonlSink, final_line, jsonable, rounded
 from fastpg.preflight import check_config
 from fastpg.trainer import Trainer
 
@@ -98,10 +99,24 @@ def train(cfg: Config, *, policy: nn.Module | None = None) -> dict[str, Any]:
         summary, failure = _run(cfg, policy, state, ckpt_dir, sink)
         if sink:
             sink.write(summary)
-    print(json.dumps({k: jsonable(v) for k, v in summary.items()}), flush=True)
+    print(json.dumps({k: jsonable(v) for k, v in summary.items()}), flush=True)  # stdout: the summary alone
+    if not cfg.quiet:
+        print(final_line(summary), file=sys.stderr, flush=True)
     if failure is not None:
         raise failure
     return summary
+
+
+def _budget_share(cfg: Config) -> Callable[[dict[str, Any]], float]:
+    """The share of the training budget a run has spent (env steps or epochs, whichever is nearer)."""
+
+    def share(m: dict[str, Any]) -> float:
+        spent = m["env_steps"] / cfg.max_env_steps
+        if cfg.max_epochs is not None:
+            spent = max(spent, m["epoch"] / cfg.max_epochs)
+        return min(spent, 1.0)
+
+    return share
 
 
 def _run(
@@ -109,7 +124,7 @@ def _run(
 ) -> tuple[dict[str, Any], EnvWorkerError | None]:
     """The epochs, the checkpoints and the final evaluation; returns the summary, and the env
     failure that ended the run if one did (after the checkpoint of the last whole epoch)."""
-    progress = None if cfg.quiet else ConsoleProgress(cfg.progress_interval_s)
+    progress = None if cfg.quiet else ConsoleProgress(cfg.progress_interval_s, budget=_budget_share(cfg))
     failure = None
     with Trainer(cfg, policy=policy) as trainer, StopOnSignals() as signals:
         if state is not None:
@@ -197,6 +212,8 @@ def _final_evaluation(trainer: Trainer, *, interrupted: bool) -> dict[str, Any]:
     if trainer.target.evaluation is not None:
         return trainer.target.evaluation
     if cfg.eval_episodes and not interrupted:
+        if not cfg.quiet:
+            print(f"fastpg: evaluating {cfg.eval_episodes} episodes...", file=sys.stderr, flush=True)
         return trainer.evaluate(cfg.eval_episodes, deterministic=cfg.eval_deterministic)
     return {}
 
@@ -214,7 +231,7 @@ def _summary(
     target = trainer.target.target
     eval_mean = evaluation.get("eval_return_mean")
     solved = None if target is None or eval_mean is None else eval_mean >= target
-    return {
+    summary = {
         "summary": True,
         "env": cfg.env,
         "backend": resolve_backend(cfg.env, cfg.backend),
@@ -241,3 +258,4 @@ def _summary(
         "exit_code": exit_code,
         **evaluation,
     }
+    return {key: rounded(value) for key, value in summary.items()}

@@ -310,6 +310,25 @@ def test_an_env_id_in_gymnasiums_module_form_is_accepted(tmp_path, capsys, monke
 
 
 def test_the_last_epoch_gets_its_progress_line_when_a_budget_stops_the_run(capsys):
-    code, out, _ = _cli(capsys, "train", "--max-epochs", "3", "--progress-interval-s", "100", "--eval-episodes", "0")
+    code, _, err = _cli(capsys, "train", "--max-epochs", "3", "--progress-interval-s", "100", "--eval-episodes", "0")
     assert code == 0
-    assert [line.split("|")[0].split()[1] for line in out.splitlines() if line.startswith("epoch")] == ["1", "3"]
+    assert [line.split("|")[0].split()[1] for line in err if line.startswith("epoch")] == ["1", "3"]
+
+
+def test_stdout_holds_the_json_summary_alone_and_stderr_speaks_to_people(capsys):
+    code, out, err = _cli(capsys, "train", "--max-epochs", "4", "--progress-interval-s", "0", "--eval-episodes", "10")
+    assert code == 0 and len(out.splitlines()) == 1  # `fastpg train | jq` works
+    summary = json.loads(out)
+    assert summary["train_wall_s"] == float(f"{summary['train_wall_s']:.6g}")  # rounded for reading
+    progress = [line for line in err if line.startswith("epoch")]
+    assert len(progress) == 4 and progress[-1].endswith("s") and "| 100% eta 0.0s" in progress[-1]
+    assert "| 25% eta " in progress[0].replace("  ", " ")
+    assert err[-2] == "fastpg: evaluating 10 episodes..."
+    assert err[-1].startswith("fastpg: stopped (max_epochs) after ") and ", 4 epochs, evaluation " in err[-1]
+
+
+def test_version_and_module_entry_point(capsys):
+    code, out, _ = _cli(capsys, "--version")
+    assert code == 0 and out.startswith("fastpg 0.1.0 (torch ") and "gymnasium" in out
+    proc = subprocess.run([sys.executable, "-m", "fastpg", "--help"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stdout.startswith("usage: fastpg COMMAND")

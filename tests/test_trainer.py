@@ -33,9 +33,10 @@ def test_smoke_train_cartpole_in_process(tmp_path, capsys):
         num_envs=8, num_steps=16, max_epochs=2, seed=1, metrics_file=path, eval_episodes=5, progress_interval_s=0
     )
     summary = train(cfg)
-    out = capsys.readouterr().out.strip().splitlines()
-    assert len(out) == 3 and out[0].startswith("epoch     1 |")  # two progress lines + summary
-    assert json.loads(out[-1])["epochs"] == 2
+    captured = capsys.readouterr()
+    out, err = captured.out.strip().splitlines(), captured.err.strip().splitlines()
+    assert len(out) == 1 and json.loads(out[0])["epochs"] == 2  # stdout: the summary alone
+    assert err[0].startswith("epoch     1 |") and err[1].startswith("epoch     2 |")  # progress on stderr
     lines = [json.loads(line) for line in path.read_text().splitlines()]
     assert len(lines) == 3 and lines[-1]["summary"] is True
     for i, m in enumerate(lines[:2], start=1):
