@@ -14,6 +14,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from fastpg.artifacts import TrainedPolicy, load_policy
     from fastpg.checkpoint import check_compatible, load_checkpoint, save_checkpoint
     from fastpg.config import Config
     from fastpg.envs import (
@@ -50,6 +51,8 @@ __version__ = "0.1.0"
 
 # public name -> the module that defines it
 _EXPORTS = {
+    "load_policy": "fastpg.artifacts",
+    "TrainedPolicy": "fastpg.artifacts",
     "check_compatible": "fastpg.checkpoint",
     "load_checkpoint": "fastpg.checkpoint",
     "save_checkpoint": "fastpg.checkpoint",
@@ -138,6 +141,8 @@ __all__ = [
     "save_checkpoint",
     "load_checkpoint",
     "check_compatible",
+    "load_policy",
+    "TrainedPolicy",
 ]
 
 

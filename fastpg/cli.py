@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
+import json
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -29,6 +30,7 @@ fastpg: vectorized REINFORCE for PyTorch.
 
 commands:
   train    train a policy (fastpg train --help lists every flag)
+  eval     evaluate (and film) a trained policy from its checkpoint (fastpg eval --help)
   bench    measure steps/s per phase, backend and N (fastpg bench --help)
 
   fastpg --version   versions of fastpg, torch and gymnasium
@@ -115,6 +117,30 @@ def given_fields(argv: Sequence[str]) -> set[str]:
     return fields
 
 
+def _eval(argv: Sequence[str]) -> int:
+    from fastpg.artifacts import EvalConfig, evaluate_checkpoint
+
+    e = _parse(EvalConfig, argv, "fastpg eval")
+    summary = evaluate_checkpoint(
+        e.checkpoint,
+        episodes=e.episodes,
+        deterministic=e.deterministic,
+        seed=e.seed,
+        device=e.device,
+        video=e.video,
+        video_episodes=e.video_episodes,
+        render=e.render,
+    )
+    print(json.dumps(summary), flush=True)
+    mean, std = summary["eval_return_mean"], summary["eval_return_std"]
+    films = f"; videos in {e.video}" if e.video is not None else ""
+    print(
+        f"fastpg: {summary['env']}: {mean:.1f} +- {std:.1f} over {summary['eval_episodes']} episodes{films}",
+        file=sys.stderr,
+    )
+    return 0
+
+
 def _bench(argv: Sequence[str]) -> int:
     b = parse_bench_config(argv)
     from fastpg.bench import main_bench
@@ -123,7 +149,7 @@ def _bench(argv: Sequence[str]) -> int:
     return 0
 
 
-_COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {"train": _train, "bench": _bench}
+_COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {"train": _train, "eval": _eval, "bench": _bench}
 
 
 def _error(message: str, code: int = 2) -> int:

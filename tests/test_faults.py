@@ -332,3 +332,50 @@ def test_version_and_module_entry_point(capsys):
     assert code == 0 and out.startswith("fastpg 0.1.0 (torch ") and "gymnasium" in out
     proc = subprocess.run([sys.executable, "-m", "fastpg", "--help"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and proc.stdout.startswith("usage: fastpg COMMAND")
+
+
+# -- trained policies as artifacts ------------------------------------------------------------------------
+
+
+def test_load_policy_round_trip_acts_like_the_trained_policy(tmp_path):
+    import fastpg
+
+    ckpt = tmp_path / "ckpt"
+    with Trainer(Config(num_envs=4, num_steps=32, max_epochs=2, quiet=True, checkpoint_dir=ckpt)) as tr:
+        list(tr.run())
+        from fastpg.checkpoint import save_checkpoint
+
+        save_checkpoint(tr.state_dict(), ckpt)
+        obs = torch.randn(7, 4)
+        expected = tr.policy(obs).logits.argmax(-1)
+    policy = fastpg.load_policy(ckpt)
+    assert torch.equal(policy(obs, deterministic=True), expected)  # a batch
+    single = policy.act(obs[0].numpy(), deterministic=True)  # one observation, numpy in
+    assert single.shape == () and single.item() == expected[0].item()
+    sampled = policy(obs, generator=torch.Generator().manual_seed(0))
+    assert sampled.dtype == torch.int64 and sampled.shape == (7,)
+    assert policy.config.num_envs == 4 and policy.info.env_id == "CartPole-v1"
+
+
+def test_fastpg_eval_reports_fresh_episodes_of_a_checkpoint(tmp_path, capsys):
+    ckpt = tmp_path / "ckpt"
+    assert main(["train", "--checkpoint-dir", str(ckpt), "--max-epochs", "3", "--quiet"]) == 0
+    code, out, err = _cli(capsys, "eval", "--checkpoint", str(ckpt), "--episodes", "12", "--deterministic")
+    summary = json.loads(out)
+    assert code == 0 and summary["eval_episodes"] == 12 and summary["deterministic"] is True
+    assert err[-1].startswith("fastpg: CartPole-v1: ") and err[-1].endswith("over 12 episodes")
+    code, _, err = _cli(capsys, "eval", "--checkpoint", str(tmp_path / "none"))
+    assert code == 2 and len(err) == 1 and "no checkpoint at" in err[0]
+
+
+def test_fastpg_eval_films_episodes_with_the_video_extra(tmp_path, capsys):
+    pytest.importorskip("moviepy")
+    pytest.importorskip("pygame")
+    ckpt, videos = tmp_path / "ckpt", tmp_path / "videos"
+    assert main(["train", "--checkpoint-dir", str(ckpt), "--max-epochs", "2", "--quiet"]) == 0
+    code, out, _ = _cli(
+        capsys, "eval", "--checkpoint", str(ckpt), "--episodes", "4", "--video", str(videos), "--video-episodes", "2"
+    )
+    summary = json.loads(out)
+    assert code == 0 and len(summary["filmed"]) == 2 and len(summary["videos"]) == 2
+    assert all(Path(v).stat().st_size > 1000 for v in summary["videos"])
