@@ -74,6 +74,7 @@ RESUME_CHANGEABLE = (
     "target_return",
     "lr",
     "metrics_file",
+    "tensorboard",
     "checkpoint_dir",
     "checkpoint_every",
     "resume",

@@ -132,6 +132,9 @@ class Config:
     metrics_file: Path | None = None
     """Write one JSON object per epoch, then a summary object, to this file (JSON Lines; flushed
     every line). An existing file is refused unless --overwrite, and appended to with --resume."""
+    tensorboard: Path | None = None
+    """Directory for TensorBoard logs: every per-epoch metric against env steps, the config and
+    the summary as text (needs the tensorboard package: the tensorboard extra)."""
     checkpoint_dir: Path | None = None
     """Write a checkpoint (policy, optimizer, counters, RNG and env state) to DIR/checkpoint.pt every
     --checkpoint-every epochs, at the end of training and on Ctrl-C / SIGTERM; atomically (a kill
@@ -213,7 +216,7 @@ _FLOAT_FIELDS = (
     "progress_interval_s",
 )
 _BOOL_FIELDS = ("normalize_returns", "overwrite", "eval_deterministic", "quiet")
-_PATH_FIELDS = ("metrics_file", "checkpoint_dir", "resume")
+_PATH_FIELDS = ("metrics_file", "tensorboard", "checkpoint_dir", "resume")
 _CHOICE_FIELDS = {
     "backend": Backend,
     "env_dtype": EnvDtype,

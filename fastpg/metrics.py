@@ -6,6 +6,7 @@ import contextlib
 import json
 import math
 import os
+import platform
 import sys
 import time
 from collections import defaultdict, deque
@@ -28,6 +29,9 @@ __all__ = [
     "jsonable",
     "rounded",
     "final_line",
+    "machine_info",
+    "run_header",
+    "TensorBoardSink",
 ]
 
 
@@ -198,3 +202,75 @@ def final_line(summary: dict[str, Any]) -> str:
     if s.get("solved"):
         return f"fastpg: solved in {s['time_to_solve_s']:.3g} s of training, {work}{evaluation}"
     return f"fastpg: stopped ({s['stop_reason']}) after {s['train_wall_s']:.3g} s of training, {work}{evaluation}"
+
+
+def _cpu_model() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        return cpu
+
+
+def machine_info(device: torch.device) -> dict[str, Any]:
+    """Versions, CPU, GPU, thread count and date: what a reader needs to compare figures."""
+    import gymnasium
+    import numpy
+    import tensordict
+
+    from fastpg import __version__
+
+    return {
+        "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "fastpg": __version__,
+        "torch": torch.__version__,
+        "gymnasium": gymnasium.__version__,
+        "numpy": numpy.__version__,
+        "tensordict": tensordict.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        "device": str(device),
+    }
+
+
+def run_header(config: dict[str, Any], device: torch.device, *, resumed_at_epoch: int | None = None) -> dict[str, Any]:
+    """The record that makes a metrics file describe itself: the whole config, the versions, the
+    device, the machine and the date (a resumed run adds one, with the epoch it continues from)."""
+    return {"header": True, "resumed_at_epoch": resumed_at_epoch, "config": config, "machine": machine_info(device)}
+
+
+class TensorBoardSink:
+    """Every numeric per-epoch metric as a TensorBoard scalar (``train/<name>`` against env
+    steps), the header (config, versions, machine) and the summary as text. torch's
+    ``SummaryWriter``; needs the ``tensorboard`` package. A context manager."""
+
+    def __init__(self, directory: str | Path, header: dict[str, Any]):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self._writer = SummaryWriter(log_dir=str(directory))
+        self._writer.add_text("run/header", "```\n" + json.dumps(header, indent=1) + "\n```", 0)
+
+    def write(self, record: dict[str, Any]) -> None:
+        if record.get("summary"):
+            self._writer.add_text("run/summary", "```\n" + json.dumps(record, indent=1) + "\n```", 0)
+            return
+        step = record["env_steps"]
+        for key, value in record.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "env_steps":
+                if math.isfinite(value):
+                    self._writer.add_scalar(f"train/{key}", value, step)
+        self._writer.flush()
+
+    def close(self) -> None:
+        self._writer.close()
+
+    def __enter__(self) -> TensorBoardSink:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -106,6 +106,14 @@ def _check_paths(cfg: Config) -> None:
         check_writable_file("metrics_file", cfg.metrics_file)
     if cfg.resume is not None and not cfg.resume.is_dir():
         raise ConfigError("resume", f"directory {cfg.resume} does not exist")
+    if cfg.tensorboard is not None:
+        check_writable_dir("tensorboard", cfg.tensorboard)
+        try:
+            import tensorboard  # noqa: F401
+        except ImportError:
+            raise ConfigError(
+                "tensorboard", "needs the tensorboard package (the tensorboard extra: pip install -e '.[tensorboard]')"
+            ) from None
     if cfg.checkpoint_dir is not None:
         check_writable_dir("checkpoint_dir", cfg.checkpoint_dir)
     elif cfg.resume is not None:  # checkpoints go back into the resumed directory

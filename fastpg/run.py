@@ -32,8 +32,8 @@ from fastpg.config import Config
 from fastpg.envs import resolve_backend
 from fastpg.errors import ConfigError, EnvWorkerError
 from fastpg.interrupts import StopOnSignals
-from fastpg.metrics import ConsoleProgress, JsonlSink, final_line, jsonable, rounded
-from fastpg.preflight import check_config
+from fastpg.metrics import ConsoleProgress, JsonlSink, TensorBoardSink, final_line, jsonable, rounded, run_header
+from fastpg.preflight import check_config, resolve_device
 from fastpg.trainer import Trainer
 
 __all__ = ["train", "check_outputs", "trim_metrics"]
@@ -92,12 +92,16 @@ def train(cfg: Config, *, policy: nn.Module | None = None) -> dict[str, Any]:
         state = _resume_state(cfg)
         if state is not None and cfg.metrics_file is not None and cfg.metrics_file.exists() and not cfg.overwrite:
             trim_metrics(cfg.metrics_file, state["epoch"])
+        header = run_header(cfg.to_dict(), resolve_device(cfg.device), resumed_at_epoch=state and state["epoch"])
+        sinks: list[JsonlSink | TensorBoardSink] = []
         if cfg.metrics_file is not None:
-            sink = stack.enter_context(JsonlSink(cfg.metrics_file, append=cfg.resume is not None and not cfg.overwrite))
-        else:
-            sink = None
-        summary, failure = _run(cfg, policy, state, ckpt_dir, sink)
-        if sink:
+            jsonl = JsonlSink(cfg.metrics_file, append=cfg.resume is not None and not cfg.overwrite)
+            sinks.append(stack.enter_context(jsonl))
+            jsonl.write(header)  # the file describes itself (config, versions, machine, date)
+        if cfg.tensorboard is not None:
+            sinks.append(stack.enter_context(TensorBoardSink(cfg.tensorboard, header)))
+        summary, failure = _run(cfg, policy, state, ckpt_dir, sinks)
+        for sink in sinks:
             sink.write(summary)
     print(json.dumps({k: jsonable(v) for k, v in summary.items()}), flush=True)  # stdout: the summary alone
     if not cfg.quiet:
@@ -120,7 +124,11 @@ def _budget_share(cfg: Config) -> Callable[[dict[str, Any]], float]:
 
 
 def _run(
-    cfg: Config, policy: nn.Module | None, state: dict[str, Any] | None, ckpt_dir: Path | None, sink: JsonlSink | None
+    cfg: Config,
+    policy: nn.Module | None,
+    state: dict[str, Any] | None,
+    ckpt_dir: Path | None,
+    sinks: list[JsonlSink | TensorBoardSink],
 ) -> tuple[dict[str, Any], EnvWorkerError | None]:
     """The epochs, the checkpoints and the final evaluation; returns the summary, and the env
     failure that ended the run if one did (after the checkpoint of the last whole epoch)."""
@@ -133,7 +141,7 @@ def _run(
         ckpt_path = None
         try:
             for metrics in trainer.run(should_stop=signals.requested):
-                if sink:
+                for sink in sinks:
                     sink.write(metrics)
                 if progress:
                     progress(metrics, force=trainer.stop_reason is not None)

@@ -379,3 +379,23 @@ def test_fastpg_eval_films_episodes_with_the_video_extra(tmp_path, capsys):
     summary = json.loads(out)
     assert code == 0 and len(summary["filmed"]) == 2 and len(summary["videos"]) == 2
     assert all(Path(v).stat().st_size > 1000 for v in summary["videos"])
+
+
+# -- logging that tools read ---------------------------------------------------------------------------------
+
+
+def test_tensorboard_logs_every_epoch_metric_readable_by_tensorboard(tmp_path, capsys):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    logdir = tmp_path / "tb"
+    code, out, _ = _cli(
+        capsys, "train", "--tensorboard", str(logdir), "--max-epochs", "3", "--quiet", "--eval-episodes", "0"
+    )
+    assert code == 0
+    events = EventAccumulator(str(logdir))
+    events.Reload()
+    assert {"train/return_mean", "train/loss", "train/entropy", "train/sps"} <= set(events.Tags()["scalars"])
+    steps = [e.step for e in events.Scalars("train/loss")]
+    assert steps == [8192, 16384, 24576]  # against env steps
+    assert {"run/header/text_summary", "run/summary/text_summary"} <= set(events.Tags()["tensors"])

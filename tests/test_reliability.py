@@ -30,7 +30,9 @@ SMALL = dict(num_envs=8, num_steps=64, eval_episodes=0, quiet=True)
 
 def _epochs(path: Path) -> list[dict]:
     rows = [json.loads(line) for line in path.read_text().splitlines()]
-    return [{k: v for k, v in r.items() if k not in TIMING} for r in rows if not r.get("summary")]
+    return [
+        {k: v for k, v in r.items() if k not in TIMING} for r in rows if not r.get("summary") and not r.get("header")
+    ]
 
 
 # -- checkpoints and resume --------------------------------------------------------------------------
@@ -60,8 +62,9 @@ def test_resume_after_a_kill_drops_the_epochs_written_after_the_checkpoint(tmp_p
     train(Config(**SMALL, seed=1, max_epochs=4, metrics_file=part, resume=ckpt))
     assert "dropped 3 line(s)" in capsys.readouterr().err  # the first summary, epoch 3, the torn line
     rows = [json.loads(line) for line in part.read_text().splitlines()]
-    assert [r.get("epoch") for r in rows if not r.get("summary")] == [1, 2, 3, 4]
-    assert [r.get("summary", False) for r in rows] == [False] * 4 + [True]
+    kinds = ["header" if r.get("header") else "summary" if r.get("summary") else r["epoch"] for r in rows]
+    assert kinds == ["header", 1, 2, "header", 3, 4, "summary"]  # one run; the resume says where it continued
+    assert rows[3]["resumed_at_epoch"] == 2 and rows[0]["resumed_at_epoch"] is None
     assert _epochs(part) == _epochs(full)
 
 
@@ -288,12 +291,12 @@ def test_full_disk_on_the_metrics_file_keeps_whole_lines(tmp_path, capsys, monke
     import fastpg.metrics
 
     metrics = tmp_path / "m.jsonl"
-    monkeypatch.setattr(fastpg.metrics.os, "write", _full_disk_after(2))
+    monkeypatch.setattr(fastpg.metrics.os, "write", _full_disk_after(3))  # the header, epochs 1 and 2
     code, err = _cli(capsys, "train", "--metrics-file", str(metrics), "--max-epochs", "5", "--quiet")
     monkeypatch.undo()
     assert code == 1 and len(err) == 1 and "No space left on device" in err[0] and str(metrics) in err[0]
     text = metrics.read_text()
-    assert text.endswith("\n") and [json.loads(line)["epoch"] for line in text.splitlines()] == [1, 2]
+    assert text.endswith("\n") and [json.loads(line).get("epoch") for line in text.splitlines()] == [None, 1, 2]
 
 
 def test_full_disk_on_a_checkpoint_keeps_the_previous_one(tmp_path, capsys, monkeypatch):

@@ -38,8 +38,11 @@ def test_smoke_train_cartpole_in_process(tmp_path, capsys):
     assert len(out) == 1 and json.loads(out[0])["epochs"] == 2  # stdout: the summary alone
     assert err[0].startswith("epoch     1 |") and err[1].startswith("epoch     2 |")  # progress on stderr
     lines = [json.loads(line) for line in path.read_text().splitlines()]
-    assert len(lines) == 3 and lines[-1]["summary"] is True
-    for i, m in enumerate(lines[:2], start=1):
+    assert len(lines) == 4 and lines[0]["header"] is True and lines[-1]["summary"] is True
+    header = lines[0]
+    assert header["config"] == cfg.to_dict() and header["machine"]["torch"] == torch.__version__
+    assert {"date_utc", "fastpg", "gymnasium", "cpu", "device"} <= set(header["machine"])
+    for i, m in enumerate(lines[1:3], start=1):
         assert EPOCH_KEYS <= set(m) and m["epoch"] == i
         assert 0 < m["env_steps"] <= 8 * 16 * i
     assert SUMMARY_KEYS <= set(summary) and summary["stop_reason"] == "max_epochs"

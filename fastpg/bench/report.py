@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import platform
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,7 +13,7 @@ import torch
 
 from fastpg.bench.config import PHASES, BenchConfig, check_bench_config
 from fastpg.bench.engine import env_runner, returns_runner, time_runner, trainer_runner
-from fastpg.metrics import format_si
+from fastpg.metrics import format_si, machine_info
 from fastpg.preflight import resolve_device
 
 __all__ = [
@@ -93,40 +90,6 @@ def run_bench(b: BenchConfig, progress: Callable[[str], None] | None = None) -> 
                     f"(min {format_si(row['rate_min'])}, max {format_si(row['rate_max'])})"
                 )
     return {"config": b.to_dict(), "device": str(device), "machine": machine_info(device), "results": results}
-
-
-def _cpu_model() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        return cpu
-
-
-def machine_info(device: torch.device) -> dict[str, Any]:
-    """Versions, CPU, GPU and thread count: what a reader needs to compare figures."""
-    import gymnasium
-    import numpy
-    import tensordict
-
-    from fastpg import __version__
-
-    return {
-        "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "fastpg": __version__,
-        "torch": torch.__version__,
-        "gymnasium": gymnasium.__version__,
-        "numpy": numpy.__version__,
-        "tensordict": tensordict.__version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpu": _cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-        "device": str(device),
-    }
 
 
 def format_table(report: dict[str, Any]) -> str:
