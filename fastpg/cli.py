@@ -17,6 +17,7 @@ import io
 import json
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from fastpg.config import Config
@@ -31,6 +32,7 @@ fastpg: vectorized REINFORCE for PyTorch.
 commands:
   train    train a policy (fastpg train --help lists every flag)
   eval     evaluate (and film) a trained policy from its checkpoint (fastpg eval --help)
+  plot     learning curves from metrics files: fastpg plot RUN.jsonl [MORE.jsonl ...] --output curve.png
   bench    measure steps/s per phase, backend and N (fastpg bench --help)
 
   fastpg --version   versions of fastpg, torch and gymnasium
@@ -141,6 +143,20 @@ def _eval(argv: Sequence[str]) -> int:
     return 0
 
 
+def _plot(argv: Sequence[str]) -> int:
+    from fastpg.plotting import PlotConfig, plot_runs, read_run
+
+    p = _parse(PlotConfig, argv, "fastpg plot")
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise ConfigError("output", "plotting needs matplotlib (pip install -e '.[plot]')") from None
+    runs = [read_run(Path(f)) for f in p.files]
+    path = plot_runs(runs, Path(p.output), p.title)
+    print(f"fastpg: wrote {path} ({len(runs)} run{'s' if len(runs) > 1 else ''})", file=sys.stderr)
+    return 0
+
+
 def _bench(argv: Sequence[str]) -> int:
     b = parse_bench_config(argv)
     from fastpg.bench import main_bench
@@ -149,7 +165,7 @@ def _bench(argv: Sequence[str]) -> int:
     return 0
 
 
-_COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {"train": _train, "eval": _eval, "bench": _bench}
+_COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {"train": _train, "eval": _eval, "plot": _plot, "bench": _bench}
 
 
 def _error(message: str, code: int = 2) -> int:

@@ -399,3 +399,28 @@ def test_tensorboard_logs_every_epoch_metric_readable_by_tensorboard(tmp_path, c
     steps = [e.step for e in events.Scalars("train/loss")]
     assert steps == [8192, 16384, 24576]  # against env steps
     assert {"run/header/text_summary", "run/summary/text_summary"} <= set(events.Tags()["tensors"])
+
+
+# -- plots -----------------------------------------------------------------------------------------------------
+
+
+def test_fastpg_plot_draws_runs_and_seeds(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    import matplotlib.image
+
+    from fastpg.plotting import read_run
+
+    files = []
+    for seed, n in ((0, 8), (1, 8), (2, 8), (0, 32)):
+        files.append(str(tmp_path / f"n{n}-s{seed}.jsonl"))
+        args = ("--seed", str(seed), "--num-envs", str(n), "--num-steps", "64", "--max-epochs", "8")
+        assert main(["train", *args, "--metrics-file", files[-1], "--quiet", "--eval-episodes", "0"]) == 0
+    runs = [read_run(Path(f)) for f in files]
+    assert len({r.experiment for r in runs}) == 2  # three seeds of one experiment, and another
+    assert runs[0].target == 475.0 and len(runs[0].steps) == len(runs[0].returns) > 3
+    code, _, err = _cli(capsys, "plot", *files, "-o", str(tmp_path / "curve.png"))
+    assert code == 0 and err == [f"fastpg: wrote {tmp_path / 'curve.png'} (4 runs)"]
+    image = matplotlib.image.imread(tmp_path / "curve.png")
+    assert image.shape[0] >= 400 and image.shape[1] >= 1000 and image[..., :3].std() > 0.05  # drawn, not blank
+    code, _, err = _cli(capsys, "plot", str(tmp_path / "missing.jsonl"))
+    assert code == 2 and err == [f"fastpg: error: --files: no metrics file at {tmp_path / 'missing.jsonl'}"]
