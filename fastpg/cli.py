@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from fastpg.config import Config
+from fastpg.config import ENV_DEFAULTS, Config
 from fastpg.errors import ConfigError, FastpgError, UnsupportedEnvError
 
 __all__ = ["main", "parse_config", "parse_bench_config"]
@@ -100,10 +100,13 @@ def _train(argv: Sequence[str]) -> int:
     cfg = parse_config(argv)
     from fastpg.run import train
 
+    typed = given_fields(argv)
     if cfg.resume is not None:  # the saved run's settings, with the flags typed here that may change
         from fastpg.checkpoint import load_checkpoint, resumed_config
 
-        cfg = resumed_config(load_checkpoint(cfg.resume)["config"], cfg, given_fields(argv))
+        cfg = resumed_config(load_checkpoint(cfg.resume)["config"], cfg, typed)
+    elif cfg.env in ENV_DEFAULTS:  # the env's tuned settings, for the flags not typed
+        cfg = dataclasses.replace(cfg, **{k: v for k, v in ENV_DEFAULTS[cfg.env].items() if k not in typed})
 
     return train(cfg)["exit_code"]  # 128 + signal number after Ctrl-C / SIGTERM, else 0
 

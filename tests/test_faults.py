@@ -424,3 +424,25 @@ def test_fastpg_plot_draws_runs_and_seeds(tmp_path, capsys):
     assert image.shape[0] >= 400 and image.shape[1] >= 1000 and image[..., :3].std() > 0.05  # drawn, not blank
     code, _, err = _cli(capsys, "plot", str(tmp_path / "missing.jsonl"))
     assert code == 2 and err == [f"fastpg: error: --files: no metrics file at {tmp_path / 'missing.jsonl'}"]
+
+
+# -- per-environment defaults ------------------------------------------------------------------------------
+
+
+def test_an_env_gets_its_tuned_settings_for_the_flags_not_typed(tmp_path, capsys):
+    from fastpg.config import ENV_DEFAULTS
+
+    metrics = tmp_path / "m.jsonl"
+    args = ("--env", "Pendulum-v1", "--num-envs", "4", "--max-epochs", "1", "--eval-episodes", "0", "--quiet")
+    code, _, _ = _cli(capsys, "train", *args, "--metrics-file", str(metrics))
+    assert code == 0
+    config = json.loads(metrics.read_text().splitlines()[0])["config"]
+    tuned = ENV_DEFAULTS["Pendulum-v1"]
+    assert config["num_envs"] == 4  # typed: kept
+    assert config["num_steps"] == tuned["num_steps"] and config["hidden_sizes"] == list(tuned["hidden_sizes"])
+    assert config["baseline"] == "value" and config["gamma"] == tuned["gamma"]
+    typed = dict(num_envs=4, max_epochs=1, eval_episodes=0, quiet=True, metrics_file=metrics)
+    assert Config.for_env("Pendulum-v1", **typed) == Config.from_dict(config)
+    assert Config.for_env("CartPole-v1") == Config()  # ids without an entry take Config's defaults
+    for env_id, tuned in ENV_DEFAULTS.items():
+        Config.for_env(env_id)  # every entry is a valid config
