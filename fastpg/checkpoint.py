@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from fastpg.config import Config
+from fastpg.config import OUTPUT_FIELDS, Config
 from fastpg.errors import ConfigError, OutputError
 
 try:
@@ -73,14 +73,7 @@ RESUME_CHANGEABLE = (
     "max_epochs",
     "target_return",
     "lr",
-    "metrics_file",
-    "tensorboard",
-    "checkpoint_dir",
-    "checkpoint_every",
-    "resume",
-    "overwrite",
-    "progress_interval_s",
-    "quiet",
+    *OUTPUT_FIELDS,
     "eval_episodes",
     "eval_deterministic",
     "max_bad_updates",

@@ -199,6 +199,18 @@ class Config:
         return cls(**values)
 
 
+# Fields that say where a run writes and how it reports, not what it learns.
+OUTPUT_FIELDS = (
+    "metrics_file",
+    "tensorboard",
+    "checkpoint_dir",
+    "checkpoint_every",
+    "resume",
+    "overwrite",
+    "progress_interval_s",
+    "quiet",
+)
+
 # Settings per natively implemented id where Config's own defaults (tuned on CartPole-v1 and
 # Acrobot-v1) do not fit, chosen by measurement: benchmarks/env_defaults.py runs every native id
 # with them, and the README's table says what each reaches. fastpg train applies them to the flags

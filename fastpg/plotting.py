@@ -17,22 +17,13 @@ from typing import Annotated, Any
 import numpy as np
 from tyro.conf import Positional, arg
 
+from fastpg.config import OUTPUT_FIELDS
 from fastpg.errors import ConfigError
 
 __all__ = ["PlotConfig", "Run", "read_run", "plot_runs"]
 
 # Config fields that do not change what is learned: runs differing only in these are seeds of one curve.
-_NOT_THE_EXPERIMENT = {
-    "seed",
-    "metrics_file",
-    "tensorboard",
-    "checkpoint_dir",
-    "checkpoint_every",
-    "resume",
-    "overwrite",
-    "quiet",
-    "progress_interval_s",
-}
+_NOT_THE_EXPERIMENT = {"seed", *OUTPUT_FIELDS}
 
 
 @dataclass(frozen=True)

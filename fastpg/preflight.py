@@ -32,6 +32,7 @@ __all__ = [
     "check_config",
     "check_env",
     "check_env_interface",
+    "is_batched_env",
     "check_policy",
     "resolve_device",
     "check_writable_file",
@@ -208,6 +209,11 @@ def _probe_directory(field: str, directory: Path) -> None:
 
 
 _ENV_MEMBERS = ("num_envs", "info", "device", "reset", "step", "close")
+
+
+def is_batched_env(obj: object) -> bool:
+    """Whether ``obj`` has the members of ``BatchedEnv`` (an env, not a function that makes one)."""
+    return all(hasattr(obj, name) for name in _ENV_MEMBERS)
 
 
 def check_env_interface(env: object) -> None:

@@ -39,7 +39,14 @@ from fastpg.fused import FusedEpoch
 from fastpg.graph import GraphedEpoch
 from fastpg.metrics import EpisodeWindow, PhaseTimer
 from fastpg.policy import MLPPolicy
-from fastpg.preflight import check_config, check_env, check_env_interface, check_policy, resolve_device
+from fastpg.preflight import (
+    check_config,
+    check_env,
+    check_env_interface,
+    check_policy,
+    is_batched_env,
+    resolve_device,
+)
 from fastpg.rollout import Carry, collect, finished_episodes, init_carry, nonfinite_envs
 from fastpg.storage import allocate_storage
 from fastpg.update import UpdateSettings, reinforce_update
@@ -289,7 +296,7 @@ class Trainer:
             raise ConfigError("eval_env", f"this trainer was given its own env: evaluating needs one ({EVAL_ENV_HELP})")
         if self.eval_env is None:
             env = evaluation_env(self.cfg, self.device, num_episodes)
-        elif _is_env(self.eval_env):
+        elif is_batched_env(self.eval_env):
             env, owned = self.eval_env, False  # the caller's: reused, not closed
         else:
             env = self.eval_env(num_episodes)
@@ -369,10 +376,6 @@ def _listed(indices: list[int], shown: int = 10) -> str:
 EVAL_ENV_HELP = "an env, or a function num_episodes -> env"
 
 
-def _is_env(obj: object) -> bool:
-    return all(hasattr(obj, name) for name in ("num_envs", "info", "reset", "step"))
-
-
 def _evaluation_source(
     cfg: Config, env: BatchedEnv | None, eval_env: BatchedEnv | Callable[[int], BatchedEnv] | None
 ) -> BatchedEnv | Callable[[int], BatchedEnv] | None:
@@ -380,7 +383,7 @@ def _evaluation_source(
     fresh copies of ``cfg.env``; a trainer given its own env must be given one too (evaluating on
     ``cfg.env`` would be another task), unless it never evaluates (``eval_episodes=0``)."""
     if eval_env is not None:
-        if _is_env(eval_env):
+        if is_batched_env(eval_env):
             check_env_interface(eval_env)
         elif not callable(eval_env):
             raise ConfigError("eval_env", f"must be a BatchedEnv or a function num_episodes -> env, got {eval_env!r}")

@@ -444,5 +444,5 @@ def test_an_env_gets_its_tuned_settings_for_the_flags_not_typed(tmp_path, capsys
     typed = dict(num_envs=4, max_epochs=1, eval_episodes=0, quiet=True, metrics_file=metrics)
     assert Config.for_env("Pendulum-v1", **typed) == Config.from_dict(config)
     assert Config.for_env("CartPole-v1") == Config()  # ids without an entry take Config's defaults
-    for env_id, tuned in ENV_DEFAULTS.items():
+    for env_id in ENV_DEFAULTS:
         Config.for_env(env_id)  # every entry is a valid config
