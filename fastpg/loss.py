@@ -110,7 +110,8 @@ def reinforce_loss(
         ret: [K] float, reward-to-go (needed with ``value``).
         value: [K] float, value predictions (carries the value network's gradient).
         entropy: [K] float, policy entropy per entry.
-        entropy_coef, value_coef: weights of the entropy bonus and of the value loss.
+        entropy_coef: weight of the entropy bonus.
+        value_coef: weight of the value loss.
 
     Returns:
         (loss, parts): a 0-dim loss; parts are detached 0-dim ``policy_loss, value_loss, entropy``.
