@@ -173,36 +173,37 @@ def trim_metrics(path: Path, epoch: int) -> int:
     A run killed after its last checkpoint wrote the records of later epochs, which the resumed
     run writes again; a run stopped by its budget or a signal wrote a summary in the middle; a
     kill mid-write leaves a torn last line. Those are dropped (the file is rewritten atomically,
-    with a note on stderr); every other line is kept as it was."""
+    with a note on stderr saying what went); every other line is kept as it was."""
     lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
-    keep = [line for line in lines if _continues_at(line, epoch)]
-    dropped = len(lines) - len(keep)
+    kinds = [_line_kind(line, epoch) for line in lines]
+    dropped = [k for k in kinds if k != "kept"]
     if dropped:
         tmp = path.with_name(f".{path.name}.trim")
-        tmp.write_text("".join(keep), encoding="utf-8")
+        tmp.write_text("".join(line for line, k in zip(lines, kinds) if k == "kept"), encoding="utf-8")
         os.replace(tmp, path)
-        print(
-            f"fastpg: resume: dropped {dropped} line(s) of {path} written after the checkpoint's epoch {epoch} "
-            "(later epochs, a summary, or a torn last line)",
-            file=sys.stderr,
-            flush=True,
+        what = ", ".join(
+            f"{k} x{dropped.count(k)}" for k in ("later epoch", "earlier summary", "torn line") if k in dropped
         )
-    return dropped
+        print(
+            f"fastpg: resume: {path} continues from the checkpoint's epoch {epoch} (removed: {what})", file=sys.stderr
+        )
+    return len(dropped)
 
 
-def _continues_at(line: str, epoch: int) -> bool:
-    """Whether a metrics line belongs to the run continued at ``epoch``."""
+def _line_kind(line: str, epoch: int) -> str:
+    """Whether a metrics line belongs to the run continued at ``epoch`` ("kept"), or why not."""
     if not line.endswith("\n"):
-        return False  # torn by a kill mid-write
+        return "torn line"  # a kill mid-write
     try:
         record = json.loads(line)
     except json.JSONDecodeError:
-        return False
+        return "torn line"
     if not isinstance(record, dict):
-        return True
+        return "kept"
     if record.get("summary"):
-        return False
-    return not isinstance(record.get("epoch"), int) or record["epoch"] <= epoch
+        return "earlier summary"
+    late = isinstance(record.get("epoch"), int) and record["epoch"] > epoch
+    return "later epoch" if late else "kept"
 
 
 def _resume_state(cfg: Config) -> dict[str, Any] | None:

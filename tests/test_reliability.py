@@ -60,7 +60,10 @@ def test_resume_after_a_kill_drops_the_epochs_written_after_the_checkpoint(tmp_p
         f.write(epoch3 + "\n" + epoch3[:25])  # what the killed run wrote after its checkpoint
     capsys.readouterr()
     train(Config(**SMALL, seed=1, max_epochs=4, metrics_file=part, resume=ckpt))
-    assert "dropped 3 line(s)" in capsys.readouterr().err  # the first summary, epoch 3, the torn line
+    assert (
+        f"{part} continues from the checkpoint's epoch 2 (removed: later epoch x1, earlier summary x1, torn line x1)"
+        in capsys.readouterr().err
+    )
     rows = [json.loads(line) for line in part.read_text().splitlines()]
     kinds = ["header" if r.get("header") else "summary" if r.get("summary") else r["epoch"] for r in rows]
     assert kinds == ["header", 1, 2, "header", 3, 4, "summary"]  # one run; the resume says where it continued
