@@ -92,7 +92,8 @@ def train(cfg: Config, *, policy: nn.Module | None = None) -> dict[str, Any]:
         state = _resume_state(cfg)
         if state is not None and cfg.metrics_file is not None and cfg.metrics_file.exists() and not cfg.overwrite:
             trim_metrics(cfg.metrics_file, state["epoch"])
-        header = run_header(cfg.to_dict(), resolve_device(cfg.device), resumed_at_epoch=state and state["epoch"])
+        resumed_at = state["epoch"] if state is not None else None
+        header = run_header(cfg.to_dict(), resolve_device(cfg.device), resumed_at_epoch=resumed_at)
         sinks: list[JsonlSink | TensorBoardSink] = []
         if cfg.metrics_file is not None:
             jsonl = JsonlSink(cfg.metrics_file, append=cfg.resume is not None and not cfg.overwrite)
