@@ -204,3 +204,16 @@ def test_box_actions_reach_every_backend_clipped_and_are_stored_as_sampled(backe
     assert (buf["action"] > 4.9).all()  # the sample, for the loss
     valid = buf["valid"] & ~buf["terminated"]
     assert torch.allclose(buf["reward"][valid], torch.tensor(-0.1))  # -0.1 a^2 of the clipped a = 1
+
+
+def test_action_clipper_uses_each_dimension_bounds():
+    from fastpg.envs.base import action_clipper
+
+    info = EnvInfo("box", (3,), False, None, (2,), torch.tensor([-1.0, -2.0]), torch.tensor([1.0, 2.0]))
+    clip = action_clipper(info, "cpu")
+    assert torch.equal(clip(torch.tensor([[5.0, -5.0], [0.5, 1.5]])), torch.tensor([[1.0, -2.0], [0.5, 1.5]]))
+    same = EnvInfo("box", (3,), False, None, (2,), torch.tensor([-2.0, -2.0]), torch.tensor([2.0, 2.0]))
+    assert torch.equal(action_clipper(same, "cpu")(torch.tensor([[3.0, -0.5]])), torch.tensor([[2.0, -0.5]]))
+    discrete = EnvInfo("d", (3,), True, 4, ())
+    a = torch.tensor([7])
+    assert action_clipper(discrete, "cpu")(a) is a  # Discrete actions pass as they are

@@ -72,6 +72,12 @@ def action_clipper(info: EnvInfo, device: torch.device | str) -> Callable[[Tenso
     clipped one, and ``auto`` would optimize another objective than ``sync``."""
     if info.discrete or info.action_low is None or info.action_high is None:
         return lambda action: action
+    low, high = info.action_low.flatten(), info.action_high.flatten()  # CPU tensors: no device sync
+    if bool((low == low[0]).all()) and bool((high == high[0]).all()):
+        # The same bounds for every dimension (every native env): Python floats, so the clip needs
+        # no tensor on the device (nothing to copy, which on CUDA would synchronize).
+        lo, hi = float(low[0]), float(high[0])
+        return lambda action: torch.clamp(action, lo, hi)
     low, high = info.action_low.to(device), info.action_high.to(device)
     return lambda action: torch.clamp(action, low, high)
 
