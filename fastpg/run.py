@@ -30,7 +30,7 @@ from fastpg.checkpoint import (
 )
 from fastpg.config import Config
 from fastpg.envs import resolve_backend
-from fastpg.errors import ConfigError, EnvWorkerError
+from fastpg.errors import ConfigError, EnvWorkerError, OutputError
 from fastpg.interrupts import StopOnSignals
 from fastpg.metrics import ConsoleProgress, JsonlSink, TensorBoardSink, final_line, jsonable, rounded, run_header
 from fastpg.preflight import check_config, resolve_device
@@ -102,13 +102,17 @@ def train(cfg: Config, *, policy: nn.Module | None = None) -> dict[str, Any]:
         if cfg.tensorboard is not None:
             sinks.append(stack.enter_context(TensorBoardSink(cfg.tensorboard, header)))
         summary, failure = _run(cfg, policy, state, ckpt_dir, sinks)
+        unwritten = None
         for sink in sinks:
-            sink.write(summary)
+            try:
+                sink.write(summary)
+            except OutputError as e:  # the summary still reaches stdout below
+                unwritten = unwritten or e
     print(json.dumps({k: jsonable(v) for k, v in summary.items()}), flush=True)  # stdout: the summary alone
     if not cfg.quiet:
         print(final_line(summary), file=sys.stderr, flush=True)
-    if failure is not None:
-        raise failure
+    if failure is not None or unwritten is not None:
+        raise failure or unwritten
     return summary
 
 

@@ -302,6 +302,20 @@ def test_full_disk_on_the_metrics_file_keeps_whole_lines(tmp_path, capsys, monke
     assert text.endswith("\n") and [json.loads(line).get("epoch") for line in text.splitlines()] == [None, 1, 2]
 
 
+def test_full_disk_at_the_summary_still_prints_it(tmp_path, capsys, monkeypatch):
+    import fastpg.metrics
+
+    metrics = tmp_path / "m.jsonl"
+    monkeypatch.setattr(fastpg.metrics.os, "write", _full_disk_after(3))  # header, epochs 1 and 2
+    capsys.readouterr()
+    code = main(["train", "--metrics-file", str(metrics), "--max-epochs", "2", "--quiet", "--eval-episodes", "0"])
+    monkeypatch.undo()
+    captured = capsys.readouterr()
+    assert code == 1 and "No space left on device" in captured.err
+    assert json.loads(captured.out)["epochs"] == 2  # the summary is not lost
+    assert [json.loads(line).get("epoch") for line in metrics.read_text().splitlines()] == [None, 1, 2]
+
+
 def test_full_disk_on_a_checkpoint_keeps_the_previous_one(tmp_path, capsys, monkeypatch):
     import errno
 
