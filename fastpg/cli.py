@@ -15,6 +15,7 @@ import contextlib
 import dataclasses
 import io
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -205,6 +206,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     command, rest = argv[0], argv[1:]
     if command not in _COMMANDS:
         return _error(f"unknown command {command!r} (commands: {', '.join(_COMMANDS)})")
+    world = os.environ.get("WORLD_SIZE", "1")
+    if command == "train" and world.isdigit() and int(world) > 1:  # several processes of a torchrun launch
+        return _error(
+            f"launched as one of {world} processes (WORLD_SIZE={world}, torchrun?): data-parallel training is "
+            "not implemented yet, and the processes would train independently into the same files; run one"
+        )
     try:
         return _COMMANDS[command](rest)
     except UsageError as e:

@@ -446,3 +446,13 @@ def test_an_env_gets_its_tuned_settings_for_the_flags_not_typed(tmp_path, capsys
     assert Config.for_env("CartPole-v1") == Config()  # ids without an entry take Config's defaults
     for env_id in ENV_DEFAULTS:
         Config.for_env(env_id)  # every entry is a valid config
+
+
+def test_a_multi_process_launch_is_refused_until_data_parallel_training_exists(capsys, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    code, out, err = _cli(capsys, "train", "--max-epochs", "1")
+    assert code == 2 and out == "" and len(err) == 1
+    assert err[0].startswith("fastpg: error: launched as one of 2 processes (WORLD_SIZE=2, torchrun?)")
+    monkeypatch.setenv("WORLD_SIZE", "1")  # a one-process torchrun launch is an ordinary run
+    code, _, _ = _cli(capsys, "train", "--max-epochs", "1", "--quiet", "--eval-episodes", "0")
+    assert code == 0
