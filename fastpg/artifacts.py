@@ -22,10 +22,10 @@ from torch import Tensor
 
 from fastpg.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from fastpg.config import Config
-from fastpg.envs import EnvInfo, make_env
+from fastpg.envs import EnvInfo
 from fastpg.envs.base import action_clipper
 from fastpg.errors import ConfigError
-from fastpg.evaluation import evaluate
+from fastpg.evaluation import evaluate, evaluation_env
 from fastpg.policy import MLPPolicy, mode_action, sample_action
 
 __all__ = ["TrainedPolicy", "load_policy", "evaluate_checkpoint", "EvalConfig"]
@@ -100,7 +100,7 @@ def load_policy(directory: str | Path, *, device: str | torch.device = "cpu") ->
     state = load_checkpoint(directory)
     cfg = Config.from_dict(state["config"])
     device = torch.device(device)
-    env = make_env(cfg.env, 1, backend="sync" if cfg.backend == "async" else cfg.backend)
+    env = evaluation_env(cfg, torch.device("cpu"), 1)
     try:
         info = env.info
     finally:
@@ -134,7 +134,7 @@ def evaluate_checkpoint(
         raise ConfigError("render", "needs a display (DISPLAY is not set); use --video DIR to film episodes instead")
     policy = load_policy(directory, device=device)
     cfg = policy.config
-    env = make_env(cfg.env, episodes, backend="sync" if cfg.backend == "async" else cfg.backend, device=device)
+    env = evaluation_env(cfg, policy.device, episodes)
     try:
         generator = torch.Generator(device=policy.device).manual_seed(seed)
         result = evaluate(env, policy.module, seed=seed, deterministic=deterministic, generator=generator)

@@ -42,7 +42,7 @@ __all__ = ["train", "check_outputs", "trim_metrics"]
 def check_outputs(cfg: Config) -> None:
     """Refuse outputs that collide, and an existing metrics file or checkpoint unless asked to
     replace it."""
-    ckpt = cfg.checkpoint_dir if cfg.checkpoint_dir is not None else cfg.resume
+    ckpt = _checkpoint_directory(cfg)
     if cfg.metrics_file is not None and ckpt is not None:
         m = cfg.metrics_file.absolute()
         reserved = m.name in (CHECKPOINT_NAME, LOCK_NAME) or m.name.startswith(TEMP_PREFIX)
@@ -67,6 +67,11 @@ def check_outputs(cfg: Config) -> None:
             )
 
 
+def _checkpoint_directory(cfg: Config) -> Path | None:
+    """Where the run's checkpoints go: ``checkpoint_dir``, else back into the resumed directory."""
+    return cfg.checkpoint_dir if cfg.checkpoint_dir is not None else cfg.resume
+
+
 def train(cfg: Config, *, policy: nn.Module | None = None) -> dict[str, Any]:
     """Train with ``cfg`` to its budget or target, evaluate, and return the summary.
 
@@ -85,7 +90,7 @@ def train(cfg: Config, *, policy: nn.Module | None = None) -> dict[str, Any]:
     """
     check_config(cfg)
     check_outputs(cfg)
-    ckpt_dir = cfg.checkpoint_dir if cfg.checkpoint_dir is not None else cfg.resume
+    ckpt_dir = _checkpoint_directory(cfg)
     with contextlib.ExitStack() as stack:
         if ckpt_dir is not None:
             stack.enter_context(DirectoryLock(ckpt_dir))
