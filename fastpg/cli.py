@@ -173,7 +173,14 @@ _COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {"train": _train, "eval":
 
 
 def _error(message: str, code: int = 2) -> int:
-    print(f"fastpg: error: {message}", file=sys.stderr, flush=True)
+    """Print ``message`` on stderr and return ``code``. In a multi-process launch a usage or
+    config error (code 2) is the same in every process: rank 0 alone says it; any other error
+    is said by the rank it happened in, named."""
+    rank = os.environ.get("RANK", "0")
+    if rank != "0" and code == 2:
+        return code
+    where = f" (rank {rank})" if rank != "0" else ""
+    print(f"fastpg: error{where}: {message}", file=sys.stderr, flush=True)
     return code
 
 
@@ -207,10 +214,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command not in _COMMANDS:
         return _error(f"unknown command {command!r} (commands: {', '.join(_COMMANDS)})")
     world = os.environ.get("WORLD_SIZE", "1")
-    if command == "train" and world.isdigit() and int(world) > 1:  # several processes of a torchrun launch
+    if command != "train" and world.isdigit() and int(world) > 1:  # several processes of a torchrun launch
         return _error(
-            f"launched as one of {world} processes (WORLD_SIZE={world}, torchrun?): data-parallel training is "
-            "not implemented yet, and the processes would train independently into the same files; run one"
+            f"launched as one of {world} processes (WORLD_SIZE={world}, torchrun?): only fastpg train runs "
+            f"data-parallel; run fastpg {command} as one process"
         )
     try:
         return _COMMANDS[command](rest)

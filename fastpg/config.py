@@ -160,6 +160,10 @@ class Config:
     """Seconds between console progress lines (0 = every epoch)."""
     quiet: bool = False
     """No console progress lines (the summary is still printed)."""
+    dist_timeout_s: float = 300.0
+    """Data-parallel runs (torchrun): seconds a rank waits in a collective (all-reduce, gather) for
+    the others before the job ends with an error naming it: bounds the time a hung rank holds the
+    rest. It must exceed the longest pause of rank 0 between epochs (evaluation, checkpoint)."""
 
     def __post_init__(self) -> None:
         for name, value in _normalized(self).items():
@@ -209,6 +213,7 @@ OUTPUT_FIELDS = (
     "overwrite",
     "progress_interval_s",
     "quiet",
+    "dist_timeout_s",
 )
 
 # Settings per natively implemented id where Config's own defaults (tuned on CartPole-v1 and
@@ -367,6 +372,7 @@ def _validate(c: Config) -> None:
     _check_real(c, "lr", 0.0, low_open=True)
     for name in ("entropy_coef", "value_coef", "max_grad_norm", "progress_interval_s"):
         _check_real(c, name, 0.0)
+    _check_real(c, "dist_timeout_s", 0.0, low_open=True)
     _check_real(c, "log_std_init", optional=True)
     if c.hidden_sizes == ():
         _fail("hidden_sizes", "no widths given; give at least one (e.g. 64 64), or 0 alone for a linear policy")

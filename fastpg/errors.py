@@ -9,6 +9,7 @@ from __future__ import annotations
 
 __all__ = [
     "FastpgError",
+    "DistributedError",
     "ConfigError",
     "UnsupportedEnvError",
     "EnvWorkerError",
@@ -56,3 +57,8 @@ class KernelBuildError(FastpgError, RuntimeError):
 class OutputError(FastpgError, RuntimeError):
     """A checkpoint or metrics file could not be written (a full disk, say); the message names the
     file and what was kept intact."""
+
+
+class DistributedError(FastpgError, RuntimeError):
+    """A collective of a data-parallel run failed: another process died, hung past
+    ``dist_timeout_s`` or left early; the message names the rank and the operation."""

@@ -13,7 +13,16 @@ import signal
 import sys
 import threading
 
-__all__ = ["StopOnSignals"]
+__all__ = ["StopOnSignals", "signal_of"]
+
+
+def signal_of(stop_reason: str | None) -> signal.Signals | None:
+    """The signal of a stop reason ``"interrupted (SIGTERM)"`` (``StopOnSignals.requested``), else
+    None (how a data-parallel run's ranks learn which signal one of them received)."""
+    if stop_reason is None or not stop_reason.startswith("interrupted (") or not stop_reason.endswith(")"):
+        return None
+    name = stop_reason[len("interrupted (") : -1]
+    return signal.Signals[name] if name in signal.Signals.__members__ else None
 
 
 class StopOnSignals:

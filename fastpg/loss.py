@@ -24,10 +24,20 @@ Examples:
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
-__all__ = ["mean_std", "standardize", "advantage", "reinforce_loss", "reinforce_loss_reference"]
+__all__ = [
+    "SumAcross",
+    "batch_sum",
+    "mean_std",
+    "standardize",
+    "advantage",
+    "reinforce_loss",
+    "reinforce_loss_reference",
+]
 
 
 def _check_same(name: str, x: Tensor, like_name: str, like: Tensor) -> None:
@@ -35,34 +45,56 @@ def _check_same(name: str, x: Tensor, like_name: str, like: Tensor) -> None:
         raise ValueError(f"{name} has shape {tuple(x.shape)} but {like_name} has {tuple(like.shape)}")
 
 
-def mean_std(x: Tensor, count: Tensor) -> tuple[Tensor, Tensor]:
+# Sums over a batch split over processes: ``sum_across([t, ...])`` replaces each tensor, in place,
+# by its sum over the processes (``fastpg.distributed.Group.sum_``). None: one process.
+SumAcross = Callable[[list[Tensor]], None]
+
+
+def batch_sum(x: Tensor, sum_across: SumAcross | None = None) -> Tensor:
+    """``x.sum()``, over every process's share of the batch when ``sum_across`` is given."""
+    total = x.sum()
+    if sum_across is not None:
+        sum_across([total])
+    return total
+
+
+def mean_std(x: Tensor, count: Tensor, sum_across: SumAcross | None = None) -> tuple[Tensor, Tensor]:
     """Mean and (population) standard deviation of ``x``, in two passes for accuracy.
 
     Args:
-        x: [K] float; count: 0-dim tensor, ``max(K, 1)``.
+        x: [K] float; count: 0-dim tensor, ``max(K, 1)`` (the whole batch's, with ``sum_across``).
+        sum_across: the sums are over every process's ``x`` (see ``SumAcross``).
 
     Returns:
         (mean, std): 0-dim tensors, dtype of ``x`` (both 0 when K = 0).
     """
-    mean = x.sum() / count
-    var = ((x - mean) ** 2).sum() / count
+    mean = batch_sum(x, sum_across) / count
+    var = batch_sum((x - mean) ** 2, sum_across) / count
     return mean, var.sqrt()
 
 
-def standardize(x: Tensor, count: Tensor, eps: float = 1e-8) -> Tensor:
+def standardize(x: Tensor, count: Tensor, eps: float = 1e-8, sum_across: SumAcross | None = None) -> Tensor:
     """``(x - mean) / (std + eps)`` over the K entries.
 
     Args:
-        x: [K] float; count: 0-dim tensor, ``max(K, 1)``; eps: added to the std.
+        x: [K] float; count: 0-dim tensor, ``max(K, 1)``; eps: added to the std;
+        sum_across: statistics over every process's entries (see ``SumAcross``).
 
     Returns:
         [K], dtype of ``x``.
     """
-    mean, std = mean_std(x, count)
+    mean, std = mean_std(x, count, sum_across)
     return (x - mean) / (std + eps)
 
 
-def advantage(ret: Tensor, count: Tensor, *, baseline: Tensor | None = None, normalize: bool = True) -> Tensor:
+def advantage(
+    ret: Tensor,
+    count: Tensor,
+    *,
+    baseline: Tensor | None = None,
+    normalize: bool = True,
+    sum_across: SumAcross | None = None,
+) -> Tensor:
     """The advantage ``A`` of ``reinforce_loss`` (never differentiated).
 
     ``A = ret - baseline`` (``baseline`` a per-entry value prediction ``[K]``, or a 0-dim batch
@@ -74,6 +106,7 @@ def advantage(ret: Tensor, count: Tensor, *, baseline: Tensor | None = None, nor
         count: 0-dim tensor, ``max(K, 1)``.
         baseline: optional [K] or 0-dim tensor subtracted from ``ret``.
         normalize: normalize the advantage.
+        sum_across: the normalization's statistics over every process's entries (``SumAcross``).
 
     Returns:
         [K], dtype of ``ret``, detached.
@@ -81,7 +114,7 @@ def advantage(ret: Tensor, count: Tensor, *, baseline: Tensor | None = None, nor
     adv = ret.detach()
     if baseline is not None:
         adv = adv - baseline.detach()
-    return standardize(adv, count) if normalize else adv
+    return standardize(adv, count, sum_across=sum_across) if normalize else adv
 
 
 def reinforce_loss(

@@ -37,7 +37,17 @@ from torch.distributions import Categorical, Distribution, Independent, Normal
 from fastpg.config import Config
 from fastpg.envs.base import EnvInfo
 
-__all__ = ["MLPPolicy", "SamplingPolicy", "mlp", "sample_action", "mode_action", "ACTIVATION_MODULES", "Tanh"]
+__all__ = [
+    "MLPPolicy",
+    "SamplingPolicy",
+    "mlp",
+    "sample_action",
+    "noise",
+    "Rows",
+    "mode_action",
+    "ACTIVATION_MODULES",
+    "Tanh",
+]
 
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
 
@@ -169,15 +179,15 @@ class MLPPolicy(nn.Module):
             std = std.unflatten(-1, self.action_shape)
         return Independent(Normal(out, std, validate_args=False), len(self.action_shape), validate_args=False)
 
-    def act(self, obs: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    def act(self, obs: Tensor, generator: torch.Generator | None = None, *, rows: Rows | None = None) -> Tensor:
         """Sample actions for obs [*B, *obs_shape] straight from the network output (no
         distribution object: building a Categorical normalizes the logits, which sampling does
-        not need). Same distribution as ``forward``."""
+        not need). Same distribution as ``forward``. ``rows``: see ``noise``."""
         out = self.net(self._flat(obs))
         if self.discrete:
-            return _gumbel_argmax(out, generator)
+            return _gumbel_argmax(out, generator, rows)
         std = self.log_std.clamp(LOG_STD_MIN, LOG_STD_MAX).exp()
-        eps = torch.randn(out.shape, generator=generator, device=out.device, dtype=out.dtype)
+        eps = noise(out, generator, "normal", rows)
         action = torch.addcmul(out, std, eps)
         return action if self.action_shape == out.shape[-1:] else action.unflatten(-1, self.action_shape)
 
@@ -188,7 +198,24 @@ class MLPPolicy(nn.Module):
         return self.value_net(self._flat(obs)).squeeze(-1)
 
 
-def _gumbel_argmax(logits: Tensor, generator: torch.Generator | None) -> Tensor:
+# (lo, total): a batch that is rows [lo, lo + B) of a batch of ``total`` split over processes.
+Rows = tuple[int, int]
+
+
+def noise(like: Tensor, generator: torch.Generator | None, kind: str, rows: Rows | None = None) -> Tensor:
+    """Standard ``"normal"`` or ``"uniform"`` [0, 1) draws shaped like ``like`` [B, ...].
+
+    With ``rows = (lo, total)`` the batch is rows ``[lo, lo + B)`` of a batch of ``total`` split
+    over processes (``fastpg.distributed``): the draw is the whole batch's, and these rows are
+    kept, so every process's generator stays where the unsplit run's is.
+    """
+    shape = like.shape if rows is None else (rows[1], *like.shape[1:])
+    u = torch.empty(shape, dtype=like.dtype, device=like.device)
+    u = u.normal_(generator=generator) if kind == "normal" else u.uniform_(generator=generator)
+    return u if rows is None else u[rows[0] : rows[0] + like.shape[0]]
+
+
+def _gumbel_argmax(logits: Tensor, generator: torch.Generator | None, rows: Rows | None = None) -> Tensor:
     """Sample Categorical(logits=logits) over the last dim with the Gumbel-max trick.
 
     ``argmax(logits + G)`` with ``G = -log(-log U)`` i.i.d. standard Gumbel, ``U`` uniform on (0, 1).
@@ -198,10 +225,8 @@ def _gumbel_argmax(logits: Tensor, generator: torch.Generator | None) -> Tensor:
     ``exponential_`` costs ~25 ns a number, ``uniform_`` ~4). ``uniform_`` draws from [0, 1); ``U`` is
     clamped up to the smallest normal float so that no noise term is infinite.
     """
-    u = torch.empty(
-        logits.shape[:-1] if logits.shape[-1] == 2 else logits.shape, dtype=logits.dtype, device=logits.device
-    )
-    u.uniform_(generator=generator).clamp_min_(torch.finfo(u.dtype).tiny)
+    u = noise(logits[..., 0] if logits.shape[-1] == 2 else logits, generator, "uniform", rows)
+    u = u.clamp_min_(torch.finfo(u.dtype).tiny)  # a fresh draw (or rows of one): in place
     if logits.shape[-1] == 2:
         return (logits[..., 1] - logits[..., 0] > torch.special.logit(u)).long()
     return (logits - u.log_().neg_().log_()).argmax(-1)
@@ -213,19 +238,19 @@ def _base_normal(dist: Distribution) -> Normal | None:
     return dist if isinstance(dist, Normal) else None
 
 
-def sample_action(dist: Distribution, generator: torch.Generator | None = None) -> Tensor:
+def sample_action(dist: Distribution, generator: torch.Generator | None = None, *, rows: Rows | None = None) -> Tensor:
     """Draw one action per batch entry, from ``generator`` where the distribution allows.
 
     Categorical: Gumbel-max over the logits (one uniform draw per logit; no normalization needed).
     Normal / Independent(Normal): ``loc + scale * eps``. Others: ``dist.sample()`` (global RNG).
+    ``rows``: see ``noise``.
     """
     if isinstance(dist, Categorical):
-        return _gumbel_argmax(dist.logits, generator)
+        return _gumbel_argmax(dist.logits, generator, rows)
     normal = _base_normal(dist)
     if normal is not None:
         loc = normal.loc
-        eps = torch.randn(loc.shape, generator=generator, device=loc.device, dtype=loc.dtype)
-        return loc + normal.scale * eps
+        return loc + normal.scale * noise(loc, generator, "normal", rows)
     return dist.sample()
 
 

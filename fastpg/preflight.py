@@ -264,10 +264,18 @@ def check_policy(policy: nn.Module, info: EnvInfo, obs: torch.Tensor) -> None:
         )
 
 
-def check_env(cfg: Config, env: BatchedEnv, device: torch.device) -> None:
-    """Raise ``ConfigError`` if an env handed to the ``Trainer`` does not fit ``cfg`` and ``device``."""
+def check_env(cfg: Config, env: BatchedEnv, device: torch.device, num_envs: int | None = None) -> None:
+    """Raise ``ConfigError`` if an env handed to the ``Trainer`` does not fit ``cfg`` and ``device``
+    (``num_envs``: the copies this process steps when it is one of several; else ``cfg.num_envs``)."""
     info = env.info
-    if env.num_envs != cfg.num_envs:
+    if num_envs is not None and num_envs != cfg.num_envs:
+        if env.num_envs != num_envs:
+            raise ConfigError(
+                "num_envs",
+                f"is {cfg.num_envs} over all processes, {num_envs} in this one, but the env given has "
+                f"{env.num_envs} copies",
+            )
+    elif env.num_envs != cfg.num_envs:
         raise ConfigError("num_envs", f"is {cfg.num_envs} but the env given has {env.num_envs} copies")
     if torch.device(env.device) != device:
         raise ConfigError("device", f"is {device} but the env given returns tensors on {env.device}")

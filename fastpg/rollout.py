@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -9,7 +10,7 @@ from tensordict import TensorDict
 from torch import Tensor, nn
 
 from fastpg.envs.base import BatchedEnv, action_clipper
-from fastpg.policy import SamplingPolicy, sample_action
+from fastpg.policy import MLPPolicy, Rows, SamplingPolicy, sample_action
 
 __all__ = [
     "Carry",
@@ -54,6 +55,8 @@ def collect(
     buf: TensorDict,
     carry: Carry,
     generator: torch.Generator | None = None,
+    *,
+    rows: Rows | None = None,
 ) -> Carry:
     """Fill ``buf`` (batch ``[T, N]``) with T steps of ``env`` under ``policy``; return the carry.
 
@@ -62,12 +65,15 @@ def collect(
     goes into an existing storage tensor; the loop makes no host syncs of its own (only the env
     backend's hand-off of actions to a CPU env). Episode statistics are filled in after the loop,
     vectorized over the epoch (``episode_totals``). Uses ``policy.act(obs, generator)`` when the
-    policy is a ``SamplingPolicy``, else samples ``policy(obs)``.
+    policy is a ``SamplingPolicy``, else samples ``policy(obs)``. ``rows = (lo, total)``: these N
+    envs are rows ``[lo, lo + N)`` of ``total`` split over processes (``fastpg.distributed``), and
+    the sampling noise is drawn for all of them (the built-in ``MLPPolicy``, or a policy whose
+    distribution ``sample_action`` draws from the generator).
     """
     T = buf.batch_size[0]
     obs, action, reward = buf["obs"], buf["action"], buf["reward"]
     done, terminated, valid = buf["done"], buf["terminated"], buf["valid"]
-    act = policy.act if isinstance(policy, SamplingPolicy) else (lambda o, g: sample_action(policy(o), g))
+    act = _sampler(policy, rows)
     to_env = action_clipper(env.info, obs.device)  # Box actions: the env gets them clipped
     obs[0].copy_(carry.obs)
     with torch.inference_mode():
@@ -88,6 +94,15 @@ def collect(
         carry.episode_return.copy_(last_return)
         carry.episode_length.copy_(last_length)
     return carry
+
+
+def _sampler(policy: nn.Module, rows: Rows | None) -> Callable[[Tensor, torch.Generator | None], Tensor]:
+    """``(obs, generator) -> action`` for ``collect``."""
+    if rows is None:
+        return policy.act if isinstance(policy, SamplingPolicy) else (lambda o, g: sample_action(policy(o), g))
+    if isinstance(policy, MLPPolicy):
+        return lambda o, g: policy.act(o, g, rows=rows)
+    return lambda o, g: sample_action(policy(o), g, rows=rows)
 
 
 def finished_episodes(buf: TensorDict) -> tuple[list[float], list[int]]:

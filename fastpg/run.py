@@ -29,9 +29,10 @@ from fastpg.checkpoint import (
     save_checkpoint,
 )
 from fastpg.config import Config
+from fastpg.distributed import Group, process_group
 from fastpg.envs import resolve_backend
 from fastpg.errors import ConfigError, EnvWorkerError, OutputError
-from fastpg.interrupts import StopOnSignals
+from fastpg.interrupts import StopOnSignals, signal_of
 from fastpg.metrics import ConsoleProgress, JsonlSink, TensorBoardSink, final_line, jsonable, rounded, run_header
 from fastpg.preflight import check_config, resolve_device
 from fastpg.trainer import Trainer
@@ -87,12 +88,27 @@ def train(cfg: Config, *, policy: nn.Module | None = None) -> dict[str, Any]:
     summary (``stop_reason`` ``"interrupted (SIGINT)"``, no evaluation), environments closed;
     ``summary["exit_code"]`` is then 128 + the signal number. A ``NonFiniteError`` or an
     ``OutputError`` (a file that cannot be written) leaves the last checkpoint as it was.
+
+    Launched as one of several processes (``torchrun``, ``WORLD_SIZE`` > 1), it joins their
+    data-parallel run (``fastpg.distributed``): ``cfg.num_envs`` copies over all of them, and rank 0
+    alone writes the metrics, progress, checkpoints and summary (the others return it quietly).
     """
     check_config(cfg)
-    check_outputs(cfg)
+    with process_group(resolve_device(cfg.device).type, cfg.dist_timeout_s) as group:
+        if group is None or group.rank == 0:
+            return _train(cfg, policy, group)
+        # The other ranks: the same run, writing nothing (rank 0 writes the whole run's files).
+        quiet = cfg.replace(metrics_file=None, tensorboard=None, quiet=True)
+        return _train(quiet, policy, group, writes=False)
+
+
+def _train(cfg: Config, policy: nn.Module | None, group: Group | None, *, writes: bool = True) -> dict[str, Any]:
+    """``train`` in this process (``writes``: the outputs are this process's to write)."""
+    if writes:
+        check_outputs(cfg)
     ckpt_dir = _checkpoint_directory(cfg)
     with contextlib.ExitStack() as stack:
-        if ckpt_dir is not None:
+        if ckpt_dir is not None and writes:
             stack.enter_context(DirectoryLock(ckpt_dir))
         state = _resume_state(cfg)
         if state is not None and cfg.metrics_file is not None and cfg.metrics_file.exists() and not cfg.overwrite:
@@ -106,7 +122,9 @@ def train(cfg: Config, *, policy: nn.Module | None = None) -> dict[str, Any]:
             jsonl.write(header)  # the file describes itself (config, versions, machine, date)
         if cfg.tensorboard is not None:
             sinks.append(stack.enter_context(TensorBoardSink(cfg.tensorboard, header)))
-        summary, failure = _run(cfg, policy, state, ckpt_dir, sinks)
+        summary, failure = _run(cfg, policy, state, Checkpoints(ckpt_dir, writes), sinks, group)
+        if not writes:
+            return summary
         unwritten = None
         for sink in sinks:
             try:
@@ -137,14 +155,17 @@ def _run(
     cfg: Config,
     policy: nn.Module | None,
     state: dict[str, Any] | None,
-    ckpt_dir: Path | None,
+    ckpt: Checkpoints,
     sinks: list[JsonlSink | TensorBoardSink],
+    group: Group | None,
 ) -> tuple[dict[str, Any], EnvWorkerError | None]:
     """The epochs, the checkpoints and the final evaluation; returns the summary, and the env
-    failure that ended the run if one did (after the checkpoint of the last whole epoch)."""
+    failure that ended the run if one did (after the checkpoint of the last whole epoch). In a
+    data-parallel run an env failure on any rank ends the job at once (no checkpoint: the last
+    one stands)."""
     progress = None if cfg.quiet else ConsoleProgress(cfg.progress_interval_s, budget=_budget_share(cfg))
     failure = None
-    with Trainer(cfg, policy=policy) as trainer, StopOnSignals() as signals:
+    with Trainer(cfg, policy=policy, group=group) as trainer, StopOnSignals() as signals:
         if state is not None:
             trainer.load_state_dict(state, source=str(cfg.resume / CHECKPOINT_NAME))
         start_epoch = trainer.counters.epoch
@@ -155,13 +176,17 @@ def _run(
                     sink.write(metrics)
                 if progress:
                     progress(metrics, force=trainer.stop_reason is not None)
-                if ckpt_dir is not None and trainer.counters.epoch % cfg.checkpoint_every == 0:
-                    ckpt_path = save_checkpoint(trainer.state_dict(), ckpt_dir)
+                if ckpt.directory is not None and trainer.counters.epoch % cfg.checkpoint_every == 0:
+                    ckpt_path = ckpt.save(trainer)
         except EnvWorkerError as e:  # the epoch in progress is lost; the ones before it are kept
+            if group is not None:
+                raise
             failure = e
-        if ckpt_dir is not None and (ckpt_path is None or trainer.counters.epoch % cfg.checkpoint_every or failure):
-            ckpt_path = save_checkpoint(trainer.state_dict(), ckpt_dir)
-        stopped_by_signal = signals.received is not None
+        every = cfg.checkpoint_every
+        if ckpt.directory is not None and (ckpt_path is None or trainer.counters.epoch % every or failure):
+            ckpt_path = ckpt.save(trainer)
+        stopped = signal_of(trainer.stop_reason)  # on every rank, whichever received the signal
+        stopped_by_signal = stopped is not None
         evaluation = _final_evaluation(trainer, interrupted=stopped_by_signal or failure is not None)
         stop_reason = f"env failure: {failure}" if failure else trainer.stop_reason
         if signals.received is not None and not stopped_by_signal:  # a signal during the evaluation
@@ -171,10 +196,22 @@ def _run(
             evaluation,
             start_epoch=start_epoch,
             checkpoint=ckpt_path,
-            exit_code=1 if failure else signals.exit_code or 0,
+            exit_code=1 if failure else 128 + int(stopped) if stopped else signals.exit_code or 0,
             stop_reason=stop_reason,
         )
     return summary, failure
+
+
+class Checkpoints:
+    """Where the run's checkpoints go, and whether this process writes them (in a data-parallel
+    run every rank takes the state, a collective, and rank 0 writes it)."""
+
+    def __init__(self, directory: Path | None, writes: bool):
+        self.directory, self.writes = directory, writes
+
+    def save(self, trainer: Trainer) -> Path | None:
+        state = trainer.state_dict()
+        return save_checkpoint(state, self.directory) if self.writes else self.directory / CHECKPOINT_NAME
 
 
 def trim_metrics(path: Path, epoch: int) -> int:

@@ -28,10 +28,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from fastpg.checkpoint import check_state
 from fastpg.config import Config
+from fastpg.distributed import Group
 from fastpg.envs import BatchedEnv, Checkpointable, env_from_config
 from fastpg.errors import ConfigError, NonFiniteError
 from fastpg.evaluation import EVAL_SEED_OFFSET, TargetCheck, evaluate, evaluation_env
@@ -110,31 +111,39 @@ class Trainer:
         env: BatchedEnv | None = None,
         policy: nn.Module | None = None,
         eval_env: BatchedEnv | Callable[[int], BatchedEnv] | None = None,
+        group: Group | None = None,
     ):
         check_config(cfg)
         self.cfg = cfg
         self.device = resolve_device(cfg.device)
+        self.group = group
+        self.shard = group.shard(cfg.num_envs) if group is not None else None
+        num_envs = self.shard.size if self.shard is not None else cfg.num_envs  # the env copies stepped here
         if env is not None:
             check_env_interface(env)
-        self.env = env if env is not None else env_from_config(cfg, self.device)
+        self.env = env if env is not None else self._make_env(num_envs)
         try:
             info = self.env.info
-            check_env(cfg, self.env, self.device)
+            check_env(cfg, self.env, self.device, num_envs)
             self.eval_env = _evaluation_source(cfg, env, eval_env)
             self.env_given = env is not None
             self.policy = (policy if policy is not None else MLPPolicy.from_config(cfg, info)).to(self.device)
+            if group is not None:
+                group.broadcast_parameters(self.policy)  # identical on every rank from the start
             self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=cfg.lr)
             self.settings = UpdateSettings.from_config(cfg)
             self.generator = torch.Generator(device=self.device).manual_seed(cfg.seed)
-            self.buf = allocate_storage(info, cfg.num_steps, cfg.num_envs, self.device)
+            self.buf = allocate_storage(info, cfg.num_steps, num_envs, self.device)
             self.carry: Carry = init_carry(self.env, cfg.seed)
             if policy is not None:
                 check_policy(self.policy, info, self.carry.obs)
             # The fast path where one applies (None: the generic path): compiled C++ on CPU, a
-            # captured CUDA graph on a GPU.
-            self.fused: FusedEpoch | GraphedEpoch | None = FusedEpoch.create(
-                cfg, self.env, self.policy, self.device
-            ) or GraphedEpoch.create(cfg, self, self.device)
+            # captured CUDA graph on a GPU. Data-parallel runs take the generic path.
+            self.fused: FusedEpoch | GraphedEpoch | None = None
+            if group is None:
+                self.fused = FusedEpoch.create(cfg, self.env, self.policy, self.device) or GraphedEpoch.create(
+                    cfg, self, self.device
+                )
         except BaseException:
             self.env.close()
             raise
@@ -146,13 +155,22 @@ class Trainer:
         self.bad_updates = 0  # consecutive updates skipped for non-finite values
         self.stop_reason: str | None = None
 
+    def _make_env(self, num_envs: int) -> BatchedEnv:
+        """The env of ``cfg``: in a data-parallel run this rank's shard of the copies, drawing
+        what the whole env draws (``fastpg.distributed``)."""
+        env = env_from_config(self.cfg, self.device, num_envs)
+        if self.shard is not None and hasattr(env, "set_shard"):
+            env.set_shard(self.shard.lo, self.shard.total, self.group.counts_before)
+        return env
+
     # -- the straight line ---------------------------------------------------------------------
     def collect(self) -> None:
         """Fill the storage with T steps of every env (no gradients)."""
         if self.fused is not None:
             self.carry = self.fused.collect(self.buf, self.carry, self.generator)
         else:
-            self.carry = collect(self.env, self.policy, self.buf, self.carry, self.generator)
+            rows = (self.shard.lo, self.shard.total) if self.shard is not None else None
+            self.carry = collect(self.env, self.policy, self.buf, self.carry, self.generator, rows=rows)
 
     def update(self, *, apply: bool = True, bad_data: str | None = None) -> dict[str, torch.Tensor]:
         """Returns, loss and one optimizer step over the stored epoch; returns detached stats.
@@ -168,8 +186,9 @@ class Trainer:
             stats, bad = self.fused.update(self.optimizer, self.buf, self.settings, apply=apply)
         else:
             stats, bad = reinforce_update(
-                self.policy, self.optimizer, self.buf, self.carry.obs, self.settings, apply=apply
-            )
+                self.policy, self.optimizer, self.buf, self.carry.obs, self.settings, apply=apply,
+                sum_across=self._sum_across if self.group is not None else None,
+            )  # fmt: skip
         if bad_data is not None:
             bad = bad_data
             stats["skipped"] = torch.ones_like(stats["skipped"])
@@ -199,7 +218,7 @@ class Trainer:
         # ENV -> STORAGE
         with timer("collect"):
             self.collect()
-            finished = finished_episodes(self.buf)  # one host sync
+            *finished, valid_steps = self._finished_episodes()  # one host sync
             self.window.extend(*finished)
             bad_envs = self._warn_nonfinite_envs()  # and one for the env data check
         confirmed = self.target(self.window, self._evaluate_for_target)
@@ -207,13 +226,26 @@ class Trainer:
         bad_data = f"reward or observation (env {_listed(bad_envs)})" if bad_envs else None
         with timer("update"):
             stats = self.update(apply=not confirmed, bad_data=bad_data)
-        return self._end_epoch(stats, finished, len(bad_envs))
+        return self._end_epoch(stats, (finished[0], finished[1]), len(bad_envs), valid_steps)
+
+    def _finished_episodes(self) -> tuple[list[float], list[int], Tensor | int]:
+        """Return and length of the episodes that ended this epoch, and the valid steps; in a
+        data-parallel run every rank's, gathered in one-process order."""
+        if self.group is not None:
+            return self.group.episodes(self.buf, self.shard)
+        return *finished_episodes(self.buf), self.buf["valid"].sum()
+
+    def _sum_across(self, tensors: list[Tensor]) -> None:
+        self.group.sum_(tensors, "the all-reduce of the update")
 
     def _warn_nonfinite_envs(self) -> list[int]:
         """The env copies with a non-finite reward or observation this epoch, with a warning naming
-        them (their NaN / inf reaches the loss, and the update is skipped)."""
+        them (their NaN / inf reaches the loss, and the update is skipped); in a data-parallel run
+        every rank's (global indices), warned by rank 0."""
         bad = nonfinite_envs(self.buf)
-        if bad:
+        if self.group is not None:
+            bad = self.group.nonfinite_envs(bad, self.shard)
+        if bad and (self.group is None or self.group.rank == 0):
             warnings.warn(
                 f"epoch {self.counters.epoch + 1}: {self.env.info.env_id} returned a non-finite reward or "
                 f"observation in env cop{'ies' if len(bad) > 1 else 'y'} {_listed(bad)}",
@@ -223,12 +255,17 @@ class Trainer:
         return bad
 
     def _end_epoch(
-        self, stats: dict[str, torch.Tensor], finished: tuple[list[float], list[int]], nonfinite: int
+        self,
+        stats: dict[str, torch.Tensor],
+        finished: tuple[list[float], list[int]],
+        nonfinite: int,
+        valid_steps: Tensor | int,
     ) -> dict[str, Any]:
         """Advance the counters and return the epoch's metrics (one host sync for all the scalars)."""
         names = list(stats)
+        valid = torch.as_tensor(valid_steps, device=self.device).double()
         # float64: counts stay exact far beyond 2**24 steps per epoch.
-        values = torch.stack([stats[k].double() for k in names] + [self.buf["valid"].sum().double()]).tolist()
+        values = torch.stack([stats[k].double() for k in names] + [valid]).tolist()
         s = dict(zip(names, values[:-1]))
         epoch_steps = int(values[-1])
         c, (ret, length), n = self.counters, finished, len(finished[0])
@@ -236,7 +273,7 @@ class Trainer:
         elapsed = self.timer.total_s
         c.epoch += 1
         c.env_steps += epoch_steps
-        c.total_steps += self.buf.numel()
+        c.total_steps += self.cfg.batch_size
         c.episodes += n
         c.wall_s += elapsed
         return {
@@ -266,6 +303,8 @@ class Trainer:
         ``"max_env_steps"`` or ``"max_epochs"``, or what ``should_stop()`` returned (``train`` uses
         it for Ctrl-C and SIGTERM, which end the run between epochs).
         """
+        if should_stop is not None and self.group is not None:  # any rank's request stops every rank
+            should_stop = _agreed(self.group, should_stop)
         self.stop_reason = self._stop_reason(should_stop)
         while self.stop_reason is None:
             metrics = self.epoch()
@@ -290,7 +329,14 @@ class Trainer:
         """Mean return of fresh episodes, one per env copy (see ``evaluate``): ``num_episodes``
         copies of ``cfg.env``, or from the ``eval_env`` function given to the trainer; an
         ``eval_env`` env is used as it is (its ``num_envs`` episodes) and left open. Sampled by the
-        fused epoch's compiled collect where it runs (the same episodes and draws)."""
+        fused epoch's compiled collect where it runs (the same episodes and draws). In a
+        data-parallel run rank 0 evaluates and every rank gets its result (one verdict)."""
+        if self.group is not None:
+            here = self._evaluate_here(num_episodes, deterministic, seed) if self.group.rank == 0 else None
+            return self.group.broadcast(here, "the broadcast of the evaluation")
+        return self._evaluate_here(num_episodes, deterministic, seed)
+
+    def _evaluate_here(self, num_episodes: int, deterministic: bool, seed: int | None) -> dict[str, float]:
         owned = True
         if self.eval_env is None and self.env_given:
             raise ConfigError("eval_env", f"this trainer was given its own env: evaluating needs one ({EVAL_ENV_HELP})")
@@ -318,7 +364,17 @@ class Trainer:
     # -- checkpoints -------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue this run (see ``fastpg.checkpoint``); plain values and
-        tensors only. Take it between epochs."""
+        tensors only. Take it between epochs. In a data-parallel run (every rank calls it) the env
+        copies' state is gathered: the state of the whole run, as one process would hold it."""
+        carry = {f.name: getattr(self.carry, f.name).cpu() for f in dataclasses.fields(Carry)}
+        env = self.env.state_dict() if isinstance(self.env, Checkpointable) else None
+        if self.group is not None:
+            carry = self.group.gather_tensors(carry, dict.fromkeys(carry, 0), "the gather of the checkpoint")
+            dims = getattr(self.env, "SHARD_DIMS", None)
+            if env is not None and dims is not None:
+                env = {**env, **self.group.gather_tensors(env, dims, "the gather of the checkpoint")}
+            else:  # an env whose state cannot be split: re-seeded on resume, as a gymnasium one
+                env = None
         return {
             "config": self.cfg.to_dict(),
             **dataclasses.asdict(self.counters),
@@ -327,8 +383,8 @@ class Trainer:
             "policy": self.policy.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "generator": self.generator.get_state(),
-            "carry": {f.name: getattr(self.carry, f.name).cpu() for f in dataclasses.fields(Carry)},
-            "env": self.env.state_dict() if isinstance(self.env, Checkpointable) else None,
+            "carry": carry,
+            "env": env,
         }
 
     def load_state_dict(self, state: dict[str, Any], *, source: str = "the state") -> None:
@@ -352,8 +408,13 @@ class Trainer:
         self.window = EpisodeWindow(self.window.returns.maxlen)
         self.window.extend(list(state["window"]["returns"]), list(state["window"]["lengths"]))
         if state["env"] is not None and isinstance(self.env, Checkpointable):
-            self.env.load_state_dict(state["env"])
-            self.carry = Carry(**{k: v.to(self.device) for k, v in state["carry"].items()})
+            env_state, carry = state["env"], state["carry"]
+            if self.shard is not None:  # this rank's copies of the whole run's state
+                dims = getattr(self.env, "SHARD_DIMS", {})
+                env_state = {k: self.shard.take(v, dims[k]) if k in dims else v for k, v in env_state.items()}
+                carry = {k: self.shard.take(v) for k, v in carry.items()}
+            self.env.load_state_dict(env_state)
+            self.carry = Carry(**{k: v.to(self.device) for k, v in carry.items()})
         else:
             self.carry = init_carry(self.env, (self.cfg.seed + self.counters.epoch) % 2**32)
 
@@ -365,6 +426,11 @@ class Trainer:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _agreed(group: Group, should_stop: Callable[[], str | None]) -> Callable[[], str | None]:
+    """``should_stop`` asked on every rank, the first rank's request answered on all of them."""
+    return lambda: group.agree(should_stop())
 
 
 def _listed(indices: list[int], shown: int = 10) -> str:

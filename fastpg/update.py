@@ -28,7 +28,7 @@ from tensordict import TensorDict
 from torch import Tensor, nn
 
 from fastpg.config import Config
-from fastpg.loss import advantage, reinforce_loss
+from fastpg.loss import SumAcross, advantage, batch_sum, reinforce_loss
 from fastpg.returns import episode_complete_mask, reward_to_go
 
 __all__ = [
@@ -97,6 +97,7 @@ def reinforce_update(
     s: UpdateSettings,
     *,
     apply: bool = True,
+    sum_across: SumAcross | None = None,
 ) -> tuple[dict[str, Tensor], str | None]:
     """One update from the epoch stored in ``buf``; the optimizer steps unless a value is non-finite.
 
@@ -104,16 +105,23 @@ def reinforce_update(
         buf: the ``[T, N]`` storage (``ret`` is written with the reward-to-go).
         last_obs: [N, *obs_shape] observation after the last step (bootstrap of unfinished episodes).
         apply: False computes and reports everything but leaves the parameters as they are.
+        sum_across: ``buf`` is one process's share of a batch split over processes
+            (``fastpg.distributed``): the count, the statistics, the loss and the gradients are
+            summed over them (``fastpg.loss.SumAcross``), so every process steps with the whole
+            batch's gradient.
 
     Returns:
         (stats, nonfinite): detached 0-dim tensors ``loss, policy_loss, value_loss, entropy,
         grad_norm, mask_frac, skipped``; and None, or the first non-finite quantity (``"loss"``,
         ``"gradient (of net.0.weight)"``, ...) when the step was skipped.
     """
-    entries = loss_entries(buf, policy, last_obs, s)
-    adv = advantage(entries.ret, entries.count, baseline=_baseline(policy, entries, s), normalize=s.normalize)
+    entries = loss_entries(buf, policy, last_obs, s, sum_across)
+    baseline = _baseline(policy, entries, s, sum_across)
+    adv = advantage(entries.ret, entries.count, baseline=baseline, normalize=s.normalize, sum_across=sum_across)
     optimizer.zero_grad(set_to_none=True)
     loss, stats = accumulate_gradients(policy, entries, adv, s)
+    if sum_across is not None:
+        loss = _sum_loss_and_gradients(policy, loss, stats, sum_across)
     device = entries.ret.device
     max_norm = s.max_grad_norm if s.max_grad_norm > 0 else math.inf
     grad_norm = nn.utils.clip_grad_norm_(policy.parameters(), max_norm).to(device)  # CPU 0 without gradients
@@ -131,8 +139,11 @@ def reinforce_update(
     return stats, bad
 
 
-def loss_entries(buf: TensorDict, policy: nn.Module, last_obs: Tensor, s: UpdateSettings) -> Entries:
-    """Reward-to-go into ``buf["ret"]``, then the entries that take part in the loss."""
+def loss_entries(
+    buf: TensorDict, policy: nn.Module, last_obs: Tensor, s: UpdateSettings, sum_across: SumAcross | None = None
+) -> Entries:
+    """Reward-to-go into ``buf["ret"]``, then the entries that take part in the loss (``count``
+    and ``mask_frac`` over every process's share of the batch with ``sum_across``)."""
     bootstrap = None
     if s.unfinished == "bootstrap":
         with torch.no_grad():
@@ -143,22 +154,42 @@ def loss_entries(buf: TensorDict, policy: nn.Module, last_obs: Tensor, s: Update
         mask = mask & episode_complete_mask(buf["done"])
     obs, action, ret = buf["obs"].flatten(0, 1), buf["action"].flatten(0, 1), ret.flatten()
     mask = mask.flatten()
-    mask_frac = mask.float().mean()
     keep = mask.nonzero().squeeze(1)
     if keep.numel() < mask.numel():
         obs, action, ret = obs[keep], action[keep], ret[keep]
-    count = torch.tensor(float(max(keep.numel(), 1)), dtype=ret.dtype, device=ret.device)
-    return Entries(obs, action, ret, count, mask_frac)
+    if sum_across is None:
+        count = torch.tensor(float(max(keep.numel(), 1)), dtype=ret.dtype, device=ret.device)
+        return Entries(obs, action, ret, count, mask.float().mean())
+    kept_total = torch.tensor([keep.numel(), mask.numel()], dtype=torch.float64, device=ret.device)
+    sum_across([kept_total])
+    count = kept_total[0].clamp_min(1).to(ret.dtype)
+    return Entries(obs, action, ret, count, (kept_total[0] / kept_total[1]).float())
 
 
-def _baseline(policy: nn.Module, e: Entries, s: UpdateSettings) -> Tensor | None:
+def _baseline(policy: nn.Module, e: Entries, s: UpdateSettings, sum_across: SumAcross | None) -> Tensor | None:
     """What the advantage subtracts from the return: the value predictions, the mean, or nothing."""
     if s.baseline == "value":  # enters the advantage of every slice: one no-grad pass first
         with torch.no_grad():
             return torch.cat([policy.value(e.obs[i : i + s.rows]) for i in range(0, e.obs.shape[0], s.rows)])
     if s.baseline == "mean":
-        return e.ret.sum() / e.count
+        return batch_sum(e.ret, sum_across) / e.count
     return None
+
+
+def _sum_loss_and_gradients(policy: nn.Module, loss: Tensor, parts: dict[str, Tensor], sum_across: SumAcross) -> Tensor:
+    """Sum the loss, its parts (in place) and the gradients over the processes, in one
+    collective; returns the summed loss. A parameter without a gradient here gets the sum of the
+    others' (zeros where this process had no entries); one without a gradient anywhere keeps
+    none, as in one process (Adam leaves it alone)."""
+    params = list(policy.parameters())
+    has_grad = torch.tensor([float(p.grad is not None) for p in params], device=loss.device)
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    loss = loss.clone()
+    parts.update({k: v.clone() for k, v in parts.items()})  # with no entries here they share one zero
+    sum_across([loss, *parts.values(), has_grad, *grads])
+    for p, g, some in zip(params, grads, has_grad.tolist()):
+        p.grad = g if some else None
+    return loss
 
 
 def accumulate_gradients(

@@ -229,6 +229,9 @@ class GymVectorEnv:
         self.env_id = env_id
         self._async = isinstance(vec_env, gym.vector.AsyncVectorEnv)
         self.async_timeout_s = ASYNC_TIMEOUT_S
+        # gymnasium seeds copy i with seed + i; a data-parallel shard's copies are rows lo... of the
+        # whole env, so they are seeded seed + lo + i (set_shard)
+        self.seed_offset = 0
         self.info = env_info_from_spaces(env_id, vec_env.single_observation_space, vec_env.single_action_space, spec)
         act_space = vec_env.single_action_space
         self._action_start = int(getattr(act_space, "start", 0)) if self.info.discrete else 0
@@ -298,7 +301,14 @@ class GymVectorEnv:
         self.close()
         return EnvWorkerError(f"env {self.env_id}: {what} failed in {where}: {type(cause).__name__}: {cause}")
 
+    def set_shard(self, lo: int, total: int, counts_before=None) -> None:
+        """Make these copies rows ``[lo, lo + num_envs)`` of a ``total``-copy env split over
+        processes (``fastpg.distributed``): copy i is seeded as copy ``lo + i`` of the whole env."""
+        self.seed_offset = lo
+
     def reset(self, seed: int | None = None) -> Tensor:
+        if seed is not None:
+            seed = seed + self.seed_offset
         if self._async:
             try:
                 with _failure_said_once():

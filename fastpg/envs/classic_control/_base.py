@@ -7,6 +7,8 @@ env's random generator, the time limit and the same-step autoreset.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
@@ -67,6 +69,23 @@ class NativeEnv:
         self._valid = torch.ones(num_envs, dtype=torch.bool, device=self.device)
         self.kernel = "torch"
         self.info: EnvInfo
+        # Data-parallel runs: these copies are rows [lo, lo + num_envs) of total_envs copies, and
+        # resets draw for all of them (set_shard).
+        self.shard_lo, self.total_envs = 0, num_envs
+        self._counts_before: Callable[[int], tuple[int, int]] | None = None
+
+    # Tensors of state_dict() that hold one entry per copy, and the dim of the copies.
+    SHARD_DIMS = {"state": 1, "final": 1, "elapsed": 0}
+
+    def set_shard(self, lo: int, total: int, counts_before: Callable[[int], tuple[int, int]]) -> None:
+        """Make these ``num_envs`` copies rows ``[lo, lo + num_envs)`` of a ``total``-copy env split
+        over processes (``fastpg.distributed``): every reset draws what the ``total``-copy env
+        draws and keeps these rows, so the generator and the trajectories stay the whole env's.
+        ``counts_before(k)`` is a collective returning (done copies on lower shards, on all
+        shards) when this shard has ``k`` (the draw-only-done mode needs them every step)."""
+        if not 0 <= lo <= total - self.num_envs:
+            raise ValueError(f"shard [{lo}, {lo + self.num_envs}) does not fit in {total} copies")
+        self.shard_lo, self.total_envs, self._counts_before = lo, total, counts_before
 
     def set_kernel(self, kernel: str) -> None:
         """Step with ``kernel`` (one of ``KERNELS``) from now on; compiled kernels run on CPU only."""
@@ -125,7 +144,7 @@ class NativeEnv:
     def reset(self, seed: int | None = None) -> Tensor:
         if seed is not None:
             self.generator.manual_seed(seed)
-        self._state = self._sample_reset(self.num_envs)
+        self._state = self._fresh_states(self.num_envs, before=self.shard_lo, total=self.total_envs)
         self._final = self._state
         self.elapsed.zero_()
         return self._observe(self._state)
@@ -142,7 +161,7 @@ class NativeEnv:
     def selects_resets(self) -> bool:
         """True when resets draw a state for every copy and select the done ones (CUDA, and CPU up
         to ``SELECT_RESET_MAX_ENVS`` copies); False when only the done copies draw."""
-        return self.device.type != "cpu" or self.num_envs <= SELECT_RESET_MAX_ENVS
+        return self.device.type != "cpu" or self.total_envs <= SELECT_RESET_MAX_ENVS
 
     def _reset_done(self, new: Tensor, done: Tensor) -> Tensor:
         """The state after resetting the done copies; ``new`` is left intact (it is ``final_obs``)."""
@@ -150,13 +169,24 @@ class NativeEnv:
             # Draw a reset state for every copy and select: fixed shapes, and no host sync on CUDA
             # (nonzero would wait for the GPU every step); on CPU it is the cheaper way at small N.
             self.elapsed.masked_fill_(done, 0)
-            return torch.where(done, self._sample_reset(self.num_envs), new)
+            return torch.where(
+                done, self._fresh_states(self.num_envs, before=self.shard_lo, total=self.total_envs), new
+            )
         # Large N on CPU: draw only for the done copies (drawing for all N costs more).
         idx = done.nonzero().squeeze(1)
+        before, total = (0, idx.numel()) if self._counts_before is None else self._counts_before(idx.numel())
         if not idx.numel():
+            if total:  # other shards' copies reset: their draws advance this generator too
+                self._sample_reset(total)
             return new
         self.elapsed.index_fill_(0, idx, 0)
-        return new.index_copy(1, idx, self._sample_reset(idx.numel()))
+        return new.index_copy(1, idx, self._fresh_states(idx.numel(), before=before, total=total))
+
+    def _fresh_states(self, count: int, *, before: int, total: int) -> Tensor:
+        """[D, count] reset states: columns ``[before, before + count)`` of the ``total`` drawn (the
+        whole draw of an unsplit env)."""
+        states = self._sample_reset(total)
+        return states if count == total else states[:, before : before + count]
 
     def kernel_state(self) -> Tensor:
         """A contiguous copy of the state, ``[D, N]`` feature-major, for a compiled loop to step in

@@ -1,0 +1,220 @@
+"""Data-parallel training over ``torch.distributed``, as ``torchrun`` launches it.
+
+    torchrun --nproc-per-node 2 -m fastpg train --num-envs 64 ...
+
+``--num-envs`` is the global number of env copies: K ranks step ``N / K`` copies each (``Shard``),
+so runs with different K train on the same batch. The K-rank run is the one-process run with the
+same N and seed (``--fused off``, the generic path every rank runs), split:
+
+- **Collect.** Every rank draws the random numbers of all N copies from generators in the state
+  the one-process run's are in, and keeps its own rows: the policy's sampling noise (``[N]``
+  draws, rows ``lo:hi``), a native env's resets (drawn for all N and selected, or, above
+  ``SELECT_RESET_MAX_ENVS`` copies, drawn for the done copies of all ranks: one all-gather of the
+  done counts per step tells each rank where its copies' draws sit). So the generators stay
+  identical on every rank and the trajectories are the one-process run's, bit for bit, until the
+  first update.
+- **Update.** The statistics of the loss are global: the count of entries, the mean baseline, the
+  normalization's mean and standard deviation are all-reduced sums (``Group.sum_``), and every
+  rank's loss is its entries' share of the global loss (divided by the global count), so the
+  all-reduced sum of the gradients is the global gradient. Clipping, the non-finite guard and
+  Adam then see the same numbers on every rank, and the parameters stay identical (broadcast from
+  rank 0 at the start). Sums split over ranks round differently from one sum: the update agrees
+  with the one-process run to float32 rounding (relative 1e-6 per update), not to the bit.
+- **Everything around it.** Finished episodes and non-finite env copies are gathered, in the
+  one-process run's order, so every rank holds the same episode window and takes the same target
+  decision; rank 0 evaluates and broadcasts the result (one verdict); a stop request (a signal to
+  any rank) is agreed between epochs, so all ranks stop after the same epoch. Rank 0 alone writes
+  metrics, progress, checkpoints and the summary; a checkpoint holds the gathered global state,
+  the same format as a one-process run's (either can resume the other with any K dividing N).
+
+Collectives wait at most ``Config.dist_timeout_s``; a rank that dies or hangs ends the job with a
+``DistributedError`` on the others (``torchrun`` then stops every worker).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from tensordict import TensorDict
+from torch import Tensor, nn
+
+from fastpg.errors import ConfigError, DistributedError
+
+__all__ = ["Shard", "Group", "launched_world_size", "process_group"]
+
+
+def launched_world_size() -> int:
+    """The number of processes of this launch (``WORLD_SIZE``, set by torchrun), 1 outside one."""
+    world = os.environ.get("WORLD_SIZE", "1")
+    return int(world) if world.isdigit() else 1
+
+
+@dataclass(frozen=True)
+class Shard:
+    """The env copies one rank steps: ``[lo, hi)`` of ``total``."""
+
+    rank: int
+    world_size: int
+    total: int
+
+    @property
+    def size(self) -> int:
+        return self.total // self.world_size
+
+    @property
+    def lo(self) -> int:
+        return self.rank * self.size
+
+    @property
+    def hi(self) -> int:
+        return self.lo + self.size
+
+    def take(self, x: Tensor, dim: int = 0) -> Tensor:
+        """This rank's rows of a tensor over all ``total`` copies along ``dim``."""
+        return x.narrow(dim, self.lo, self.size)
+
+
+class Group:
+    """The collectives of a data-parallel run, over the default process group.
+
+    Every method is a collective: each rank calls it, in the same order. A failure (a rank that
+    died, a timeout) raises ``DistributedError`` naming the operation.
+    """
+
+    def __init__(self) -> None:
+        self.rank = dist.get_rank()
+        self.world_size = dist.get_world_size()
+
+    def shard(self, total: int) -> Shard:
+        """This rank's share of ``total`` env copies (``ConfigError`` unless K divides it)."""
+        if total % self.world_size:
+            raise ConfigError(
+                "num_envs",
+                f"{total} env copies (the global count) cannot be split evenly over {self.world_size} processes; "
+                f"give a multiple of {self.world_size}",
+            )
+        return Shard(self.rank, self.world_size, total)
+
+    def sum_(self, tensors: list[Tensor], what: str) -> None:
+        """All-reduce (sum) ``tensors`` in place, as one flat buffer (one collective)."""
+        flat = torch.cat([t.reshape(-1).double() for t in tensors])
+        with _collective(what, self.rank):
+            dist.all_reduce(flat)
+        offset = 0
+        for t in tensors:
+            t.copy_(flat[offset : offset + t.numel()].view_as(t))
+            offset += t.numel()
+
+    def counts_before(self, count: int) -> tuple[int, int]:
+        """(copies on lower ranks, copies on all ranks) of a per-rank ``count`` (all-gather)."""
+        local = torch.tensor([count], dtype=torch.int64)
+        every = [torch.empty_like(local) for _ in range(self.world_size)]
+        with _collective("the exchange of the env resets' counts", self.rank):
+            dist.all_gather(every, local)
+        counts = [int(c) for c in every]
+        return sum(counts[: self.rank]), sum(counts)
+
+    def objects(self, obj: Any, what: str) -> list[Any]:
+        """Every rank's ``obj``, in rank order (all-gather of picklable objects)."""
+        out: list[Any] = [None] * self.world_size
+        with _collective(what, self.rank):
+            dist.all_gather_object(out, obj)
+        return out
+
+    def broadcast(self, obj: Any, what: str) -> Any:
+        """Rank 0's ``obj`` on every rank."""
+        box = [obj]
+        with _collective(what, self.rank):
+            dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def gather_tensors(self, tensors: dict[str, Tensor], dims: dict[str, int], what: str) -> dict[str, Tensor]:
+        """The global tensors: each rank's shard of ``tensors[k]`` concatenated along ``dims[k]``."""
+        every = self.objects({k: tensors[k].cpu() for k in dims}, what)
+        return {k: torch.cat([part[k] for part in every], dims[k]) for k in dims}
+
+    def broadcast_parameters(self, module: nn.Module) -> None:
+        """Rank 0's parameters and buffers on every rank (identical parameters from the start)."""
+        with _collective("the broadcast of the initial parameters", self.rank), torch.no_grad():
+            for t in [*module.parameters(), *module.buffers()]:
+                dist.broadcast(t.data, src=0)
+
+    def agree(self, reason: str | None, what: str = "the agreement on stopping") -> str | None:
+        """The first rank's non-None ``reason`` (a stop request any rank received), else None."""
+        return next((r for r in self.objects(reason, what) if r is not None), None)
+
+    # -- the epoch's gathered statistics -------------------------------------------------------
+    def episodes(self, buf: TensorDict, shard: Shard) -> tuple[list[float], list[int], int]:
+        """Return and length of every episode that ended this epoch on any rank, in the order the
+        one-process run lists them (step, then global copy index), and the epoch's valid steps."""
+        done = buf["done"]
+        t, n = done.nonzero(as_tuple=True)
+        key = (t * shard.total + n + shard.lo).tolist()
+        local = (key, buf["episode_return"][done].tolist(), buf["episode_length"][done].tolist())
+        valid = int(buf["valid"].sum())
+        every = self.objects((local, valid), "the gather of the finished episodes")
+        merged = sorted(
+            (k, r, length) for (keys, rets, lengths), _ in every for k, r, length in zip(keys, rets, lengths)
+        )
+        return [r for _, r, _ in merged], [length for _, _, length in merged], sum(v for _, v in every)
+
+    def nonfinite_envs(self, local: list[int], shard: Shard) -> list[int]:
+        """Global indices of the env copies with non-finite data on any rank."""
+        every = self.objects([i + shard.lo for i in local], "the gather of the non-finite env copies")
+        return sorted(i for part in every for i in part)
+
+
+@contextlib.contextmanager
+def _collective(what: str, rank: int) -> Iterator[None]:
+    """Turn a failed collective into one line naming it (a rank died, hung or left early)."""
+    try:
+        yield
+    except (RuntimeError, ValueError) as e:  # gloo / NCCL errors are RuntimeError subclasses
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise DistributedError(
+            f"rank {rank}: {what} failed: another process of the job died, hung past --dist-timeout-s or "
+            f"left early ({type(e).__name__}: {first})"
+        ) from e
+
+
+@contextlib.contextmanager
+def process_group(device: str, timeout_s: float) -> Iterator[Group | None]:
+    """The data-parallel group of this launch: ``None`` outside a multi-process launch; inside
+    one (``WORLD_SIZE`` > 1) the default process group, initialized here from torchrun's
+    environment (gloo; TCP rendezvous at ``MASTER_ADDR:MASTER_PORT``) unless the caller did, and
+    destroyed on exit when initialized here."""
+    if dist.is_available() and dist.is_initialized():
+        yield Group() if dist.get_world_size() > 1 else None
+        return
+    if launched_world_size() <= 1:
+        yield None
+        return
+    _check_device(device)
+    try:
+        dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=timeout_s))
+    except (RuntimeError, ValueError) as e:
+        raise DistributedError(f"could not join the process group of this launch: {e}") from e
+    try:
+        yield Group()
+    finally:
+        dist.destroy_process_group()
+
+
+def _check_device(device: str) -> None:
+    """Data-parallel runs train on CPU (gloo) until the NCCL path has run on GPUs."""
+    if device.startswith("cuda"):
+        raise ConfigError(
+            "device",
+            f"data-parallel training runs on CPU for now (gloo); {device!r} with several processes (NCCL, one GPU "
+            "per rank) has not been validated on GPUs yet: use --device cpu",
+        )
+
+
+Reduce = Callable[[list[Tensor], str], None]
