@@ -448,9 +448,17 @@ def test_an_env_gets_its_tuned_settings_for_the_flags_not_typed(tmp_path, capsys
         Config.for_env(env_id)  # every entry is a valid config
 
 
-def test_a_multi_process_launch_is_refused_until_data_parallel_training_exists(capsys, monkeypatch):
+def test_a_multi_process_launch_outside_a_rendezvous_says_so(capsys, monkeypatch, tmp_path):
+    """WORLD_SIZE > 1 is a data-parallel launch (tests/test_distributed.py): ``train`` joins the
+    launch's process group, and says in one line when it cannot; the other commands run as one
+    process and refuse such a launch."""
     monkeypatch.setenv("WORLD_SIZE", "2")
+    for name in ("RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
     code, out, err = _cli(capsys, "train", "--max-epochs", "1")
+    assert code == 1 and out == "" and len(err) == 1
+    assert err[0].startswith("fastpg: error: could not join the process group of this launch:")
+    code, out, err = _cli(capsys, "plot", str(tmp_path / "m.jsonl"))
     assert code == 2 and out == "" and len(err) == 1
     assert err[0].startswith("fastpg: error: launched as one of 2 processes (WORLD_SIZE=2, torchrun?)")
     monkeypatch.setenv("WORLD_SIZE", "1")  # a one-process torchrun launch is an ordinary run

@@ -1,0 +1,42 @@
+"""One rank of a data-parallel run for tests/test_distributed.py (launched by torchrun).
+
+    torchrun --standalone --nproc-per-node 2 tests/dist_worker.py OUT '{"num_envs": 16, ...}'
+
+Trains ``max_epochs`` epochs with the config given as JSON (on top of ``DEFAULTS``), then writes
+``OUT/rank{r}.pt``: the epochs' metrics, the parameters, the trainer's and the env's generator
+states; rank 0 also writes ``OUT/state.pt``, the gathered ``Trainer.state_dict()``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from fastpg import Config, Trainer
+from fastpg.distributed import process_group
+
+DEFAULTS = {"fused": "off", "eval_episodes": 0, "quiet": True}
+
+
+def main(out: Path, overrides: dict) -> None:
+    torch.set_num_threads(1)
+    cfg = Config(**{**DEFAULTS, **overrides})
+    with process_group("cpu", cfg.dist_timeout_s) as group, Trainer(cfg, group=group) as trainer:
+        metrics = list(trainer.run())
+        state = trainer.state_dict()  # a collective: every rank
+        record = {
+            "metrics": metrics,
+            "params": {k: v.clone() for k, v in trainer.policy.state_dict().items()},
+            "generator": trainer.generator.get_state(),
+            "env_generator": trainer.env.generator.get_state(),
+        }
+        torch.save(record, out / f"rank{group.rank}.pt")
+        if group.rank == 0:
+            torch.save(state, out / "state.pt")
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]), json.loads(sys.argv[2]))

@@ -1,0 +1,219 @@
+"""Data-parallel training (fastpg.distributed): 2 gloo ranks launched by torchrun, on the loopback.
+
+Each test launches ``torchrun --standalone --nproc-per-node 2`` (a free port every time) and
+compares with a one-process run of the same global N and seed on the generic path (``fused
+off``, which every rank runs). Tolerance: the trajectories (episodes, returns, lengths, env states,
+generator states) are equal exactly; the update's floats are sums split over two ranks, so they
+agree with one process's to float32 rounding: relative 1e-4 (absolute 1e-6 near zero) after
+several updates.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from fastpg import Config, Trainer
+from fastpg.checkpoint import load_checkpoint
+from fastpg.distributed import Shard
+
+WORKER = Path(__file__).with_name("dist_worker.py")
+TIMING = ("wall_s", "sps", "collect_s", "update_s", "train_wall_s", "time_to_solve_s")
+FLOATS = ("loss", "policy_loss", "value_loss", "entropy", "grad_norm", "mask_frac")
+RTOL, ATOL = 1e-4, 1e-6
+
+pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="torchrun launches on POSIX here")
+
+
+def _env() -> dict[str, str]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(name, None)
+    return env
+
+
+def _torchrun(*args: str) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", *args]
+
+
+def _launch(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(_torchrun(*args), env=_env(), capture_output=True, text=True, timeout=timeout)
+
+
+def _train_cmd(tmp_path: Path, *flags: str) -> list[str]:
+    return ["-m", "fastpg", "train", "--num-envs", "16", "--num-steps", "64", "--fused", "off", *flags]
+
+
+def _one_process(overrides: dict) -> tuple[list[dict], Trainer]:
+    torch.set_num_threads(1)
+    cfg = Config(**{"fused": "off", "eval_episodes": 0, "quiet": True, **overrides})
+    trainer = Trainer(cfg)
+    return list(trainer.run()), trainer
+
+
+def _assert_metrics_match(one: list[dict], two: list[dict]) -> None:
+    assert len(one) == len(two)
+    for a, b in zip(one, two):
+        for key in a:
+            if key in TIMING:
+                continue
+            if key in FLOATS:
+                assert math.isclose(a[key], b[key], rel_tol=RTOL, abs_tol=ATOL), (a["epoch"], key, a[key], b[key])
+            else:
+                assert a[key] == b[key], (a["epoch"], key, a[key], b[key])
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        # resets drawn for every copy and selected (N <= 512); mean baseline + entropy bonus
+        {"num_envs": 16, "num_steps": 64, "max_epochs": 4, "baseline": "mean", "seed": 3},
+        # N > 512: only the done copies draw; the ranks exchange their done counts every step
+        {"num_envs": 1024, "num_steps": 16, "max_epochs": 3},
+        # a value baseline (a second network, bootstrapped unfinished episodes)
+        {"num_envs": 16, "num_steps": 32, "max_epochs": 3, "baseline": "value", "unfinished": "bootstrap"},
+    ],
+    ids=["select-resets", "draw-done-resets", "value-baseline"],
+)
+def test_two_ranks_learn_what_one_process_learns(tmp_path, overrides):
+    done = _launch(str(WORKER), str(tmp_path), json.dumps(overrides))
+    assert done.returncode == 0, done.stderr[-3000:]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    state = torch.load(tmp_path / "state.pt", weights_only=True)
+    one, trainer = _one_process(overrides)
+    with trainer:
+        _assert_metrics_match(one, ranks[0]["metrics"])
+        assert _untimed(ranks[1]["metrics"]) == _untimed(ranks[0]["metrics"])  # each rank: the whole job
+        for name, p in ranks[0]["params"].items():  # identical on every rank, bit for bit
+            assert torch.equal(p, ranks[1]["params"][name]), name
+            torch.testing.assert_close(p, trainer.policy.state_dict()[name], rtol=RTOL, atol=ATOL)
+        # Every rank drew what the one process drew: the generators are where its are.
+        for r in ranks:
+            assert torch.equal(r["generator"], trainer.generator.get_state())
+            assert torch.equal(r["env_generator"], trainer.env.generator.get_state())
+        # The gathered checkpoint state is the one process's: same env states, same carry.
+        mine = trainer.state_dict()
+        for key in ("state", "final", "elapsed"):
+            assert torch.equal(state["env"][key], mine["env"][key]), key
+        for key in ("obs", "episode_return", "episode_length"):
+            assert torch.equal(state["carry"][key], mine["carry"][key]), key
+        assert state["window"] == mine["window"] and state["epoch"] == mine["epoch"]
+
+
+def test_shard_rows():
+    shard = Shard(rank=1, world_size=4, total=64)
+    assert (shard.size, shard.lo, shard.hi) == (16, 16, 32)
+    assert torch.equal(shard.take(torch.arange(64)), torch.arange(16, 32))
+    assert torch.equal(shard.take(torch.arange(128).view(2, 64), dim=1)[1], torch.arange(80, 96))
+
+
+def _metrics(path: Path) -> list[dict]:
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    return [r for r in rows if "epoch" in r and not r.get("summary") and isinstance(r["epoch"], int)]
+
+
+def _untimed(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
+
+
+def test_resume_two_ranks_continues_bit_for_bit(tmp_path):
+    """A 2-rank run stopped at epoch 3 and resumed by 2 ranks goes on exactly as the uninterrupted
+    one; its checkpoint (the whole run's state) also resumes in one process, to rounding."""
+    whole, part = tmp_path / "whole.jsonl", tmp_path / "part.jsonl"
+    ckpt = tmp_path / "ckpt"
+    common = _train_cmd(tmp_path, "--eval-episodes", "0", "--quiet")
+    done = _launch(*common, "--max-epochs", "6", "--metrics-file", str(whole))
+    assert done.returncode == 0, done.stderr[-3000:]
+    done = _launch(*common, "--max-epochs", "3", "--metrics-file", str(part), "--checkpoint-dir", str(ckpt))
+    assert done.returncode == 0, done.stderr[-3000:]
+    state = load_checkpoint(ckpt)
+    assert state["epoch"] == 3 and state["config"]["num_envs"] == 16 and state["carry"]["obs"].shape[0] == 16
+    done = _launch(*common, "--max-epochs", "6", "--metrics-file", str(part), "--resume", str(ckpt))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert _untimed(_metrics(part)) == _untimed(_metrics(whole))
+    # The same checkpoint in one process: the same run, to the update's rounding.
+    cfg = Config(num_envs=16, num_steps=64, fused="off", eval_episodes=0, max_epochs=6, quiet=True)
+    torch.set_num_threads(1)
+    with Trainer(cfg) as trainer:
+        trainer.load_state_dict(state)
+        _assert_metrics_match(_metrics(whole)[3:], list(trainer.run()))
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def _start(tmp_path: Path, *flags: str) -> tuple[subprocess.Popen, list[int]]:
+    """A long 2-rank run; returns the launcher and its two workers once epochs are being written."""
+    metrics = tmp_path / "m.jsonl"
+    cmd = _torchrun(*_train_cmd(tmp_path, "--max-epochs", "100000", "--metrics-file", str(metrics), *flags))
+    launcher = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (metrics.exists() and len(_metrics(metrics)) >= 3):
+        time.sleep(0.1)
+    workers = _children(launcher.pid)
+    assert len(_metrics(metrics)) >= 3 and len(workers) == 2, "the run did not start"
+    return launcher, workers
+
+
+def _finish(launcher: subprocess.Popen, workers: list[int], within: float) -> tuple[str, str]:
+    out, err = launcher.communicate(timeout=within)
+    assert not any(_alive(pid) for pid in workers), "a worker outlived the launcher"
+    return out, err
+
+
+@pytest.mark.parametrize("target", ["launcher", "rank 1"])
+def test_sigterm_stops_every_rank_after_the_epoch(tmp_path, target):
+    """SIGTERM to torchrun (which passes it on) or to one rank alone: every rank stops after the
+    same epoch, rank 0 writes one checkpoint and the summary, no process is left."""
+    ckpt = tmp_path / "ckpt"
+    launcher, workers = _start(tmp_path, "--checkpoint-dir", str(ckpt), "--quiet", "--eval-episodes", "10")
+    os.kill(launcher.pid if target == "launcher" else workers[1], signal.SIGTERM)
+    out, err = _finish(launcher, workers, within=60)
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["stop_reason"] == "interrupted (SIGTERM)" and summary["exit_code"] == 143, err[-2000:]
+    assert len(out.strip().splitlines()) == 1  # one summary: rank 0's
+    assert load_checkpoint(ckpt)["epoch"] == summary["epochs"]
+    last = _metrics(tmp_path / "m.jsonl")[-1]
+    assert last["epoch"] == summary["epochs"]
+
+
+def test_a_rank_that_dies_ends_the_job_with_a_clear_error(tmp_path):
+    launcher, workers = _start(tmp_path, "--quiet", "--dist-timeout-s", "30")
+    started = time.monotonic()
+    os.kill(workers[1], signal.SIGKILL)
+    out, err = _finish(launcher, workers, within=60)
+    assert launcher.returncode != 0
+    assert time.monotonic() - started < 45  # the collective fails on the lost connection, not the timeout
+    said = [line for line in err.splitlines() if line.startswith("fastpg: error")]
+    assert said and "rank 0:" in said[0] and "another process of the job died" in said[0], err[-3000:]
+
+
+def test_uneven_split_is_refused_by_rank_zero_alone(tmp_path):
+    done = _launch("-m", "fastpg", "train", "--num-envs", "15", "--max-epochs", "1", timeout=60)
+    assert done.returncode != 0
+    said = [line for line in done.stderr.splitlines() if line.startswith("fastpg: error")]
+    assert said == [
+        "fastpg: error: --num-envs: 15 env copies (the global count) cannot be split evenly over 2 processes; "
+        "give a multiple of 2"
+    ]
