@@ -36,6 +36,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -91,6 +92,12 @@ class Group:
     def __init__(self) -> None:
         self.rank = dist.get_rank()
         self.world_size = dist.get_world_size()
+        self.seconds = 0.0  # spent in collectives (waiting for the others included) since take_seconds
+
+    def take_seconds(self) -> float:
+        """Seconds spent in collectives since the last call (the epoch's ``comm_s``)."""
+        seconds, self.seconds = self.seconds, 0.0
+        return seconds
 
     def shard(self, total: int) -> Shard:
         """This rank's share of ``total`` env copies (``ConfigError`` unless K divides it)."""
@@ -105,7 +112,7 @@ class Group:
     def sum_(self, tensors: list[Tensor], what: str) -> None:
         """All-reduce (sum) ``tensors`` in place, as one flat buffer (one collective)."""
         flat = torch.cat([t.reshape(-1).double() for t in tensors])
-        with _collective(what, self.rank):
+        with self._collective(what):
             dist.all_reduce(flat)
         offset = 0
         for t in tensors:
@@ -116,7 +123,7 @@ class Group:
         """(copies on lower ranks, copies on all ranks) of a per-rank ``count`` (all-gather)."""
         local = torch.tensor([count], dtype=torch.int64)
         every = [torch.empty_like(local) for _ in range(self.world_size)]
-        with _collective("the exchange of the env resets' counts", self.rank):
+        with self._collective("the exchange of the env resets' counts"):
             dist.all_gather(every, local)
         counts = [int(c) for c in every]
         return sum(counts[: self.rank]), sum(counts)
@@ -124,14 +131,14 @@ class Group:
     def objects(self, obj: Any, what: str) -> list[Any]:
         """Every rank's ``obj``, in rank order (all-gather of picklable objects)."""
         out: list[Any] = [None] * self.world_size
-        with _collective(what, self.rank):
+        with self._collective(what):
             dist.all_gather_object(out, obj)
         return out
 
     def broadcast(self, obj: Any, what: str) -> Any:
         """Rank 0's ``obj`` on every rank."""
         box = [obj]
-        with _collective(what, self.rank):
+        with self._collective(what):
             dist.broadcast_object_list(box, src=0)
         return box[0]
 
@@ -142,46 +149,53 @@ class Group:
 
     def broadcast_parameters(self, module: nn.Module) -> None:
         """Rank 0's parameters and buffers on every rank (identical parameters from the start)."""
-        with _collective("the broadcast of the initial parameters", self.rank), torch.no_grad():
+        with self._collective("the broadcast of the initial parameters"), torch.no_grad():
             for t in [*module.parameters(), *module.buffers()]:
                 dist.broadcast(t.data, src=0)
 
     def agree(self, reason: str | None, what: str = "the agreement on stopping") -> str | None:
-        """The first rank's non-None ``reason`` (a stop request any rank received), else None."""
+        """The first rank's non-None ``reason`` (a stop request any rank received), else None: one
+        all-reduce of a flag, and the reasons gathered only when some rank has one."""
+        flag = torch.tensor([float(reason is not None)])
+        with self._collective(what):
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        if not flag.item():
+            return None
         return next((r for r in self.objects(reason, what) if r is not None), None)
 
     # -- the epoch's gathered statistics -------------------------------------------------------
-    def episodes(self, buf: TensorDict, shard: Shard) -> tuple[list[float], list[int], int]:
-        """Return and length of every episode that ended this epoch on any rank, in the order the
-        one-process run lists them (step, then global copy index), and the epoch's valid steps."""
+    def epoch_data(
+        self, buf: TensorDict, shard: Shard, nonfinite: list[int]
+    ) -> tuple[list[float], list[int], int, list[int]]:
+        """What the epoch's metrics need from every rank, in one gather: return and length of
+        every episode that ended (in the order the one-process run lists them: step, then global
+        copy index), the valid steps, and the global indices of the copies with non-finite data
+        (``nonfinite``: this rank's local ones)."""
         done = buf["done"]
         t, n = done.nonzero(as_tuple=True)
         key = (t * shard.total + n + shard.lo).tolist()
         local = (key, buf["episode_return"][done].tolist(), buf["episode_length"][done].tolist())
-        valid = int(buf["valid"].sum())
-        every = self.objects((local, valid), "the gather of the finished episodes")
-        merged = sorted(
-            (k, r, length) for (keys, rets, lengths), _ in every for k, r, length in zip(keys, rets, lengths)
-        )
-        return [r for _, r, _ in merged], [length for _, _, length in merged], sum(v for _, v in every)
+        mine = (local, int(buf["valid"].sum()), [i + shard.lo for i in nonfinite])
+        every = self.objects(mine, "the gather of the epoch's episodes")
+        merged = sorted((k, r, ln) for (keys, rets, lens), _, _ in every for k, r, ln in zip(keys, rets, lens))
+        bad = sorted(i for _, _, part in every for i in part)
+        return [r for _, r, _ in merged], [ln for _, _, ln in merged], sum(v for _, v, _ in every), bad
 
-    def nonfinite_envs(self, local: list[int], shard: Shard) -> list[int]:
-        """Global indices of the env copies with non-finite data on any rank."""
-        every = self.objects([i + shard.lo for i in local], "the gather of the non-finite env copies")
-        return sorted(i for part in every for i in part)
-
-
-@contextlib.contextmanager
-def _collective(what: str, rank: int) -> Iterator[None]:
-    """Turn a failed collective into one line naming it (a rank died, hung or left early)."""
-    try:
-        yield
-    except (RuntimeError, ValueError) as e:  # gloo / NCCL errors are RuntimeError subclasses
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise DistributedError(
-            f"rank {rank}: {what} failed: another process of the job died, hung past --dist-timeout-s or "
-            f"left early ({type(e).__name__}: {first})"
-        ) from e
+    @contextlib.contextmanager
+    def _collective(self, what: str) -> Iterator[None]:
+        """Time a collective, and turn its failure into one line naming it (a rank died, hung or
+        left early)."""
+        start = time.perf_counter()
+        try:
+            yield
+        except (RuntimeError, ValueError) as e:  # gloo / NCCL errors are RuntimeError subclasses
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise DistributedError(
+                f"rank {self.rank}: {what} failed: another process of the job died, hung past --dist-timeout-s "
+                f"or left early ({type(e).__name__}: {first})"
+            ) from e
+        finally:
+            self.seconds += time.perf_counter() - start
 
 
 @contextlib.contextmanager

@@ -218,9 +218,9 @@ class Trainer:
         # ENV -> STORAGE
         with timer("collect"):
             self.collect()
-            *finished, valid_steps = self._finished_episodes()  # one host sync
+            *finished, valid_steps, bad_envs = self._epoch_data()  # one host sync
             self.window.extend(*finished)
-            bad_envs = self._warn_nonfinite_envs()  # and one for the env data check
+            self._warn_nonfinite_envs(bad_envs)
         confirmed = self.target(self.window, self._evaluate_for_target)
         # STORAGE -> RETURNS -> LOSS -> OPTIMIZER
         bad_data = f"reward or observation (env {_listed(bad_envs)})" if bad_envs else None
@@ -228,23 +228,21 @@ class Trainer:
             stats = self.update(apply=not confirmed, bad_data=bad_data)
         return self._end_epoch(stats, (finished[0], finished[1]), len(bad_envs), valid_steps)
 
-    def _finished_episodes(self) -> tuple[list[float], list[int], Tensor | int]:
-        """Return and length of the episodes that ended this epoch, and the valid steps; in a
-        data-parallel run every rank's, gathered in one-process order."""
+    def _epoch_data(self) -> tuple[list[float], list[int], Tensor | int, list[int]]:
+        """Return and length of the episodes that ended this epoch, the valid steps, and the env
+        copies with a non-finite reward or observation; in a data-parallel run every rank's,
+        gathered in one-process order (global copy indices)."""
+        bad = nonfinite_envs(self.buf)  # one more host sync
         if self.group is not None:
-            return self.group.episodes(self.buf, self.shard)
-        return *finished_episodes(self.buf), self.buf["valid"].sum()
+            return self.group.epoch_data(self.buf, self.shard, bad)
+        return *finished_episodes(self.buf), self.buf["valid"].sum(), bad
 
     def _sum_across(self, tensors: list[Tensor]) -> None:
         self.group.sum_(tensors, "the all-reduce of the update")
 
-    def _warn_nonfinite_envs(self) -> list[int]:
-        """The env copies with a non-finite reward or observation this epoch, with a warning naming
-        them (their NaN / inf reaches the loss, and the update is skipped); in a data-parallel run
-        every rank's (global indices), warned by rank 0."""
-        bad = nonfinite_envs(self.buf)
-        if self.group is not None:
-            bad = self.group.nonfinite_envs(bad, self.shard)
+    def _warn_nonfinite_envs(self, bad: list[int]) -> None:
+        """Warn about the env copies with a non-finite reward or observation this epoch (their NaN
+        / inf reaches the loss, and the update is skipped); rank 0 alone in a data-parallel run."""
         if bad and (self.group is None or self.group.rank == 0):
             warnings.warn(
                 f"epoch {self.counters.epoch + 1}: {self.env.info.env_id} returned a non-finite reward or "
@@ -252,7 +250,6 @@ class Trainer:
                 RuntimeWarning,
                 stacklevel=3,
             )
-        return bad
 
     def _end_epoch(
         self,
@@ -293,6 +290,8 @@ class Trainer:
             "mask_frac": s["mask_frac"],
             "collect_s": seconds["collect"],
             "update_s": seconds["update"],
+            # data-parallel runs: seconds of the epoch spent in collectives (waiting included)
+            **({"comm_s": self.group.take_seconds()} if self.group is not None else {}),
         }
 
     # -- driving ---------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ from fastpg.checkpoint import load_checkpoint
 from fastpg.distributed import Shard
 
 WORKER = Path(__file__).with_name("dist_worker.py")
-TIMING = ("wall_s", "sps", "collect_s", "update_s", "train_wall_s", "time_to_solve_s")
+TIMING = ("wall_s", "sps", "collect_s", "update_s", "comm_s", "train_wall_s", "time_to_solve_s")
 FLOATS = ("loss", "policy_loss", "value_loss", "entropy", "grad_norm", "mask_frac")
 RTOL, ATOL = 1e-4, 1e-6
 

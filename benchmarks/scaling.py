@@ -1,0 +1,123 @@
+"""Data-parallel scaling: K gloo ranks of 1 thread each against 1 process of 1 thread, same global batch.
+
+    .venv/bin/python benchmarks/scaling.py --json benchmarks/results/scaling.json > benchmarks/results/scaling.txt
+
+For each (N, T) of the grid, in alternating order, ``--rounds`` times: ``fastpg train`` on CartPole-v1
+as one process on the generic path (``--fused off``: what every rank of a data-parallel run runs),
+as ``torchrun --nproc-per-node K`` ranks, and as one process on the fused epoch (the fastest one
+process there is, for reference). Every run trains ``--epochs`` epochs with the target out of
+reach (no early stop, no evaluation). Throughput is the valid steps of epochs 2.. over their
+collect + update time (rank 0's, which includes waiting for the others); ``comm`` is the share
+of that time rank 0 spent in collectives (all-reduces, gathers, the per-step exchange of reset
+counts above 512 copies, waiting for the slower rank included).
+
+Run it on an otherwise idle machine with at least K cores: ranks that share a core measure the
+scheduler, not fastpg.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+GRID = ((16, 512, 12), (256, 128, 12), (4096, 64, 6), (16384, 32, 6))  # (N, T, epochs)
+
+
+def _run(kind: str, n: int, t: int, epochs: int, ranks: int) -> dict[str, float]:
+    with tempfile.TemporaryDirectory() as tmp:
+        metrics = Path(tmp) / "m.jsonl"
+        flags = [
+            "-m", "fastpg", "train", "--num-envs", str(n), "--num-steps", str(t), "--max-epochs", str(epochs),
+            "--target-return", "1e9", "--eval-episodes", "0", "--quiet", "--metrics-file", str(metrics),
+            "--fused", "auto" if kind == "fused" else "off",
+        ]  # fmt: skip
+        if kind == "ranks":
+            # torchrun's own -m: each rank runs "python -m fastpg train ..."
+            cmd = [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--standalone",
+                "--nproc-per-node",
+                str(ranks),
+                *flags,
+            ]
+        else:
+            cmd = [sys.executable, *flags]
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise SystemExit(f"{' '.join(cmd)} failed:\n{done.stderr[-3000:]}")
+        rows = [json.loads(line) for line in metrics.read_text().splitlines()]
+        epochs_ = [r for r in rows if isinstance(r.get("epoch"), int) and not r.get("summary")][1:]
+        steps = epochs_[-1]["env_steps"] - rows_first_steps(rows)
+        seconds = sum(r["collect_s"] + r["update_s"] for r in epochs_)
+        comm = sum(r.get("comm_s", 0.0) for r in epochs_)
+        return {"sps": steps / seconds, "comm_share": comm / seconds}
+
+
+def rows_first_steps(rows: list[dict]) -> int:
+    """The env steps after epoch 1 (the warm-up epoch left out)."""
+    return next(r["env_steps"] for r in rows if r.get("epoch") == 1)
+
+
+def _cpu_model() -> str | None:
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return None
+    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), None)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ranks", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    kinds = ("generic", "ranks", "fused")
+    results = []
+    for n, t, epochs in GRID:
+        runs: dict[str, list[dict[str, float]]] = {k: [] for k in kinds}
+        for r in range(args.rounds):
+            for kind in kinds if r % 2 == 0 else kinds[::-1]:
+                runs[kind].append(_run(kind, n, t, epochs, args.ranks))
+        row = {"num_envs": n, "num_steps": t, "epochs": epochs}
+        for kind in kinds:
+            row[f"{kind}_sps"] = statistics.median(x["sps"] for x in runs[kind])
+        row["comm_share"] = statistics.median(x["comm_share"] for x in runs["ranks"])
+        row["speedup_vs_generic"] = row["ranks_sps"] / row["generic_sps"]
+        row["speedup_vs_fused"] = row["ranks_sps"] / row["fused_sps"]
+        results.append(row)
+        print(
+            f"N={n:6d} T={t:4d} | 1 proc generic {row['generic_sps'] / 1e3:8.1f}k sps | {args.ranks} ranks "
+            f"{row['ranks_sps'] / 1e3:8.1f}k sps ({row['speedup_vs_generic']:.2f}x; {row['comm_share']:.0%} in "
+            f"collectives) | 1 proc fused {row['fused_sps'] / 1e3:8.1f}k sps ({args.ranks} ranks: "
+            f"{row['speedup_vs_fused']:.2f}x)",
+            flush=True,
+        )
+    if args.json:
+        import platform
+
+        import torch
+
+        record = {
+            "ranks": args.ranks,
+            "rounds": args.rounds,
+            "threads_per_process": 1,
+            "cpu": _cpu_model() or platform.machine(),
+            "cores": os.cpu_count(),
+            "torch": torch.__version__,
+            "results": results,
+        }
+        args.json.write_text(json.dumps(record, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
