@@ -4,7 +4,7 @@
 
 Trains ``max_epochs`` epochs with the config given as JSON (on top of ``DEFAULTS``), then writes
 ``OUT/rank{r}.pt``: the epochs' metrics, the parameters, the trainer's and the env's generator
-states; rank 0 also writes ``OUT/state.pt``, the gathered ``Trainer.state_dict()``.
+states (None for a gymnasium env); rank 0 also writes ``OUT/state.pt``, the gathered ``Trainer.state_dict()``.
 """
 
 from __future__ import annotations
@@ -31,7 +31,9 @@ def main(out: Path, overrides: dict) -> None:
             "metrics": metrics,
             "params": {k: v.clone() for k, v in trainer.policy.state_dict().items()},
             "generator": trainer.generator.get_state(),
-            "env_generator": trainer.env.generator.get_state(),
+            "env_generator": env_generator.get_state()
+            if (env_generator := getattr(trainer.env, "generator", None))
+            else None,
         }
         torch.save(record, out / f"rank{group.rank}.pt")
         if group.rank == 0:

@@ -14,6 +14,7 @@ import json
 import math
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -81,8 +82,10 @@ def _assert_metrics_match(one: list[dict], two: list[dict]) -> None:
         {"num_envs": 1024, "num_steps": 16, "max_epochs": 3},
         # a value baseline (a second network, bootstrapped unfinished episodes)
         {"num_envs": 16, "num_steps": 32, "max_epochs": 3, "baseline": "value", "unfinished": "bootstrap"},
+        # gymnasium's SyncVectorEnv: each rank's copies seeded as the one process seeds them
+        {"num_envs": 8, "num_steps": 32, "max_epochs": 3, "backend": "sync"},
     ],
-    ids=["select-resets", "draw-done-resets", "value-baseline"],
+    ids=["select-resets", "draw-done-resets", "value-baseline", "gymnasium-sync"],
 )
 def test_two_ranks_learn_what_one_process_learns(tmp_path, overrides):
     done = _launch(str(WORKER), str(tmp_path), json.dumps(overrides))
@@ -97,12 +100,15 @@ def test_two_ranks_learn_what_one_process_learns(tmp_path, overrides):
             assert torch.equal(p, ranks[1]["params"][name]), name
             torch.testing.assert_close(p, trainer.policy.state_dict()[name], rtol=RTOL, atol=ATOL)
         # Every rank drew what the one process drew: the generators are where its are.
+        native = hasattr(trainer.env, "generator")
         for r in ranks:
             assert torch.equal(r["generator"], trainer.generator.get_state())
-            assert torch.equal(r["env_generator"], trainer.env.generator.get_state())
+            if native:
+                assert torch.equal(r["env_generator"], trainer.env.generator.get_state())
         # The gathered checkpoint state is the one process's: same env states, same carry.
         mine = trainer.state_dict()
-        for key in ("state", "final", "elapsed"):
+        assert (state["env"] is None) == (mine["env"] is None) == (not native)
+        for key in ("state", "final", "elapsed") if native else ():
             assert torch.equal(state["env"][key], mine["env"][key]), key
         for key in ("obs", "episode_return", "episode_length"):
             assert torch.equal(state["carry"][key], mine["carry"][key]), key
@@ -207,6 +213,51 @@ def test_a_rank_that_dies_ends_the_job_with_a_clear_error(tmp_path):
     assert time.monotonic() - started < 45  # the collective fails on the lost connection, not the timeout
     said = [line for line in err.splitlines() if line.startswith("fastpg: error")]
     assert said and "rank 0:" in said[0] and "another process of the job died" in said[0], err[-3000:]
+
+
+def test_a_rank_that_hangs_ends_the_job_within_the_timeout(tmp_path):
+    """A rank that stops answering (SIGSTOP) holds the others at most --dist-timeout-s."""
+    launcher, workers = _start(tmp_path, "--quiet", "--dist-timeout-s", "3")
+    os.kill(workers[1], signal.SIGSTOP)
+    started = time.monotonic()
+    try:
+        while _alive(workers[0]) and time.monotonic() - started < 30:
+            time.sleep(0.1)
+        waited = time.monotonic() - started
+    finally:
+        os.kill(workers[1], signal.SIGCONT)  # it then finds rank 0 gone, or torchrun stops it
+    out, err = _finish(launcher, workers, within=60)
+    assert 2.5 < waited < 15, waited
+    said = [line for line in err.splitlines() if line.startswith("fastpg: error")]
+    assert said and said[0].startswith("fastpg: error: rank 0:") and "Timed out" in said[0], err[-3000:]
+    assert launcher.returncode != 0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_nodes_rendezvous_as_one_job(tmp_path):
+    """The multi-node launch (c10d rendezvous), two one-process "nodes" on this machine: one job,
+    the same metrics as the single-node 2-rank launch."""
+    endpoint = f"127.0.0.1:{_free_port()}"
+    nodes = [tmp_path / "nodes.jsonl", tmp_path / "single.jsonl"]
+    node = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1"]
+    node += ["--rdzv-backend", "c10d", "--rdzv-endpoint", endpoint, "--rdzv-id", "fastpg-test"]
+    flags = _train_cmd(tmp_path, "--max-epochs", "3", "--eval-episodes", "0", "--quiet")
+    procs = [
+        subprocess.Popen(
+            [*node, *flags, "--metrics-file", str(nodes[0])], env=_env(), stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    ]
+    errors = [p.communicate(timeout=120)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], errors[0][-2000:] + errors[1][-2000:]
+    done = _launch(*flags, "--metrics-file", str(nodes[1]))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert _untimed(_metrics(nodes[0])) == _untimed(_metrics(nodes[1]))
 
 
 def test_uneven_split_is_refused_by_rank_zero_alone(tmp_path):
