@@ -85,7 +85,8 @@ class Config:
     num_envs: int = 16
     """N: environment copies stepped in lockstep. The defaults N = 16, T = 512, lr = 1e-2 and an
     entropy bonus of 0.01 solve CartPole-v1 and Acrobot-v1 fastest, every seed of 10, of a sweep
-    over both (benchmarks/sweep_defaults.py)."""
+    over both (benchmarks/sweep_defaults.py). Under torchrun, the count of the whole job: each of
+    K processes steps N / K of them."""
     num_steps: int = 512
     """T: steps per environment per epoch (one update per epoch); longer than both tasks' 500-step
     episodes, so masking unfinished episodes keeps most of each epoch."""
