@@ -3,13 +3,12 @@
     .venv/bin/python benchmarks/scaling.py --json benchmarks/results/scaling.json > benchmarks/results/scaling.txt
 
 For each (N, T) of the grid, in alternating order, ``--rounds`` times: ``fastpg train`` on CartPole-v1
-as one process on the generic path (``--fused off``: what every rank of a data-parallel run runs),
-as ``torchrun --nproc-per-node K`` ranks, and as one process on the fused epoch (the fastest one
-process there is, for reference). Every run trains ``--epochs`` epochs with the target out of
-reach (no early stop, no evaluation). Throughput is the valid steps of epochs 2.. over their
-collect + update time (rank 0's, which includes waiting for the others); ``comm`` is the share
-of that time rank 0 spent in collectives (all-reduces, gathers, the per-step exchange of reset
-counts above 512 copies, waiting for the slower rank included).
+as one process and as ``torchrun --nproc-per-node K`` ranks, each on the generic path
+(``--fused off``) and on the fused epoch (``--fused auto``). Every run trains ``--epochs`` epochs
+with the target out of reach (no early stop, no evaluation). Throughput is the valid steps of
+epochs 2.. over their collect + update time (rank 0's, which includes waiting for the others);
+``comm`` is the share of that time rank 0 spent in collectives (all-reduces, gathers, the per-step
+exchange of reset counts above 512 copies, waiting for the slower rank included).
 
 Run it on an otherwise idle machine with at least K cores: ranks that share a core measure the
 scheduler, not fastpg.
@@ -29,32 +28,26 @@ from pathlib import Path
 GRID = ((16, 512, 12), (256, 128, 12), (4096, 64, 6), (16384, 32, 6))  # (N, T, epochs)
 
 
-def _run(kind: str, n: int, t: int, epochs: int, ranks: int) -> dict[str, float]:
+def _run(path: str, n: int, t: int, epochs: int, ranks: int) -> dict[str, float]:
+    """One run: ``ranks`` processes (1: plain ``python -m fastpg``) on ``path`` (generic or fused)."""
     with tempfile.TemporaryDirectory() as tmp:
         metrics = Path(tmp) / "m.jsonl"
         flags = [
             "-m", "fastpg", "train", "--num-envs", str(n), "--num-steps", str(t), "--max-epochs", str(epochs),
             "--target-return", "1e9", "--eval-episodes", "0", "--quiet", "--metrics-file", str(metrics),
-            "--fused", "auto" if kind == "fused" else "off",
+            "--fused", "auto" if path == "fused" else "off",
         ]  # fmt: skip
-        if kind == "ranks":
-            # torchrun's own -m: each rank runs "python -m fastpg train ..."
-            cmd = [
-                sys.executable,
-                "-m",
-                "torch.distributed.run",
-                "--standalone",
-                "--nproc-per-node",
-                str(ranks),
-                *flags,
-            ]
-        else:
-            cmd = [sys.executable, *flags]
-        env = {**os.environ, "OMP_NUM_THREADS": "1"}
-        done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        launcher = [sys.executable]
+        if ranks > 1:  # torchrun's own -m: each rank runs "python -m fastpg train ..."
+            launcher += ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(ranks)]
+        cmd = [*launcher, *flags]
+        done = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True)
         if done.returncode != 0:
             raise SystemExit(f"{' '.join(cmd)} failed:\n{done.stderr[-3000:]}")
         rows = [json.loads(line) for line in metrics.read_text().splitlines()]
+        summary = rows[-1]
+        if summary.get("epoch") != path:
+            raise SystemExit(f"{' '.join(cmd)} ran the {summary.get('epoch')} path, not {path}")
         epochs_ = [r for r in rows if isinstance(r.get("epoch"), int) and not r.get("summary")][1:]
         steps = epochs_[-1]["env_steps"] - rows_first_steps(rows)
         seconds = sum(r["collect_s"] + r["update_s"] for r in epochs_)
@@ -81,27 +74,27 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    kinds = ("generic", "ranks", "fused")
+    kinds = [(path, ranks) for path in ("generic", "fused") for ranks in (1, args.ranks)]
     results = []
     for n, t, epochs in GRID:
-        runs: dict[str, list[dict[str, float]]] = {k: [] for k in kinds}
+        runs: dict[tuple[str, int], list[dict[str, float]]] = {k: [] for k in kinds}
         for r in range(args.rounds):
-            for kind in kinds if r % 2 == 0 else kinds[::-1]:
-                runs[kind].append(_run(kind, n, t, epochs, args.ranks))
-        row = {"num_envs": n, "num_steps": t, "epochs": epochs}
-        for kind in kinds:
-            row[f"{kind}_sps"] = statistics.median(x["sps"] for x in runs[kind])
-        row["comm_share"] = statistics.median(x["comm_share"] for x in runs["ranks"])
-        row["speedup_vs_generic"] = row["ranks_sps"] / row["generic_sps"]
-        row["speedup_vs_fused"] = row["ranks_sps"] / row["fused_sps"]
+            for path, ranks in kinds if r % 2 == 0 else kinds[::-1]:
+                runs[path, ranks].append(_run(path, n, t, epochs, ranks))
+        row: dict[str, float] = {"num_envs": n, "num_steps": t, "epochs": epochs}
+        line = f"N={n:6d} T={t:4d}"
+        for path in ("generic", "fused"):
+            one = statistics.median(x["sps"] for x in runs[path, 1])
+            many = statistics.median(x["sps"] for x in runs[path, args.ranks])
+            comm = statistics.median(x["comm_share"] for x in runs[path, args.ranks])
+            row |= {f"{path}_1_sps": one, f"{path}_ranks_sps": many, f"{path}_speedup": many / one}
+            row[f"{path}_comm_share"] = comm
+            line += (
+                f" | {path}: 1 proc {one / 1e3:7.0f}k, {args.ranks} ranks {many / 1e3:7.0f}k sps "
+                f"({many / one:.2f}x; {comm:.0%} in collectives)"
+            )
         results.append(row)
-        print(
-            f"N={n:6d} T={t:4d} | 1 proc generic {row['generic_sps'] / 1e3:8.1f}k sps | {args.ranks} ranks "
-            f"{row['ranks_sps'] / 1e3:8.1f}k sps ({row['speedup_vs_generic']:.2f}x; {row['comm_share']:.0%} in "
-            f"collectives) | 1 proc fused {row['fused_sps'] / 1e3:8.1f}k sps ({args.ranks} ranks: "
-            f"{row['speedup_vs_fused']:.2f}x)",
-            flush=True,
-        )
+        print(line, flush=True)
     if args.json:
         import platform
 

@@ -32,6 +32,7 @@ from fastpg._kernels import kernels
 from fastpg.config import Config
 from fastpg.envs import BatchedEnv, NativeEnv, TorchAcrobot, TorchCartPole
 from fastpg.errors import KernelBuildError
+from fastpg.loss import SumAcross
 from fastpg.policy import MLPPolicy
 from fastpg.rollout import Carry
 from fastpg.storage import allocate_storage
@@ -106,7 +107,7 @@ class FusedEpoch:
             self.weights, self.biases, self.act, generator, state, final, env.elapsed, env.generator,
             env.max_episode_steps, env.selects_resets, buf["obs"], buf["action"], buf["reward"], buf["done"],
             buf["terminated"], buf["valid"], buf["episode_return"], buf["episode_length"], obs,
-            carry.episode_return, carry.episode_length,
+            carry.episode_return, carry.episode_length, env.shard_lo, env.total_envs, env.counts_before,
         )  # fmt: skip
         if obs is not carry.obs:
             carry.obs.copy_(obs)
@@ -134,13 +135,20 @@ class FusedEpoch:
         }
 
     def update(
-        self, optimizer: torch.optim.Optimizer, buf: TensorDict, s: UpdateSettings, *, apply: bool = True
+        self,
+        optimizer: torch.optim.Optimizer,
+        buf: TensorDict,
+        s: UpdateSettings,
+        *,
+        apply: bool = True,
+        sum_across: SumAcross | None = None,
     ) -> tuple[dict[str, Tensor], str | None]:
-        """One update from the epoch in ``buf`` (as ``fastpg.update.reinforce_update``)."""
+        """One update from the epoch in ``buf`` (as ``fastpg.update.reinforce_update``, with its
+        ``sum_across`` for a batch split over processes)."""
         raw = self.kernels.update_grads(
             self.weights, self.biases, self.act, buf["obs"], buf["action"], buf["reward"], buf["done"],
             buf["valid"], buf["ret"], s.gamma, s.normalize, s.baseline == "mean", s.entropy_coef,
-            s.max_grad_norm, self.grads,
+            s.max_grad_norm, self.grads, None if sum_across is None else lambda t: sum_across([t]),
         )  # fmt: skip
         loss, policy_loss, entropy, mask_frac, grad_norm, nonfinite, which, _ = raw.tolist()
         bad = self._nonfinite_name(int(nonfinite), int(which))

@@ -138,12 +138,10 @@ class Trainer:
             if policy is not None:
                 check_policy(self.policy, info, self.carry.obs)
             # The fast path where one applies (None: the generic path): compiled C++ on CPU, a
-            # captured CUDA graph on a GPU. Data-parallel runs take the generic path.
-            self.fused: FusedEpoch | GraphedEpoch | None = None
-            if group is None:
-                self.fused = FusedEpoch.create(cfg, self.env, self.policy, self.device) or GraphedEpoch.create(
-                    cfg, self, self.device
-                )
+            # captured CUDA graph on a GPU (one process only).
+            self.fused: FusedEpoch | GraphedEpoch | None = FusedEpoch.create(cfg, self.env, self.policy, self.device)
+            if self.fused is None and group is None:
+                self.fused = GraphedEpoch.create(cfg, self, self.device)
         except BaseException:
             self.env.close()
             raise
@@ -182,12 +180,15 @@ class Trainer:
         ``max_bad_updates`` of them in a row raise ``NonFiniteError``.
         """
         apply = apply and bad_data is None
-        if self.fused is not None:
+        sum_across = self._sum_across if self.group is not None else None
+        if isinstance(self.fused, FusedEpoch):
+            stats, bad = self.fused.update(self.optimizer, self.buf, self.settings, apply=apply, sum_across=sum_across)
+        elif self.fused is not None:
             stats, bad = self.fused.update(self.optimizer, self.buf, self.settings, apply=apply)
         else:
             stats, bad = reinforce_update(
                 self.policy, self.optimizer, self.buf, self.carry.obs, self.settings, apply=apply,
-                sum_across=self._sum_across if self.group is not None else None,
+                sum_across=sum_across,
             )  # fmt: skip
         if bad_data is not None:
             bad = bad_data

@@ -29,6 +29,7 @@ def main(out: Path, overrides: dict) -> None:
         state = trainer.state_dict()  # a collective: every rank
         record = {
             "metrics": metrics,
+            "path": trainer.fused.kind if trainer.fused is not None else "generic",
             "params": {k: v.clone() for k, v in trainer.policy.state_dict().items()},
             "generator": trainer.generator.get_state(),
             "env_generator": env_generator.get_state()

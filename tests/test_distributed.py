@@ -84,8 +84,11 @@ def _assert_metrics_match(one: list[dict], two: list[dict]) -> None:
         {"num_envs": 16, "num_steps": 32, "max_epochs": 3, "baseline": "value", "unfinished": "bootstrap"},
         # gymnasium's SyncVectorEnv: each rank's copies seeded as the one process seeds them
         {"num_envs": 8, "num_steps": 32, "max_epochs": 3, "backend": "sync"},
+        # the fused epoch on every rank (compiled collect and update), against one fused process
+        {"num_envs": 32, "num_steps": 64, "max_epochs": 4, "fused": "auto", "baseline": "mean"},
+        {"num_envs": 1024, "num_steps": 16, "max_epochs": 3, "fused": "auto", "env": "Acrobot-v1"},
     ],
-    ids=["select-resets", "draw-done-resets", "value-baseline", "gymnasium-sync"],
+    ids=["select-resets", "draw-done-resets", "value-baseline", "gymnasium-sync", "fused", "fused-draw-done"],
 )
 def test_two_ranks_learn_what_one_process_learns(tmp_path, overrides):
     done = _launch(str(WORKER), str(tmp_path), json.dumps(overrides))
@@ -94,6 +97,8 @@ def test_two_ranks_learn_what_one_process_learns(tmp_path, overrides):
     state = torch.load(tmp_path / "state.pt", weights_only=True)
     one, trainer = _one_process(overrides)
     with trainer:
+        path = "fused" if overrides.get("fused") == "auto" else "generic"  # the path meant, on every process
+        assert [r["path"] for r in ranks] == [path, path] and (trainer.fused is not None) == (path == "fused")
         _assert_metrics_match(one, ranks[0]["metrics"])
         assert _untimed(ranks[1]["metrics"]) == _untimed(ranks[0]["metrics"])  # each rank: the whole job
         for name, p in ranks[0]["params"].items():  # identical on every rank, bit for bit

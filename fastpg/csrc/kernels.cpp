@@ -20,6 +20,8 @@
 #include <cfloat>
 #include <cmath>
 #include <cstring>
+#include <functional>
+#include <utility>
 #include <vector>
 
 #include "acrobot.h"
@@ -325,6 +327,14 @@ struct Storage {
 
 using ResetFn = torch::Tensor (*)(at::IntArrayRef, at::Generator&, c10::ScalarType);
 
+// The env copies of this process: columns [lo, lo + N) of total (data-parallel runs; otherwise lo 0
+// and total N). counts_before(k), where set, is the collective that returns (done copies on lower
+// shards, on all shards) when this one has k (the draw-only-done mode needs them every step).
+struct Shard {
+  int64_t lo, total;
+  std::function<std::pair<int64_t, int64_t>(int64_t)> counts_before;
+};
+
 template <template <typename> class E>
 struct EnvTag {
   template <typename T>
@@ -334,16 +344,19 @@ struct EnvTag {
 template <template <typename> class Env, typename T>
 static void collect_impl(const Mlp& mlp, at::Generator& policy_gen, T* state, T* final_state, int64_t* elapsed,
                          at::Generator& env_gen, ResetFn resets, int64_t max_steps, bool select, const Storage& st,
-                         int64_t T_, int64_t N, float* carry_obs, float* carry_ret, int64_t* carry_len) {
+                         int64_t T_, int64_t N, float* carry_obs, float* carry_ret, int64_t* carry_len,
+                         const Shard& shard) {
   constexpr int D = Env<T>::kStateDim, O = Env<T>::kObsDim;
   const c10::ScalarType dtype = c10::CppTypeToScalarType<T>::value;
   const int64_t A = mlp.num_actions(), per = draws_per_action(A);
   // This epoch's draws, as the torch-op path makes them step by step: the policy's uniforms
   // [T, N * per] (trainer's generator), and where every copy draws a reset state every step, the
-  // reset states [T, D, N] (env's generator).
-  auto u_all = torch::empty({T_, N * per}, torch::kFloat32);
+  // reset states [T, D, N] (env's generator). A shard draws for all the copies (shard.total) and
+  // reads its own columns, from shard.lo.
+  const int64_t NT = shard.total, lo = shard.lo;
+  auto u_all = torch::empty({T_, NT * per}, torch::kFloat32);
   fill_uniform(u_all, 0.0, 1.0, policy_gen);
-  torch::Tensor fresh_all = select ? resets({T_, D, N}, env_gen, dtype).contiguous() : torch::Tensor();
+  torch::Tensor fresh_all = select ? resets({T_, D, NT}, env_gen, dtype).contiguous() : torch::Tensor();
   std::vector<int64_t> done_idx;
   // Env copies in blocks of 16 (one per lane of the policy's forward pass), blocks in parallel.
   const int64_t blocks = (N + kLanes - 1) / kLanes;
@@ -355,8 +368,8 @@ static void collect_impl(const Mlp& mlp, at::Generator& policy_gen, T* state, T*
     // Python's signal handlers run here (the GIL is held): a KeyboardInterrupt from a second Ctrl-C
     // (fastpg.interrupts) ends a long epoch at once instead of after it.
     if (PyErr_CheckSignals() != 0) throw pybind11::error_already_set();
-    const float* u = u_all.data_ptr<float>() + t * N * per;
-    const T* fresh = select ? fresh_all.data_ptr<T>() + t * D * N : nullptr;
+    const float* u = u_all.data_ptr<float>() + (t * NT + lo) * per;
+    const T* fresh = select ? fresh_all.data_ptr<T>() + t * D * NT + lo : nullptr;
     const int64_t row = t * N;
     at::parallel_for(0, blocks, grain, [&](int64_t begin, int64_t end) {
       vec16* lanes = buffers.data() + scratch * at::get_thread_num();
@@ -374,7 +387,7 @@ static void collect_impl(const Mlp& mlp, at::Generator& policy_gen, T* state, T*
           elapsed[n] = d ? 0 : el;
           for (int k = 0; k < D; ++k) {
             final_state[k * N + n] = v[k];
-            state[k * N + n] = (select && d) ? fresh[k * N + n] : v[k];
+            state[k * N + n] = (select && d) ? fresh[k * NT + n] : v[k];
           }
           const float rf = static_cast<float>(r);
           st.action[i] = a;
@@ -396,11 +409,14 @@ static void collect_impl(const Mlp& mlp, at::Generator& policy_gen, T* state, T*
       for (int64_t n = 0; n < N; ++n)
         if (st.done[row + n]) done_idx.push_back(n);
       const int64_t k = static_cast<int64_t>(done_idx.size());
-      if (k > 0) {
-        const auto drawn = resets({D, k}, env_gen, dtype).contiguous();
-        const T* fd = drawn.data_ptr<T>();
+      // A shard draws the done copies of every shard, [D, total], and reads its columns.
+      const std::pair<int64_t, int64_t> counts = shard.counts_before ? shard.counts_before(k) : std::make_pair(int64_t{0}, k);
+      const int64_t before = counts.first, total = counts.second;
+      if (total > 0) {
+        const torch::Tensor drawn = resets({D, total}, env_gen, dtype).contiguous();
+        const T* fd = drawn.template data_ptr<T>();
         for (int64_t j = 0; j < k; ++j)
-          for (int f = 0; f < D; ++f) state[f * N + done_idx[j]] = fd[f * k + j];
+          for (int f = 0; f < D; ++f) state[f * N + done_idx[j]] = fd[f * total + before + j];
       }
     }
     float* next_obs = t + 1 < T_ ? st.obs + (row + N) * O : carry_obs;
@@ -417,7 +433,8 @@ void collect(const std::string& env, std::vector<torch::Tensor> weights, std::ve
              torch::Tensor elapsed, at::Generator env_gen, int64_t max_steps, bool select, torch::Tensor obs,
              torch::Tensor action, torch::Tensor reward, torch::Tensor done, torch::Tensor terminated,
              torch::Tensor valid, torch::Tensor ep_return, torch::Tensor ep_length, torch::Tensor carry_obs,
-             torch::Tensor carry_return, torch::Tensor carry_length) {
+             torch::Tensor carry_return, torch::Tensor carry_length, int64_t shard_lo, int64_t shard_total,
+             pybind11::object counts_before) {
   c10::InferenceMode guard;
   const Mlp mlp(weights, biases, act);
   const int64_t T_ = obs.size(0), N = obs.size(1);
@@ -430,6 +447,13 @@ void collect(const std::string& env, std::vector<torch::Tensor> weights, std::ve
   for (const auto& x : {obs, action, reward, done, terminated, valid, ep_return, ep_length, carry_obs, carry_return,
                         carry_length, final_state, elapsed})
     TORCH_CHECK(x.is_cpu() && x.is_contiguous(), "collect: tensors must be contiguous CPU tensors");
+  TORCH_CHECK(shard_lo >= 0 && shard_lo + N <= shard_total, "collect: the shard must lie inside the copies");
+  Shard shard{shard_lo, shard_total, {}};
+  if (!counts_before.is_none())
+    shard.counts_before = [counts_before](int64_t k) {
+      const auto r = counts_before(k).cast<std::pair<int64_t, int64_t>>();
+      return r;
+    };
   const Storage st{obs.data_ptr<float>(),       action.data_ptr<int64_t>(),  reward.data_ptr<float>(),
                    done.data_ptr<bool>(),       terminated.data_ptr<bool>(), valid.data_ptr<bool>(),
                    ep_return.data_ptr<float>(), ep_length.data_ptr<int64_t>()};
@@ -439,7 +463,7 @@ void collect(const std::string& env, std::vector<torch::Tensor> weights, std::ve
       collect_impl<Tag::template type, scalar_t>(
           mlp, policy_gen, state.data_ptr<scalar_t>(), final_state.data_ptr<scalar_t>(), elapsed.data_ptr<int64_t>(),
           env_gen, resets, max_steps, select, st, T_, N, carry_obs.data_ptr<float>(), carry_return.data_ptr<float>(),
-          carry_length.data_ptr<int64_t>());
+          carry_length.data_ptr<int64_t>(), shard);
     };
     if (cartpole) {
       run(EnvTag<CartPole>{}, cartpole_resets);
@@ -478,21 +502,34 @@ static std::vector<int64_t> returns_and_entries(const float* reward, const bool*
   return idx;
 }
 
-// adv = (ret - baseline), standardized over the entries (two passes, double accumulators).
+// Sums over the processes of a data-parallel run (in place), or nothing in one process.
+using SumAcross = std::function<void(std::vector<double>&)>;
+
+// adv = (ret - baseline), standardized over the entries (two passes, double accumulators);
+// count is the entries of every process (at least 1), and so are the sums with sum_across.
 static std::vector<float> advantages(const float* ret, const std::vector<int64_t>& idx, bool normalize,
-                                     bool mean_baseline) {
+                                     bool mean_baseline, double count, const SumAcross& sum_across) {
   const int64_t K = static_cast<int64_t>(idx.size());
-  const double count = std::max<int64_t>(K, 1);
+  auto summed = [&](double x) {
+    if (!sum_across) return x;
+    std::vector<double> v{x};
+    sum_across(v);
+    return v[0];
+  };
   std::vector<float> adv(K);
-  double sum = 0.0;
-  for (int64_t j = 0; j < K; ++j) sum += ret[idx[j]];
-  const float base = mean_baseline ? static_cast<float>(sum / count) : 0.0f;
+  float base = 0.0f;
+  if (mean_baseline) {
+    double sum = 0.0;
+    for (int64_t j = 0; j < K; ++j) sum += ret[idx[j]];
+    base = static_cast<float>(summed(sum) / count);
+  }
   for (int64_t j = 0; j < K; ++j) adv[j] = ret[idx[j]] - base;
   if (!normalize) return adv;
   double mean = 0.0, var = 0.0;
   for (float a : adv) mean += a;
-  mean /= count;
+  mean = summed(mean) / count;
   for (float a : adv) var += (a - mean) * (a - mean);
+  var = summed(var);
   const float m = static_cast<float>(mean), scale = static_cast<float>(1.0 / (std::sqrt(var / count) + 1e-8));
   for (float& a : adv) a = (a - m) * scale;
   return adv;
@@ -601,8 +638,16 @@ static constexpr int64_t kChunk = 4096;
 torch::Tensor update_grads(std::vector<torch::Tensor> weights, std::vector<torch::Tensor> biases, int64_t act,
                            torch::Tensor obs, torch::Tensor action, torch::Tensor reward, torch::Tensor done,
                            torch::Tensor valid, torch::Tensor ret, double gamma, bool normalize, bool mean_baseline,
-                           double entropy_coef, double max_grad_norm, std::vector<torch::Tensor> grads_out) {
+                           double entropy_coef, double max_grad_norm, std::vector<torch::Tensor> grads_out,
+                           pybind11::object sum_across_py) {
   c10::InferenceMode guard;
+  // Data-parallel runs: sum_across_py(t) sums a float64 tensor over the processes, in place.
+  SumAcross sum_across;
+  if (!sum_across_py.is_none())
+    sum_across = [sum_across_py](std::vector<double>& v) {
+      auto t = torch::from_blob(v.data(), {static_cast<int64_t>(v.size())}, torch::kFloat64);
+      sum_across_py(t);
+    };
   const Mlp mlp(weights, biases, act);
   const int64_t T_ = obs.size(0), N = obs.size(1), D = mlp.obs_dim();
   TORCH_CHECK(obs.size(2) == D, "update_grads: obs must be [T, N, ", D, "]");
@@ -613,8 +658,11 @@ torch::Tensor update_grads(std::vector<torch::Tensor> weights, std::vector<torch
   const auto idx = returns_and_entries(reward.data_ptr<float>(), done.data_ptr<bool>(), valid.data_ptr<bool>(),
                                        ret.data_ptr<float>(), T_, N, static_cast<float>(gamma));
   const int64_t K = static_cast<int64_t>(idx.size());
-  const auto adv = advantages(ret.data_ptr<float>(), idx, normalize, mean_baseline);
-  const float inv_count = 1.0f / static_cast<float>(std::max<int64_t>(K, 1));
+  std::vector<double> counts{static_cast<double>(K), static_cast<double>(T_ * N)};  // entries, steps
+  if (sum_across) sum_across(counts);
+  const double count = std::max(counts[0], 1.0);
+  const auto adv = advantages(ret.data_ptr<float>(), idx, normalize, mean_baseline, count, sum_across);
+  const float inv_count = 1.0f / static_cast<float>(count);
   const int64_t chunks = (K + kChunk - 1) / kChunk;
   std::vector<Grads> partial(std::max<int64_t>(chunks, 1), Grads(mlp));
   at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
@@ -635,6 +683,23 @@ torch::Tensor update_grads(std::vector<torch::Tensor> weights, std::vector<torch
     }
     total.policy_sum += partial[c].policy_sum;
     total.entropy_sum += partial[c].entropy_sum;
+  }
+  if (sum_across) {  // every process's gradient sums and loss terms, in one collective
+    std::vector<double> flat;
+    for (size_t l = 0; l < mlp.layers(); ++l) {
+      flat.insert(flat.end(), total.w[l].begin(), total.w[l].end());
+      flat.insert(flat.end(), total.b[l].begin(), total.b[l].end());
+    }
+    flat.push_back(total.policy_sum);
+    flat.push_back(total.entropy_sum);
+    sum_across(flat);
+    size_t o = 0;
+    for (size_t l = 0; l < mlp.layers(); ++l) {
+      for (auto& v : total.w[l]) v = static_cast<float>(flat[o++]);
+      for (auto& v : total.b[l]) v = static_cast<float>(flat[o++]);
+    }
+    total.policy_sum = flat[o++];
+    total.entropy_sum = flat[o++];
   }
   // Gradients out (weights back to [out, in]); global norm; clipping as clip_grad_norm_.
   TORCH_CHECK(grads_out.size() == 2 * mlp.layers(), "update_grads: one gradient per weight and bias");
@@ -658,7 +723,6 @@ torch::Tensor update_grads(std::vector<torch::Tensor> weights, std::vector<torch
     const float coef = static_cast<float>(std::min(max_grad_norm / (norm + 1e-6), 1.0));
     for (auto& g : grads_out) g.mul_(coef);
   }
-  const double count = std::max<int64_t>(K, 1);
   const double policy_loss = total.policy_sum / count, entropy = total.entropy_sum / count;
   const double loss = policy_loss - entropy_coef * entropy;
   // Non-finite check, in the order of fastpg.update.first_nonfinite: loss, gradients, parameters.
@@ -681,11 +745,11 @@ torch::Tensor update_grads(std::vector<torch::Tensor> weights, std::vector<torch
   s[kLoss] = loss;
   s[kPolicyLoss] = policy_loss;
   s[kEntropy] = entropy;
-  s[kMaskFrac] = static_cast<double>(K) / static_cast<double>(T_ * N);
+  s[kMaskFrac] = counts[0] / counts[1];
   s[kGradNorm] = norm;
   s[kNonfinite] = nonfinite;
   s[kWhich] = which;
-  s[kCount] = static_cast<double>(K);
+  s[kCount] = counts[0];
   return stats;
 }
 

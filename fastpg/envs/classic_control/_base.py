@@ -72,7 +72,7 @@ class NativeEnv:
         # Data-parallel runs: these copies are rows [lo, lo + num_envs) of total_envs copies, and
         # resets draw for all of them (set_shard).
         self.shard_lo, self.total_envs = 0, num_envs
-        self._counts_before: Callable[[int], tuple[int, int]] | None = None
+        self.counts_before: Callable[[int], tuple[int, int]] | None = None
 
     # Tensors of state_dict() that hold one entry per copy, and the dim of the copies.
     SHARD_DIMS = {"state": 1, "final": 1, "elapsed": 0}
@@ -85,7 +85,7 @@ class NativeEnv:
         shards) when this shard has ``k`` (the draw-only-done mode needs them every step)."""
         if not 0 <= lo <= total - self.num_envs:
             raise ValueError(f"shard [{lo}, {lo + self.num_envs}) does not fit in {total} copies")
-        self.shard_lo, self.total_envs, self._counts_before = lo, total, counts_before
+        self.shard_lo, self.total_envs, self.counts_before = lo, total, counts_before
 
     def set_kernel(self, kernel: str) -> None:
         """Step with ``kernel`` (one of ``KERNELS``) from now on; compiled kernels run on CPU only."""
@@ -174,7 +174,7 @@ class NativeEnv:
             )
         # Large N on CPU: draw only for the done copies (drawing for all N costs more).
         idx = done.nonzero().squeeze(1)
-        before, total = (0, idx.numel()) if self._counts_before is None else self._counts_before(idx.numel())
+        before, total = (0, idx.numel()) if self.counts_before is None else self.counts_before(idx.numel())
         if not idx.numel():
             if total:  # other shards' copies reset: their draws advance this generator too
                 self._sample_reset(total)
