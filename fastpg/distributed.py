@@ -37,7 +37,7 @@ import contextlib
 import datetime
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -229,6 +229,3 @@ def _check_device(device: str) -> None:
             f"data-parallel training runs on CPU for now (gloo); {device!r} with several processes (NCCL, one GPU "
             "per rank) has not been validated on GPUs yet: use --device cpu",
         )
-
-
-Reduce = Callable[[list[Tensor], str], None]
