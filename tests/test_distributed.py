@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from processes import alive, children
 
 from fastpg import Config, Trainer
 from fastpg.checkpoint import load_checkpoint
@@ -159,21 +160,6 @@ def test_resume_two_ranks_continues_bit_for_bit(tmp_path):
         _assert_metrics_match(_metrics(whole)[3:], list(trainer.run()))
 
 
-def _children(pid: int) -> list[int]:
-    try:
-        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except OSError:
-        return []
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
 def _start(tmp_path: Path, *flags: str) -> tuple[subprocess.Popen, list[int]]:
     """A long 2-rank run; returns the launcher and its two workers once epochs are being written."""
     metrics = tmp_path / "m.jsonl"
@@ -182,14 +168,20 @@ def _start(tmp_path: Path, *flags: str) -> tuple[subprocess.Popen, list[int]]:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and not (metrics.exists() and len(_metrics(metrics)) >= 3):
         time.sleep(0.1)
-    workers = _children(launcher.pid)
+    workers = sorted(children(launcher.pid), key=_rank)  # [rank 0, rank 1]
     assert len(_metrics(metrics)) >= 3 and len(workers) == 2, "the run did not start"
     return launcher, workers
 
 
+def _rank(pid: int) -> int:
+    """The RANK torchrun gave process ``pid``."""
+    environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return int(next(v for v in environ if v.startswith(b"RANK="))[5:])
+
+
 def _finish(launcher: subprocess.Popen, workers: list[int], within: float) -> tuple[str, str]:
     out, err = launcher.communicate(timeout=within)
-    assert not any(_alive(pid) for pid in workers), "a worker outlived the launcher"
+    assert not any(alive(pid) for pid in workers), "a worker outlived the launcher"
     return out, err
 
 
@@ -226,7 +218,7 @@ def test_a_rank_that_hangs_ends_the_job_within_the_timeout(tmp_path):
     os.kill(workers[1], signal.SIGSTOP)
     started = time.monotonic()
     try:
-        while _alive(workers[0]) and time.monotonic() - started < 30:
+        while alive(workers[0]) and time.monotonic() - started < 30:
             time.sleep(0.1)
         waited = time.monotonic() - started
     finally:

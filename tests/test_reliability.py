@@ -16,6 +16,7 @@ import gymnasium as gym
 import pytest
 import torch
 from faulty_envs import FaultyEnv
+from processes import alive, children
 
 from fastpg import Config, Trainer, train
 from fastpg.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
@@ -344,26 +345,6 @@ def test_full_disk_on_a_checkpoint_keeps_the_previous_one(tmp_path, capsys, monk
 # -- interrupts ----------------------------------------------------------------------------------------
 
 
-def _children(pid: int) -> set[int]:
-    out = set()
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            out.add(int(stat.parent.name))
-    return out
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
 def _start_training(
     tmp_path: Path, *extra: str, start_new_session: bool = False
 ) -> tuple[subprocess.Popen, Path, Path]:
@@ -400,7 +381,7 @@ def _start_training(
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_signal_stops_after_the_epoch_with_checkpoint_summary_and_no_workers(tmp_path, sig):
     proc, ckpt, log = _start_training(tmp_path, "--backend", "async")
-    workers = _children(proc.pid)
+    workers = children(proc.pid)
     assert len(workers) >= 2  # the async env's worker processes
     proc.send_signal(sig)
     out, err = proc.communicate(timeout=60)
@@ -411,7 +392,7 @@ def test_signal_stops_after_the_epoch_with_checkpoint_summary_and_no_workers(tmp
     assert load_checkpoint(ckpt)["epoch"] == summary["epochs"] == len(_epochs(log))
     assert json.loads(log.read_text().splitlines()[-1])["summary"]
     time.sleep(0.5)
-    assert not [w for w in workers if _alive(w)], "worker processes were left behind"
+    assert not [w for w in workers if alive(w)], "worker processes were left behind"
 
 
 @pytest.mark.parametrize(
@@ -589,4 +570,4 @@ def test_async_worker_fault_names_env_and_worker_and_stops_all_workers(fault, ma
     env.close()
     for p in procs:
         p.join(timeout=10)
-    assert not any(p.is_alive() for p in procs)
+    assert not any(p.isalive() for p in procs)
