@@ -570,4 +570,4 @@ def test_async_worker_fault_names_env_and_worker_and_stops_all_workers(fault, ma
     env.close()
     for p in procs:
         p.join(timeout=10)
-    assert not any(p.isalive() for p in procs)
+    assert not any(p.is_alive() for p in procs)
