@@ -25,8 +25,10 @@ import torch
 from processes import alive, children
 
 from fastpg import Config, Trainer
+from fastpg._kernels import kernels
 from fastpg.checkpoint import load_checkpoint
 from fastpg.distributed import Shard
+from fastpg.errors import KernelBuildError
 
 WORKER = Path(__file__).with_name("dist_worker.py")
 TIMING = ("wall_s", "sps", "collect_s", "update_s", "comm_s", "train_wall_s", "time_to_solve_s")
@@ -92,6 +94,8 @@ def _assert_metrics_match(one: list[dict], two: list[dict]) -> None:
     ids=["select-resets", "draw-done-resets", "value-baseline", "gymnasium-sync", "fused", "fused-draw-done"],
 )
 def test_two_ranks_learn_what_one_process_learns(tmp_path, overrides):
+    if overrides.get("fused") == "auto":
+        _build_kernels()  # here, once: the ranks load them from the cache within the launch's timeout
     done = _launch(str(WORKER), str(tmp_path), json.dumps(overrides))
     assert done.returncode == 0, done.stderr[-3000:]
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
@@ -119,6 +123,13 @@ def test_two_ranks_learn_what_one_process_learns(tmp_path, overrides):
         for key in ("obs", "episode_return", "episode_length"):
             assert torch.equal(state["carry"][key], mine["carry"][key]), key
         assert state["window"] == mine["window"] and state["epoch"] == mine["epoch"]
+
+
+def _build_kernels() -> None:
+    try:
+        kernels()
+    except KernelBuildError as e:
+        pytest.skip(f"the fused epoch cannot be built here: {e}")
 
 
 def test_shard_rows():
