@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import hashlib
 import os
 import time
 from collections.abc import Iterator
@@ -162,6 +163,19 @@ class Group:
         if not flag.item():
             return None
         return next((r for r in self.objects(reason, what) if r is not None), None)
+
+    def check_identical(self, values: dict[str, bytes], what: str) -> None:
+        """Raise ``DistributedError`` unless every rank holds the same ``values`` (digests of what
+        must not differ between ranks: parameters, generators), naming the first that differs."""
+        digests = {k: hashlib.sha256(v).hexdigest() for k, v in values.items()}
+        every = self.objects(digests, what)
+        for rank, theirs in enumerate(every):
+            differ = [k for k in digests if theirs[k] != every[0][k]]
+            if differ:
+                raise DistributedError(
+                    f"{what}: rank {rank}'s {differ[0]} differ from rank 0's: the ranks no longer train one model "
+                    "(a fastpg bug: please report it with the command line)"
+                )
 
     # -- the epoch's gathered statistics -------------------------------------------------------
     def epoch_data(

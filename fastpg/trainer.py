@@ -369,6 +369,7 @@ class Trainer:
         carry = {f.name: getattr(self.carry, f.name).cpu() for f in dataclasses.fields(Carry)}
         env = self.env.state_dict() if isinstance(self.env, Checkpointable) else None
         if self.group is not None:
+            self.group.check_identical(self._replicated(), "the checkpoint")
             carry = self.group.gather_tensors(carry, dict.fromkeys(carry, 0), "the gather of the checkpoint")
             dims = getattr(self.env, "SHARD_DIMS", None)
             if env is not None and dims is not None:
@@ -385,6 +386,21 @@ class Trainer:
             "generator": self.generator.get_state(),
             "carry": carry,
             "env": env,
+        }
+
+    def _replicated(self) -> dict[str, bytes]:
+        """What every rank of a data-parallel run holds identically, as bytes: the parameters, the
+        optimizer's moments and the generators (the env's too: every rank draws for all copies)."""
+        tensors = {
+            "parameters": [p.detach() for p in self.policy.parameters()],
+            "optimizer state": [t for s in self.optimizer.state.values() for t in s.values() if torch.is_tensor(t)],
+            "sampling generator": [self.generator.get_state()],
+        }
+        if isinstance(getattr(self.env, "generator", None), torch.Generator):
+            tensors["env generator"] = [self.env.generator.get_state()]
+        return {
+            k: b"".join(t.cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes() for t in v)
+            for k, v in tensors.items()
         }
 
     def load_state_dict(self, state: dict[str, Any], *, source: str = "the state") -> None:

@@ -2,7 +2,8 @@
 
     torchrun --standalone --nproc-per-node 2 tests/dist_worker.py OUT '{"num_envs": 16, ...}'
 
-Trains ``max_epochs`` epochs with the config given as JSON (on top of ``DEFAULTS``), then writes
+Trains ``max_epochs`` epochs with the config given as JSON (on top of ``DEFAULTS``; ``diverge``: rank 1
+then nudges a parameter), then writes
 ``OUT/rank{r}.pt``: the epochs' metrics, the parameters, the trainer's and the env's generator
 states (None for a gymnasium env); rank 0 also writes ``OUT/state.pt``, the gathered ``Trainer.state_dict()``.
 """
@@ -23,9 +24,13 @@ DEFAULTS = {"fused": "off", "eval_episodes": 0, "quiet": True}
 
 def main(out: Path, overrides: dict) -> None:
     torch.set_num_threads(1)
+    diverge = overrides.pop("diverge", False)  # rank 1 changes a parameter behind the others' back
     cfg = Config(**{**DEFAULTS, **overrides})
     with process_group("cpu", cfg.dist_timeout_s) as group, Trainer(cfg, group=group) as trainer:
         metrics = list(trainer.run())
+        if diverge and group.rank == 1:
+            with torch.no_grad():
+                next(trainer.policy.parameters()).view(-1)[0] += 1e-6
         state = trainer.state_dict()  # a collective: every rank
         record = {
             "metrics": metrics,

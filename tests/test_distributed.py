@@ -125,6 +125,16 @@ def test_two_ranks_learn_what_one_process_learns(tmp_path, overrides):
         assert state["window"] == mine["window"] and state["epoch"] == mine["epoch"]
 
 
+def test_ranks_that_diverge_are_caught_at_the_checkpoint(tmp_path):
+    """Parameters, optimizer state and generators are compared across ranks whenever the state is
+    taken (checkpoints): a difference is a bug, said in one line instead of saved."""
+    done = _launch(
+        str(WORKER), str(tmp_path), json.dumps({"num_envs": 16, "num_steps": 32, "max_epochs": 1, "diverge": True})
+    )
+    assert done.returncode != 0 and not (tmp_path / "state.pt").exists()
+    assert "the checkpoint: rank 1's parameters differ from rank 0's" in done.stderr, done.stderr[-3000:]
+
+
 def _build_kernels() -> None:
     try:
         kernels()
