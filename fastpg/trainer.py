@@ -93,6 +93,10 @@ class Trainer:
             each evaluation). Default: fresh copies of ``cfg.env``. A trainer given its own ``env``
             needs one too, unless ``cfg.eval_episodes`` is 0: evaluating on ``cfg.env`` would test
             another task.
+        group: a data-parallel group (``fastpg.distributed.process_group``, under torchrun): this
+            trainer is one rank of the job, stepping its ``Shard`` of ``cfg.num_envs`` (the global
+            count). Every rank must then make the same calls in the same order (``run``,
+            ``epoch``, ``evaluate``, ``state_dict`` and ``load_state_dict`` are collectives).
 
     Where a fast path applies (``cfg.fused``: the fused C++ epoch of ``fastpg.fused`` on CPU, the
     CUDA-graph epoch of ``fastpg.graph`` on a GPU), ``collect`` and ``update`` run it
