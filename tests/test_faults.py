@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 import torch
 from faulty_envs import FaultyEnv
-from test_reliability import _alive, _children, _epochs, _start_training
+from processes import alive, children
+from test_reliability import _epochs, _start_training
 
 from fastpg import Config, ConfigError, EnvWorkerError, GymVectorEnv, Trainer
 from fastpg.checkpoint import CHECKPOINT_NAME, load_checkpoint
@@ -83,7 +84,7 @@ def test_sigterm_to_the_whole_process_group_stops_an_async_run_cleanly(tmp_path)
     """What systemd and job schedulers send: the workers live in process groups of their own, so
     the main process alone gets it, finishes the epoch, checkpoints, summarizes and closes them."""
     proc, ckpt, log = _start_training(tmp_path, "--backend", "async", start_new_session=True)
-    workers = _children(proc.pid)
+    workers = children(proc.pid)
     assert len(workers) >= 2
     os.killpg(proc.pid, signal.SIGTERM)
     out, err = proc.communicate(timeout=60)
@@ -93,7 +94,7 @@ def test_sigterm_to_the_whole_process_group_stops_an_async_run_cleanly(tmp_path)
     assert summary["stop_reason"] == "interrupted (SIGTERM)" and summary["checkpoint"] == str(ckpt / CHECKPOINT_NAME)
     assert load_checkpoint(ckpt)["epoch"] == summary["epochs"] == len(_epochs(log))
     time.sleep(0.5)
-    assert not [w for w in workers if _alive(w)], "worker processes were left behind"
+    assert not [w for w in workers if alive(w)], "worker processes were left behind"
 
 
 def test_async_workers_that_cannot_start_give_one_line(capsys, monkeypatch):
