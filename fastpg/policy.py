@@ -187,7 +187,7 @@ class MLPPolicy(nn.Module):
         if self.discrete:
             return _gumbel_argmax(out, generator, rows)
         std = self.log_std.clamp(LOG_STD_MIN, LOG_STD_MAX).exp()
-        eps = noise(out, generator, "normal", rows)
+        eps = noise(out.shape, out, generator, "normal", rows)
         action = torch.addcmul(out, std, eps)
         return action if self.action_shape == out.shape[-1:] else action.unflatten(-1, self.action_shape)
 
@@ -202,17 +202,23 @@ class MLPPolicy(nn.Module):
 Rows = tuple[int, int]
 
 
-def noise(like: Tensor, generator: torch.Generator | None, kind: str, rows: Rows | None = None) -> Tensor:
-    """Standard ``"normal"`` or ``"uniform"`` [0, 1) draws shaped like ``like`` [B, ...].
+def noise(
+    shape: torch.Size | tuple[int, ...],
+    like: Tensor,
+    generator: torch.Generator | None,
+    kind: str,
+    rows: Rows | None = None,
+) -> Tensor:
+    """Standard ``"normal"`` or ``"uniform"`` [0, 1) draws of ``shape`` [B, ...], dtype and device of ``like``.
 
     With ``rows = (lo, total)`` the batch is rows ``[lo, lo + B)`` of a batch of ``total`` split
     over processes (``fastpg.distributed``): the draw is the whole batch's, and these rows are
     kept, so every process's generator stays where the unsplit run's is.
     """
-    shape = like.shape if rows is None else (rows[1], *like.shape[1:])
-    u = torch.empty(shape, dtype=like.dtype, device=like.device)
+    full = shape if rows is None else (rows[1], *shape[1:])
+    u = torch.empty(full, dtype=like.dtype, device=like.device)
     u = u.normal_(generator=generator) if kind == "normal" else u.uniform_(generator=generator)
-    return u if rows is None else u[rows[0] : rows[0] + like.shape[0]]
+    return u if rows is None else u[rows[0] : rows[0] + shape[0]]
 
 
 def _gumbel_argmax(logits: Tensor, generator: torch.Generator | None, rows: Rows | None = None) -> Tensor:
@@ -225,7 +231,7 @@ def _gumbel_argmax(logits: Tensor, generator: torch.Generator | None, rows: Rows
     ``exponential_`` costs ~25 ns a number, ``uniform_`` ~4). ``uniform_`` draws from [0, 1); ``U`` is
     clamped up to the smallest normal float so that no noise term is infinite.
     """
-    u = noise(logits[..., 0] if logits.shape[-1] == 2 else logits, generator, "uniform", rows)
+    u = noise(logits.shape[:-1] if logits.shape[-1] == 2 else logits.shape, logits, generator, "uniform", rows)
     u = u.clamp_min_(torch.finfo(u.dtype).tiny)  # a fresh draw (or rows of one): in place
     if logits.shape[-1] == 2:
         return (logits[..., 1] - logits[..., 0] > torch.special.logit(u)).long()
@@ -250,7 +256,7 @@ def sample_action(dist: Distribution, generator: torch.Generator | None = None, 
     normal = _base_normal(dist)
     if normal is not None:
         loc = normal.loc
-        return loc + normal.scale * noise(loc, generator, "normal", rows)
+        return loc + normal.scale * noise(loc.shape, loc, generator, "normal", rows)
     return dist.sample()
 
 

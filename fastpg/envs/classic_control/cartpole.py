@@ -95,7 +95,8 @@ class TorchCartPole(NativeEnv):
         n, state = self.num_envs, self._state
         select = self.selects_resets
         fresh = self._fresh_states(n, before=self.shard_lo, total=self.total_envs) if select else self._no_tensor
-        fresh = fresh.contiguous()  # a shard's columns of the whole draw
+        if n != self.total_envs:
+            fresh = fresh.contiguous()  # a shard's columns of the whole draw
         final, after = torch.empty_like(state), torch.empty_like(state) if select else self._no_tensor
         done, terminated = torch.empty(n, dtype=torch.bool), torch.empty(n, dtype=torch.bool)
         action = action.to(torch.int64).contiguous()
