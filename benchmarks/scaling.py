@@ -3,7 +3,8 @@
     .venv/bin/python benchmarks/scaling.py --json benchmarks/results/scaling.json > benchmarks/results/scaling.txt
 
 For each (N, T) of the grid, in alternating order, ``--rounds`` times: ``fastpg train`` on CartPole-v1
-as one process and as ``torchrun --nproc-per-node K`` ranks, each on the generic path
+as one process, as ``torchrun --nproc-per-node K`` ranks of one thread, and as one process of K
+threads (the same cores used by threads instead of processes), each on the generic path
 (``--fused off``) and on the fused epoch (``--fused auto``). Every run trains ``--epochs`` epochs
 with the target out of reach (no early stop, no evaluation). Throughput is the valid steps of
 epochs 2.. over their collect + update time (rank 0's, which includes waiting for the others);
@@ -28,8 +29,9 @@ from pathlib import Path
 GRID = ((16, 512, 12), (256, 128, 12), (4096, 64, 6), (16384, 32, 6))  # (N, T, epochs)
 
 
-def _run(path: str, n: int, t: int, epochs: int, ranks: int) -> dict[str, float]:
-    """One run: ``ranks`` processes (1: plain ``python -m fastpg``) on ``path`` (generic or fused)."""
+def _run(path: str, n: int, t: int, epochs: int, ranks: int, threads: int = 1) -> dict[str, float]:
+    """One run: ``ranks`` processes (1: plain ``python -m fastpg``) of ``threads`` threads each on
+    ``path`` (generic or fused)."""
     with tempfile.TemporaryDirectory() as tmp:
         metrics = Path(tmp) / "m.jsonl"
         flags = [
@@ -41,7 +43,7 @@ def _run(path: str, n: int, t: int, epochs: int, ranks: int) -> dict[str, float]
         if ranks > 1:  # torchrun's own -m: each rank runs "python -m fastpg train ..."
             launcher += ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(ranks)]
         cmd = [*launcher, *flags]
-        done = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True)
+        done = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": str(threads)}, capture_output=True, text=True)
         if done.returncode != 0:
             raise SystemExit(f"{' '.join(cmd)} failed:\n{done.stderr[-3000:]}")
         rows = [json.loads(line) for line in metrics.read_text().splitlines()]
@@ -74,24 +76,36 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    kinds = [(path, ranks) for path in ("generic", "fused") for ranks in (1, args.ranks)]
+    # (path, ranks, threads): 1 process of 1 thread, K ranks of 1 thread, and 1 process of K threads
+    # (the same cores used by threads instead of processes)
+    kinds = [
+        (path, ranks, threads)
+        for path in ("generic", "fused")
+        for ranks, threads in ((1, 1), (args.ranks, 1), (1, args.ranks))
+    ]
     results = []
     for n, t, epochs in GRID:
-        runs: dict[tuple[str, int], list[dict[str, float]]] = {k: [] for k in kinds}
+        runs: dict[tuple[str, int, int], list[dict[str, float]]] = {k: [] for k in kinds}
         for r in range(args.rounds):
-            for path, ranks in kinds if r % 2 == 0 else kinds[::-1]:
-                runs[path, ranks].append(_run(path, n, t, epochs, ranks))
+            for path, ranks, threads in kinds if r % 2 == 0 else kinds[::-1]:
+                runs[path, ranks, threads].append(_run(path, n, t, epochs, ranks, threads))
         row: dict[str, float] = {"num_envs": n, "num_steps": t, "epochs": epochs}
         line = f"N={n:6d} T={t:4d}"
         for path in ("generic", "fused"):
-            one = statistics.median(x["sps"] for x in runs[path, 1])
-            many = statistics.median(x["sps"] for x in runs[path, args.ranks])
-            comm = statistics.median(x["comm_share"] for x in runs[path, args.ranks])
+            one = statistics.median(x["sps"] for x in runs[path, 1, 1])
+            many = statistics.median(x["sps"] for x in runs[path, args.ranks, 1])
+            threaded = statistics.median(x["sps"] for x in runs[path, 1, args.ranks])
+            comm = statistics.median(x["comm_share"] for x in runs[path, args.ranks, 1])
             row |= {f"{path}_1_sps": one, f"{path}_ranks_sps": many, f"{path}_speedup": many / one}
-            row[f"{path}_comm_share"] = comm
+            row |= {
+                f"{path}_comm_share": comm,
+                f"{path}_threads_sps": threaded,
+                f"{path}_threads_speedup": threaded / one,
+            }
             line += (
-                f" | {path}: 1 proc {one / 1e3:7.0f}k, {args.ranks} ranks {many / 1e3:7.0f}k sps "
-                f"({many / one:.2f}x; {comm:.0%} in collectives)"
+                f" | {path}: 1 proc {one / 1e3:6.0f}k, {args.ranks} ranks {many / 1e3:6.0f}k ({many / one:.2f}x; "
+                f"{comm:.0%} in collectives), 1 proc x {args.ranks} threads {threaded / 1e3:6.0f}k "
+                f"({threaded / one:.2f}x)"
             )
         results.append(row)
         print(line, flush=True)

@@ -51,21 +51,6 @@ FORMAT = 1
 CHECKPOINT_NAME = "checkpoint.pt"
 LOCK_NAME = ".fastpg.lock"
 TEMP_PREFIX = ".checkpoint-"
-# Fields that must match for a checkpoint to continue a run: they fix the shapes of the policy, the
-# optimizer state, the storage and the environment. (Budgets, learning rate, logging... may change.)
-COMPATIBLE_FIELDS = (
-    "env",
-    "backend",
-    "env_dtype",
-    "num_envs",
-    "num_steps",
-    "hidden_sizes",
-    "activation",
-    "baseline",
-    "log_std_init",
-)
-
-
 # Fields a resumed run may change: budgets, target, learning rate, outputs, logging, the
 # evaluation and the non-finite guard. Everything else continues as saved (see resumed_config).
 RESUME_CHANGEABLE = (
@@ -103,11 +88,19 @@ def resumed_config(saved: dict[str, Any], given: Config, explicit: set[str]) -> 
 
 
 def check_compatible(saved: dict[str, Any], cfg: Config, path: str | Path) -> None:
-    """Raise ``ConfigError`` naming every field where ``cfg`` cannot continue the saved run."""
+    """Raise ``ConfigError`` naming every field where ``cfg`` cannot continue the saved run: the
+    rule of ``resumed_config`` (what ``fastpg train --resume`` applies), for a config built in
+    Python. Only ``RESUME_CHANGEABLE`` fields may differ from the saved config; fields the
+    checkpoint predates are not compared."""
     now = cfg.to_dict()
-    diffs = [f"{k}: checkpoint {saved.get(k)!r}, now {now[k]!r}" for k in COMPATIBLE_FIELDS if saved.get(k) != now[k]]
+    fixed = [k for k in now if k not in RESUME_CHANGEABLE and k in saved]
+    diffs = [f"{k}: checkpoint {saved[k]!r}, now {now[k]!r}" for k in fixed if saved[k] != now[k]]
     if diffs:
-        raise ConfigError("resume", f"the checkpoint in {path} is from an incompatible run ({'; '.join(diffs)})")
+        raise ConfigError(
+            "resume",
+            f"the checkpoint in {path} is from another run ({'; '.join(diffs)}); a resumed run may change only "
+            f"{', '.join(RESUME_CHANGEABLE)}",
+        )
 
 
 def save_checkpoint(state: dict[str, Any], directory: str | Path) -> Path:

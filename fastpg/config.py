@@ -144,8 +144,8 @@ class Config:
     checkpoint_every: int = 10
     """Epochs between checkpoints (with --checkpoint-dir or --resume)."""
     resume: Path | None = None
-    """Continue the run checkpointed in this directory. Env, backend, N, T, env dtype and the
-    policy's shape must match the checkpoint; budgets, learning rate and logging may change.
+    """Continue the run checkpointed in this directory, with its saved settings: budgets, target,
+    learning rate, outputs, logging, evaluation and --max-bad-updates may change, nothing else.
     Checkpoints go on being written there (unless --checkpoint-dir names another directory)."""
     overwrite: bool = False
     """Allow replacing an existing metrics file or checkpoint."""

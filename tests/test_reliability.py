@@ -148,11 +148,16 @@ def test_a_checkpoint_with_wrong_contents_is_refused_in_one_line(tmp_path, capsy
 
 
 def test_incompatible_checkpoint_is_refused_with_the_fields(tmp_path):
+    """From Python the rule of `fastpg train --resume`: only RESUME_CHANGEABLE fields may differ."""
     train(Config(**SMALL, max_epochs=1, checkpoint_dir=tmp_path))
     with pytest.raises(ConfigError, match=r"hidden_sizes: checkpoint \[128\], now \[64\]"):
         train(Config(**SMALL, max_epochs=2, resume=tmp_path, hidden_sizes=(64,)))
     with pytest.raises(ConfigError, match="env: checkpoint 'CartPole-v1', now 'Acrobot-v1'"):
         train(Config(**{**SMALL, "env": "Acrobot-v1"}, max_epochs=2, resume=tmp_path))
+    with pytest.raises(ConfigError, match=r"gamma: checkpoint 0.99, now 0.9; seed: checkpoint 0, now 4\)"):
+        train(Config(**SMALL, max_epochs=2, resume=tmp_path, gamma=0.9, seed=4))
+    summary = train(Config(**SMALL, max_epochs=2, resume=tmp_path, lr=3e-3, max_bad_updates=3))  # may change
+    assert summary["epochs"] == 2
 
 
 def test_missing_or_foreign_checkpoint_gives_a_clear_error(tmp_path, capsys):
