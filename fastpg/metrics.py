@@ -238,10 +238,19 @@ def machine_info(device: torch.device) -> dict[str, Any]:
     }
 
 
-def run_header(config: dict[str, Any], device: torch.device, *, resumed_at_epoch: int | None = None) -> dict[str, Any]:
+def run_header(
+    config: dict[str, Any], device: torch.device, *, resumed_at_epoch: int | None = None, processes: int = 1
+) -> dict[str, Any]:
     """The record that makes a metrics file describe itself: the whole config, the versions, the
-    device, the machine and the date (a resumed run adds one, with the epoch it continues from)."""
-    return {"header": True, "resumed_at_epoch": resumed_at_epoch, "config": config, "machine": machine_info(device)}
+    device, the machine (rank 0's), the date and the number of processes of a data-parallel run (a
+    resumed run adds one, with the epoch it continues from)."""
+    return {
+        "header": True,
+        "resumed_at_epoch": resumed_at_epoch,
+        "processes": processes,
+        "config": config,
+        "machine": machine_info(device),
+    }
 
 
 class TensorBoardSink:

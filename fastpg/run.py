@@ -114,7 +114,8 @@ def _train(cfg: Config, policy: nn.Module | None, group: Group | None, *, writes
         if state is not None and cfg.metrics_file is not None and cfg.metrics_file.exists() and not cfg.overwrite:
             trim_metrics(cfg.metrics_file, state["epoch"])
         resumed_at = state["epoch"] if state is not None else None
-        header = run_header(cfg.to_dict(), resolve_device(cfg.device), resumed_at_epoch=resumed_at)
+        processes = group.world_size if group is not None else 1
+        header = run_header(cfg.to_dict(), resolve_device(cfg.device), resumed_at_epoch=resumed_at, processes=processes)
         sinks: list[JsonlSink | TensorBoardSink] = []
         if cfg.metrics_file is not None:
             jsonl = JsonlSink(cfg.metrics_file, append=cfg.resume is not None and not cfg.overwrite)

@@ -173,6 +173,8 @@ def test_resume_two_ranks_continues_bit_for_bit(tmp_path):
     done = _launch(*common, "--max-epochs", "6", "--metrics-file", str(part), "--resume", str(ckpt))
     assert done.returncode == 0, done.stderr[-3000:]
     assert _untimed(_metrics(part)) == _untimed(_metrics(whole))
+    headers = [r for r in map(json.loads, part.read_text().splitlines()) if r.get("header")]
+    assert [h["processes"] for h in headers] == [2, 2] and headers[1]["resumed_at_epoch"] == 3
     # The same checkpoint in one process: the same run, to the update's rounding.
     cfg = Config(num_envs=16, num_steps=64, fused="off", eval_episodes=0, max_epochs=6, quiet=True)
     torch.set_num_threads(1)
