@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -197,10 +198,20 @@ def _run(
             evaluation,
             start_epoch=start_epoch,
             checkpoint=ckpt_path,
-            exit_code=1 if failure else 128 + int(stopped) if stopped else signals.exit_code or 0,
+            exit_code=_exit_code(failure, stopped, signals),
             stop_reason=stop_reason,
         )
     return summary, failure
+
+
+def _exit_code(failure: EnvWorkerError | None, stopped: signal.Signals | None, signals: StopOnSignals) -> int:
+    """1 after an env failure; 128 + N after signal N (the one that stopped training, received by
+    this or, in a data-parallel run, another rank; else one during the final evaluation); else 0."""
+    if failure is not None:
+        return 1
+    if stopped is not None:
+        return 128 + int(stopped)
+    return signals.exit_code or 0
 
 
 class Checkpoints:
@@ -210,7 +221,7 @@ class Checkpoints:
     def __init__(self, directory: Path | None, writes: bool):
         self.directory, self.writes = directory, writes
 
-    def save(self, trainer: Trainer) -> Path | None:
+    def save(self, trainer: Trainer) -> Path:
         state = trainer.state_dict()
         return save_checkpoint(state, self.directory) if self.writes else self.directory / CHECKPOINT_NAME
 

@@ -184,16 +184,14 @@ class Trainer:
         ``max_bad_updates`` of them in a row raise ``NonFiniteError``.
         """
         apply = apply and bad_data is None
-        sum_across = self._sum_across if self.group is not None else None
-        if isinstance(self.fused, FusedEpoch):
-            stats, bad = self.fused.update(self.optimizer, self.buf, self.settings, apply=apply, sum_across=sum_across)
-        elif self.fused is not None:
-            stats, bad = self.fused.update(self.optimizer, self.buf, self.settings, apply=apply)
+        # Data-parallel runs sum the update across the ranks (the CUDA graph is a one-process path).
+        across = {"sum_across": self._sum_across} if self.group is not None else {}
+        if self.fused is not None:
+            stats, bad = self.fused.update(self.optimizer, self.buf, self.settings, apply=apply, **across)
         else:
             stats, bad = reinforce_update(
-                self.policy, self.optimizer, self.buf, self.carry.obs, self.settings, apply=apply,
-                sum_across=sum_across,
-            )  # fmt: skip
+                self.policy, self.optimizer, self.buf, self.carry.obs, self.settings, apply=apply, **across
+            )
         if bad_data is not None:
             bad = bad_data
             stats["skipped"] = torch.ones_like(stats["skipped"])
@@ -223,15 +221,15 @@ class Trainer:
         # ENV -> STORAGE
         with timer("collect"):
             self.collect()
-            *finished, valid_steps, bad_envs = self._epoch_data()  # one host sync
-            self.window.extend(*finished)
+            returns, lengths, valid_steps, bad_envs = self._epoch_data()  # one host sync
+            self.window.extend(returns, lengths)
             self._warn_nonfinite_envs(bad_envs)
         confirmed = self.target(self.window, self._evaluate_for_target)
         # STORAGE -> RETURNS -> LOSS -> OPTIMIZER
         bad_data = f"reward or observation (env {_listed(bad_envs)})" if bad_envs else None
         with timer("update"):
             stats = self.update(apply=not confirmed, bad_data=bad_data)
-        return self._end_epoch(stats, (finished[0], finished[1]), len(bad_envs), valid_steps)
+        return self._end_epoch(stats, (returns, lengths), len(bad_envs), valid_steps)
 
     def _epoch_data(self) -> tuple[list[float], list[int], Tensor | int, list[int]]:
         """Return and length of the episodes that ended this epoch, the valid steps, and the env
