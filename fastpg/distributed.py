@@ -186,14 +186,19 @@ class Group:
         copy index), the valid steps, and the global indices of the copies with non-finite data
         (``nonfinite``: this rank's local ones)."""
         done = buf["done"]
-        t, n = done.nonzero(as_tuple=True)
-        key = (t * shard.total + n + shard.lo).tolist()
-        local = (key, buf["episode_return"][done].tolist(), buf["episode_length"][done].tolist())
-        mine = (local, int(buf["valid"].sum()), [i + shard.lo for i in nonfinite])
+        t, n = done.nonzero(as_tuple=True)  # t-major: this rank's episodes in the order they ended
+        key = t * shard.total + n + shard.lo  # the one-process run's order: step, then global copy
+        mine = (
+            (key.cpu(), buf["episode_return"][done].cpu(), buf["episode_length"][done].cpu()),
+            int(buf["valid"].sum()),
+            [i + shard.lo for i in nonfinite],
+        )  # tensors, not lists: pickling and sorting tens of thousands of episodes as Python objects cost ~100 ms
         every = self.objects(mine, "the gather of the epoch's episodes")
-        merged = sorted((k, r, ln) for (keys, rets, lens), _, _ in every for k, r, ln in zip(keys, rets, lens))
+        order = torch.cat([part[0][0] for part in every]).argsort()
+        returns = torch.cat([part[0][1] for part in every])[order].tolist()
+        lengths = torch.cat([part[0][2] for part in every])[order].tolist()
         bad = sorted(i for _, _, part in every for i in part)
-        return [r for _, r, _ in merged], [ln for _, _, ln in merged], sum(v for _, v, _ in every), bad
+        return returns, lengths, sum(valid for _, valid, _ in every), bad
 
     @contextlib.contextmanager
     def _collective(self, what: str) -> Iterator[None]:
