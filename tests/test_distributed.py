@@ -53,7 +53,7 @@ def _launch(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run(_torchrun(*args), env=_env(), capture_output=True, text=True, timeout=timeout)
 
 
-def _train_cmd(tmp_path: Path, *flags: str) -> list[str]:
+def _train_cmd(*flags: str) -> list[str]:
     return ["-m", "fastpg", "train", "--num-envs", "16", "--num-steps", "64", "--fused", "off", *flags]
 
 
@@ -163,7 +163,7 @@ def test_resume_two_ranks_continues_bit_for_bit(tmp_path):
     one; its checkpoint (the whole run's state) also resumes in one process, to rounding."""
     whole, part = tmp_path / "whole.jsonl", tmp_path / "part.jsonl"
     ckpt = tmp_path / "ckpt"
-    common = _train_cmd(tmp_path, "--eval-episodes", "0", "--quiet")
+    common = _train_cmd("--eval-episodes", "0", "--quiet")
     done = _launch(*common, "--max-epochs", "6", "--metrics-file", str(whole))
     assert done.returncode == 0, done.stderr[-3000:]
     done = _launch(*common, "--max-epochs", "3", "--metrics-file", str(part), "--checkpoint-dir", str(ckpt))
@@ -186,7 +186,7 @@ def test_resume_two_ranks_continues_bit_for_bit(tmp_path):
 def _start(tmp_path: Path, *flags: str) -> tuple[subprocess.Popen, list[int]]:
     """A long 2-rank run; returns the launcher and its two workers once epochs are being written."""
     metrics = tmp_path / "m.jsonl"
-    cmd = _torchrun(*_train_cmd(tmp_path, "--max-epochs", "100000", "--metrics-file", str(metrics), *flags))
+    cmd = _torchrun(*_train_cmd("--max-epochs", "100000", "--metrics-file", str(metrics), *flags))
     launcher = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and not (metrics.exists() and len(_metrics(metrics)) >= 3):
@@ -266,7 +266,7 @@ def test_two_nodes_rendezvous_as_one_job(tmp_path):
     nodes = [tmp_path / "nodes.jsonl", tmp_path / "single.jsonl"]
     node = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1"]
     node += ["--rdzv-backend", "c10d", "--rdzv-endpoint", endpoint, "--rdzv-id", "fastpg-test"]
-    flags = _train_cmd(tmp_path, "--max-epochs", "3", "--eval-episodes", "0", "--quiet")
+    flags = _train_cmd("--max-epochs", "3", "--eval-episodes", "0", "--quiet")
     procs = [
         subprocess.Popen(
             [*node, *flags, "--metrics-file", str(nodes[0])], env=_env(), stderr=subprocess.PIPE, text=True

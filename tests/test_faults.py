@@ -19,21 +19,13 @@ import pytest
 import torch
 from faulty_envs import FaultyEnv
 from processes import alive, children
-from test_reliability import _epochs, _start_training
+from test_reliability import _cli, _epochs, _start_training
 
 from fastpg import Config, ConfigError, EnvWorkerError, GymVectorEnv, Trainer
 from fastpg.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from fastpg.cli import main
 
 QUICK = ("--num-envs", "3", "--num-steps", "16", "--quiet", "--eval-episodes", "0")
-
-
-def _cli(capsys, *argv: str) -> tuple[int, str, list[str]]:
-    """Exit code, stdout and stderr lines of ``fastpg ARGV`` run in this process."""
-    capsys.readouterr()
-    code = main(list(argv))
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err.strip().splitlines()
 
 
 # -- failing environments, every backend ----------------------------------------------------------------

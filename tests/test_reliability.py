@@ -221,11 +221,12 @@ def test_existing_metrics_file_and_checkpoint_are_refused_unless_overwrite(tmp_p
 # -- outputs: checked up front, never torn, never shared ----------------------------------------------
 
 
-def _cli(capsys, *argv: str) -> tuple[int, list[str]]:
-    """Exit code and stderr lines of ``fastpg ARGV``."""
+def _cli(capsys, *argv: str) -> tuple[int, str, list[str]]:
+    """Exit code, stdout and stderr lines of ``fastpg ARGV`` run in this process."""
     capsys.readouterr()
     code = main(list(argv))
-    return code, capsys.readouterr().err.strip().splitlines()
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err.strip().splitlines()
 
 
 @pytest.mark.parametrize(
@@ -239,14 +240,14 @@ def _cli(capsys, *argv: str) -> tuple[int, list[str]]:
 )
 def test_unwritable_outputs_are_refused_before_training(tmp_path, capsys, flag, path, message):
     (tmp_path / "file").write_text("x")
-    code, err = _cli(capsys, "train", flag, path.format(tmp=tmp_path), "--max-epochs", "1")
+    code, _, err = _cli(capsys, "train", flag, path.format(tmp=tmp_path), "--max-epochs", "1")
     assert code == 2 and len(err) == 1 and err[0].startswith(f"fastpg: error: {flag}: ")
     assert message.format(tmp=tmp_path) in err[0]
 
 
 def test_bench_json_path_is_checked_before_measuring(tmp_path, capsys):
     t0 = time.perf_counter()
-    code, err = _cli(capsys, "bench", "--json", str(tmp_path), "--phases", "train")
+    code, _, err = _cli(capsys, "bench", "--json", str(tmp_path), "--phases", "train")
     assert code == 2 and len(err) == 1 and "--json" in err[0] and "is a directory" in err[0]
     assert time.perf_counter() - t0 < 5  # refused, not measured
 
@@ -254,7 +255,7 @@ def test_bench_json_path_is_checked_before_measuring(tmp_path, capsys):
 def test_a_metrics_file_named_like_the_checkpoint_is_refused(tmp_path, capsys):
     ckpt = tmp_path / "ckpt"
     ckpt.mkdir()
-    code, err = _cli(capsys, "train", "--checkpoint-dir", str(ckpt), "--metrics-file", str(ckpt / CHECKPOINT_NAME))
+    code, _, err = _cli(capsys, "train", "--checkpoint-dir", str(ckpt), "--metrics-file", str(ckpt / CHECKPOINT_NAME))
     assert code == 2 and len(err) == 1 and "is a file the checkpoints in" in err[0]
 
 
@@ -267,14 +268,14 @@ def test_a_checkpoint_directory_serves_one_run_at_a_time(tmp_path, capsys):
     with DirectoryLock(ckpt):  # another run holds it
         stray = ckpt / ".checkpoint-inflight.tmp"
         stray.write_bytes(b"the other run's checkpoint, half written")
-        code, err = _cli(capsys, "train", "--checkpoint-dir", str(ckpt), "--max-epochs", "1")
+        code, _, err = _cli(capsys, "train", "--checkpoint-dir", str(ckpt), "--max-epochs", "1")
         assert code == 2 and err == [
             f"fastpg: error: --checkpoint-dir: {ckpt} is in use by another fastpg run (pid {os.getpid()}); "
             "give each run its own"
         ]
         save_checkpoint({"epoch": 0}, ckpt)  # the holder's own writes leave other temp files alone
         assert stray.exists()
-    code, _ = _cli(capsys, "train", "--checkpoint-dir", str(ckpt), "--max-epochs", "1", "--overwrite", "--quiet")
+    code, _, _ = _cli(capsys, "train", "--checkpoint-dir", str(ckpt), "--max-epochs", "1", "--overwrite", "--quiet")
     assert code == 0 and not stray.exists()  # the lock's new holder proves it stale and removes it
 
 
@@ -301,7 +302,7 @@ def test_full_disk_on_the_metrics_file_keeps_whole_lines(tmp_path, capsys, monke
 
     metrics = tmp_path / "m.jsonl"
     monkeypatch.setattr(fastpg.metrics.os, "write", _full_disk_after(3))  # the header, epochs 1 and 2
-    code, err = _cli(capsys, "train", "--metrics-file", str(metrics), "--max-epochs", "5", "--quiet")
+    code, _, err = _cli(capsys, "train", "--metrics-file", str(metrics), "--max-epochs", "5", "--quiet")
     monkeypatch.undo()
     assert code == 1 and len(err) == 1 and "No space left on device" in err[0] and str(metrics) in err[0]
     text = metrics.read_text()
@@ -338,7 +339,7 @@ def test_full_disk_on_a_checkpoint_keeps_the_previous_one(tmp_path, capsys, monk
 
     monkeypatch.setattr(fastpg.checkpoint.torch, "save", save)
     args = ("train", "--checkpoint-dir", str(ckpt), "--checkpoint-every", "1", "--max-epochs", "4", "--quiet")
-    code, err = _cli(capsys, *args)
+    code, _, err = _cli(capsys, *args)
     monkeypatch.undo()
     assert code == 1 and err == [
         f"fastpg: error: could not write the checkpoint {ckpt / CHECKPOINT_NAME} (No space left on device); "
