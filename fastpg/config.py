@@ -48,6 +48,7 @@ Activation = Literal["tanh", "relu", "elu", "gelu", "silu"]
 Baseline = Literal["none", "mean", "value"]
 Unfinished = Literal["mask", "bootstrap"]
 Fused = Literal["auto", "off"]
+DistBackend = Literal["auto", "nccl", "gloo"]
 
 
 def choices(literal_type: Any) -> tuple[str, ...]:
@@ -165,6 +166,10 @@ class Config:
     """Data-parallel runs (torchrun): seconds a rank waits in a collective (all-reduce, gather) for
     the others before the job ends with an error naming it: bounds the time a hung rank holds the
     rest. It must exceed the longest pause of rank 0 between epochs (evaluation, checkpoint)."""
+    dist_backend: DistBackend = "auto"
+    """Data-parallel runs (torchrun): the ``torch.distributed`` backend; auto = nccl on CUDA (one GPU
+    per process), gloo on CPU. gloo also carries CUDA tensors, so several processes can share one
+    GPU (--device cuda:0 --dist-backend gloo), slower than NCCL."""
 
     def __post_init__(self) -> None:
         for name, value in _normalized(self).items():
@@ -215,6 +220,7 @@ OUTPUT_FIELDS = (
     "progress_interval_s",
     "quiet",
     "dist_timeout_s",
+    "dist_backend",
 )
 
 # Settings per natively implemented id where Config's own defaults (tuned on CartPole-v1 and
@@ -280,6 +286,7 @@ _CHOICE_FIELDS = {
     "activation": Activation,
     "baseline": Baseline,
     "unfinished": Unfinished,
+    "dist_backend": DistBackend,
 }
 
 

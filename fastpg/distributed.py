@@ -49,7 +49,7 @@ from torch import Tensor, nn
 
 from fastpg.errors import ConfigError, DistributedError
 
-__all__ = ["Shard", "Group", "launched_world_size", "process_group"]
+__all__ = ["Shard", "Group", "launched_world_size", "process_group", "join_process_group", "rank_device", "backend_for"]
 
 
 def launched_world_size() -> int:
@@ -87,10 +87,12 @@ class Group:
     """The collectives of a data-parallel run, over the default process group.
 
     Every method is a collective: each rank calls it, in the same order. A failure (a rank that
-    died, a timeout) raises ``DistributedError`` naming the operation.
+    died, a timeout) raises ``DistributedError`` naming the operation. ``device`` is this rank's
+    training device; the collectives' tensors live there (NCCL carries CUDA tensors only).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, device: torch.device) -> None:
+        self.device = torch.device(device)
         self.rank = dist.get_rank()
         self.world_size = dist.get_world_size()
         self.seconds = 0.0  # spent in collectives (waiting for the others included) since take_seconds
@@ -122,7 +124,7 @@ class Group:
 
     def counts_before(self, count: int) -> tuple[int, int]:
         """(copies on lower ranks, copies on all ranks) of a per-rank ``count`` (all-gather)."""
-        local = torch.tensor([count], dtype=torch.int64)
+        local = torch.tensor([count], dtype=torch.int64, device=self.device)
         every = [torch.empty_like(local) for _ in range(self.world_size)]
         with self._collective("the exchange of the env resets' counts"):
             dist.all_gather(every, local)
@@ -157,7 +159,7 @@ class Group:
     def agree(self, reason: str | None, what: str = "the agreement on stopping") -> str | None:
         """The first rank's non-None ``reason`` (a stop request any rank received), else None: one
         all-reduce of a flag, and the reasons gathered only when some rank has one."""
-        flag = torch.tensor([float(reason is not None)])
+        flag = torch.tensor([float(reason is not None)], device=self.device)
         with self._collective(what):
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         if not flag.item():
@@ -218,33 +220,88 @@ class Group:
 
 
 @contextlib.contextmanager
-def process_group(device: str, timeout_s: float) -> Iterator[Group | None]:
+def process_group(device: str | torch.device, timeout_s: float, backend: str = "auto") -> Iterator[Group | None]:
     """The data-parallel group of this launch: ``None`` outside a multi-process launch; inside
     one (``WORLD_SIZE`` > 1) the default process group, initialized here from torchrun's
-    environment (gloo; TCP rendezvous at ``MASTER_ADDR:MASTER_PORT``) unless the caller did, and
-    destroyed on exit when initialized here."""
-    if dist.is_available() and dist.is_initialized():
-        yield Group() if dist.get_world_size() > 1 else None
+    environment (TCP rendezvous at ``MASTER_ADDR:MASTER_PORT``) unless the caller did, and
+    destroyed on exit when initialized here.
+
+    ``device`` is the run's (``Config.device``): ``cuda`` without an index gives each process the
+    GPU of its local rank (``cuda:LOCAL_RANK``), which becomes the current CUDA device. ``backend``
+    ``auto`` is NCCL on CUDA and gloo on CPU (``Config.dist_backend``)."""
+    if dist.is_available() and dist.is_initialized():  # the caller's group (and current CUDA device)
+        world = dist.get_world_size()
+        yield Group(rank_device(device, world)) if world > 1 else None
         return
-    if launched_world_size() <= 1:
+    world = launched_world_size()
+    if world <= 1:
         yield None
         return
-    _check_device(device)
+    group = join_process_group(device, timeout_s, backend, world)
     try:
-        dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=timeout_s))
-    except (RuntimeError, ValueError) as e:
-        raise DistributedError(f"could not join the process group of this launch: {e}") from e
-    try:
-        yield Group()
+        yield group
     finally:
         dist.destroy_process_group()
 
 
-def _check_device(device: str) -> None:
-    """Data-parallel runs train on CPU (gloo) until the NCCL path has run on GPUs."""
-    if device.startswith("cuda"):
+def join_process_group(device: str | torch.device, timeout_s: float, backend: str, world_size: int) -> Group:
+    """Initialize the default process group from torchrun's environment, whatever its size (one
+    process too: a group of one checks the collectives on one GPU), and return it as a ``Group``
+    on this rank's device. The caller destroys it (``dist.destroy_process_group``)."""
+    here = rank_device(device, world_size)
+    pinned = device != "auto" and torch.device(device).index is not None  # cuda:I typed: shared by all
+    name = backend_for(here, backend, _local_world_size(world_size) if pinned else 1)
+    if here.type == "cuda":
+        torch.cuda.set_device(here)  # NCCL's object collectives run on the current device
+    try:
+        dist.init_process_group(
+            name, timeout=datetime.timedelta(seconds=timeout_s), device_id=here if name == "nccl" else None
+        )
+    except (RuntimeError, ValueError) as e:
+        raise DistributedError(f"could not join the process group of this launch ({name}): {e}") from e
+    return Group(here)
+
+
+def _local_world_size(world_size: int) -> int:
+    """Processes of this launch on this machine (torchrun's ``LOCAL_WORLD_SIZE``)."""
+    local = os.environ.get("LOCAL_WORLD_SIZE", "")
+    return int(local) if local.isdigit() else world_size
+
+
+def rank_device(device: str | torch.device, world_size: int) -> torch.device:
+    """This process's training device in a ``world_size``-process launch: ``auto`` as one process
+    resolves it; ``cuda`` without an index -> ``cuda:LOCAL_RANK`` (``ConfigError`` when this
+    machine has no such GPU); an explicit ``cuda:I`` is kept (every local process on GPU I)."""
+    dev = torch.device(device if device != "auto" else "cuda" if torch.cuda.is_available() else "cpu")
+    if dev.type != "cuda" or dev.index is not None:
+        return dev
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    count = torch.cuda.device_count()
+    if local_rank >= count:
         raise ConfigError(
             "device",
-            f"data-parallel training runs on CPU for now (gloo); {device!r} with several processes (NCCL, one GPU "
-            "per rank) has not been validated on GPUs yet: use --device cpu",
+            f"{device!r} with {world_size} processes: local rank {local_rank} needs cuda:{local_rank}, but this "
+            f"machine has {count} GPU(s); start at most {count} process(es) per machine (torchrun "
+            f"--nproc-per-node {count}), share one GPU with --device cuda:0 --dist-backend gloo, or use --device cpu",
         )
+    return torch.device("cuda", local_rank)
+
+
+def backend_for(device: torch.device, backend: str, local_processes: int) -> str:
+    """The ``torch.distributed`` backend of a run on ``device``, which ``local_processes`` processes
+    of this machine share (``Config.dist_backend``): ``auto`` is NCCL on CUDA, gloo on CPU. ``ConfigError``
+    for NCCL on CPU, and for NCCL with several local processes on one GPU (NCCL refuses two ranks
+    on one device)."""
+    if backend == "auto":
+        backend = "nccl" if device.type == "cuda" else "gloo"
+    if backend == "nccl" and device.type != "cuda":
+        raise ConfigError(
+            "dist_backend", f"'nccl' carries CUDA tensors only, and the device is {str(device)!r}: use gloo"
+        )
+    if backend == "nccl" and local_processes > 1:
+        raise ConfigError(
+            "device",
+            f"{str(device)!r} for all {local_processes} processes of this machine: NCCL needs one GPU per process; "
+            "give --device cuda (process i trains on cuda:i), or share the GPU with --dist-backend gloo",
+        )
+    return backend

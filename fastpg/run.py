@@ -95,7 +95,7 @@ def train(cfg: Config, *, policy: nn.Module | None = None) -> dict[str, Any]:
     alone writes the metrics, progress, checkpoints and summary (the others return it quietly).
     """
     check_config(cfg)
-    with process_group(resolve_device(cfg.device).type, cfg.dist_timeout_s) as group:
+    with process_group(cfg.device, cfg.dist_timeout_s, cfg.dist_backend) as group:
         if group is None or group.rank == 0:
             return _train(cfg, policy, group)
         # The other ranks: the same run, writing nothing (rank 0 writes the whole run's files).
@@ -116,7 +116,8 @@ def _train(cfg: Config, policy: nn.Module | None, group: Group | None, *, writes
             trim_metrics(cfg.metrics_file, state["epoch"])
         resumed_at = state["epoch"] if state is not None else None
         processes = group.world_size if group is not None else 1
-        header = run_header(cfg.to_dict(), resolve_device(cfg.device), resumed_at_epoch=resumed_at, processes=processes)
+        device = group.device if group is not None else resolve_device(cfg.device)
+        header = run_header(cfg.to_dict(), device, resumed_at_epoch=resumed_at, processes=processes)
         sinks: list[JsonlSink | TensorBoardSink] = []
         if cfg.metrics_file is not None:
             jsonl = JsonlSink(cfg.metrics_file, append=cfg.resume is not None and not cfg.overwrite)

@@ -119,7 +119,7 @@ class Trainer:
     ):
         check_config(cfg)
         self.cfg = cfg
-        self.device = resolve_device(cfg.device)
+        self.device = group.device if group is not None else resolve_device(cfg.device)
         self.group = group
         self.shard = group.shard(cfg.num_envs) if group is not None else None
         num_envs = self.shard.size if self.shard is not None else cfg.num_envs  # the env copies stepped here

@@ -3,30 +3,45 @@
     torchrun --standalone --nproc-per-node 2 tests/dist_worker.py OUT '{"num_envs": 16, ...}'
 
 Trains ``max_epochs`` epochs with the config given as JSON (on top of ``DEFAULTS``; ``diverge``: rank 1
-then nudges a parameter), then writes
+then nudges a parameter; ``group_of_one``: a launch of one process joins a group of one, which is
+how one GPU checks the NCCL collectives), then writes
 ``OUT/rank{r}.pt``: the epochs' metrics, the parameters, the trainer's and the env's generator
 states (None for a gymnasium env); rank 0 also writes ``OUT/state.pt``, the gathered ``Trainer.state_dict()``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 
 from fastpg import Config, Trainer
-from fastpg.distributed import process_group
+from fastpg.distributed import Group, join_process_group, process_group
 
-DEFAULTS = {"fused": "off", "eval_episodes": 0, "quiet": True}
+DEFAULTS = {"fused": "off", "eval_episodes": 0, "quiet": True, "device": "cpu"}
+
+
+@contextlib.contextmanager
+def group_of_one(cfg: Config) -> Iterator[Group]:
+    group = join_process_group(cfg.device, cfg.dist_timeout_s, cfg.dist_backend, 1)
+    try:
+        yield group
+    finally:
+        dist.destroy_process_group()
 
 
 def main(out: Path, overrides: dict) -> None:
     torch.set_num_threads(1)
     diverge = overrides.pop("diverge", False)  # rank 1 changes a parameter behind the others' back
+    alone = overrides.pop("group_of_one", False)
     cfg = Config(**{**DEFAULTS, **overrides})
-    with process_group("cpu", cfg.dist_timeout_s) as group, Trainer(cfg, group=group) as trainer:
+    joined = group_of_one(cfg) if alone else process_group(cfg.device, cfg.dist_timeout_s, cfg.dist_backend)
+    with joined as group, Trainer(cfg, group=group) as trainer:
         metrics = list(trainer.run())
         if diverge and group.rank == 1:
             with torch.no_grad():
@@ -35,6 +50,8 @@ def main(out: Path, overrides: dict) -> None:
         record = {
             "metrics": metrics,
             "path": trainer.fused.kind if trainer.fused is not None else "generic",
+            "backend": dist.get_backend(),
+            "device": str(trainer.device),
             "params": {k: v.clone() for k, v in trainer.policy.state_dict().items()},
             "generator": trainer.generator.get_state(),
             "env_generator": env_generator.get_state()

@@ -27,8 +27,8 @@ from processes import alive, children
 from fastpg import Config, Trainer
 from fastpg._kernels import kernels
 from fastpg.checkpoint import load_checkpoint
-from fastpg.distributed import Shard
-from fastpg.errors import KernelBuildError
+from fastpg.distributed import Shard, backend_for, rank_device
+from fastpg.errors import ConfigError, KernelBuildError
 
 WORKER = Path(__file__).with_name("dist_worker.py")
 TIMING = ("wall_s", "sps", "collect_s", "update_s", "comm_s", "train_wall_s", "time_to_solve_s")
@@ -36,6 +36,7 @@ FLOATS = ("loss", "policy_loss", "value_loss", "entropy", "grad_norm", "mask_fra
 RTOL, ATOL = 1e-4, 1e-6
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="torchrun launches on POSIX here")
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 
 def _env() -> dict[str, str]:
@@ -45,21 +46,35 @@ def _env() -> dict[str, str]:
     return env
 
 
-def _torchrun(*args: str) -> list[str]:
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", *args]
+def _torchrun(*args: str, processes: int = 2) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(processes), *args]
 
 
-def _launch(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run(_torchrun(*args), env=_env(), capture_output=True, text=True, timeout=timeout)
+def _launch(*args: str, timeout: float = 120, processes: int = 2) -> subprocess.CompletedProcess:
+    cmd = _torchrun(*args, processes=processes)
+    return subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=timeout)
 
 
 def _train_cmd(*flags: str) -> list[str]:
-    return ["-m", "fastpg", "train", "--num-envs", "16", "--num-steps", "64", "--fused", "off", *flags]
+    return [
+        "-m",
+        "fastpg",
+        "train",
+        "--num-envs",
+        "16",
+        "--num-steps",
+        "64",
+        "--fused",
+        "off",
+        "--device",
+        "cpu",
+        *flags,
+    ]
 
 
 def _one_process(overrides: dict) -> tuple[list[dict], Trainer]:
     torch.set_num_threads(1)
-    cfg = Config(**{"fused": "off", "eval_episodes": 0, "quiet": True, **overrides})
+    cfg = Config(**{"fused": "off", "eval_episodes": 0, "quiet": True, "device": "cpu", **overrides})
     trainer = Trainer(cfg)
     return list(trainer.run()), trainer
 
@@ -90,8 +105,28 @@ def _assert_metrics_match(one: list[dict], two: list[dict]) -> None:
         # the fused epoch on every rank (compiled collect and update), against one fused process
         {"num_envs": 32, "num_steps": 64, "max_epochs": 4, "fused": "auto", "baseline": "mean"},
         {"num_envs": 1024, "num_steps": 16, "max_epochs": 3, "fused": "auto", "env": "Acrobot-v1"},
+        # two ranks sharing one GPU over gloo (the CUDA path's sums and gathers on device tensors)
+        pytest.param(
+            {
+                "num_envs": 16,
+                "num_steps": 64,
+                "max_epochs": 4,
+                "baseline": "mean",
+                "device": "cuda:0",
+                "dist_backend": "gloo",
+            },
+            marks=CUDA,
+        ),
     ],
-    ids=["select-resets", "draw-done-resets", "value-baseline", "gymnasium-sync", "fused", "fused-draw-done"],
+    ids=[
+        "select-resets",
+        "draw-done-resets",
+        "value-baseline",
+        "gymnasium-sync",
+        "fused",
+        "fused-draw-done",
+        "cuda-gloo",
+    ],
 )
 def test_two_ranks_learn_what_one_process_learns(tmp_path, overrides):
     if overrides.get("fused") == "auto":
@@ -119,9 +154,9 @@ def test_two_ranks_learn_what_one_process_learns(tmp_path, overrides):
         mine = trainer.state_dict()
         assert (state["env"] is None) == (mine["env"] is None) == (not native)
         for key in ("state", "final", "elapsed") if native else ():
-            assert torch.equal(state["env"][key], mine["env"][key]), key
+            assert torch.equal(state["env"][key].cpu(), mine["env"][key].cpu()), key
         for key in ("obs", "episode_return", "episode_length"):
-            assert torch.equal(state["carry"][key], mine["carry"][key]), key
+            assert torch.equal(state["carry"][key].cpu(), mine["carry"][key].cpu()), key
         assert state["window"] == mine["window"] and state["epoch"] == mine["epoch"]
 
 
@@ -176,7 +211,7 @@ def test_resume_two_ranks_continues_bit_for_bit(tmp_path):
     headers = [r for r in map(json.loads, part.read_text().splitlines()) if r.get("header")]
     assert [h["processes"] for h in headers] == [2, 2] and headers[1]["resumed_at_epoch"] == 3
     # The same checkpoint in one process: the same run, to the update's rounding.
-    cfg = Config(num_envs=16, num_steps=64, fused="off", eval_episodes=0, max_epochs=6, quiet=True)
+    cfg = Config(num_envs=16, num_steps=64, fused="off", eval_episodes=0, max_epochs=6, quiet=True, device="cpu")
     torch.set_num_threads(1)
     with Trainer(cfg) as trainer:
         trainer.load_state_dict(state)
@@ -281,10 +316,72 @@ def test_two_nodes_rendezvous_as_one_job(tmp_path):
 
 
 def test_uneven_split_is_refused_by_rank_zero_alone(tmp_path):
-    done = _launch("-m", "fastpg", "train", "--num-envs", "15", "--max-epochs", "1", timeout=60)
+    done = _launch("-m", "fastpg", "train", "--num-envs", "15", "--max-epochs", "1", "--device", "cpu", timeout=60)
     assert done.returncode != 0
     said = [line for line in done.stderr.splitlines() if line.startswith("fastpg: error")]
     assert said == [
         "fastpg: error: --num-envs: 15 env copies (the global count) cannot be split evenly over 2 processes; "
         "give a multiple of 2"
     ]
+
+
+# -- CUDA: one GPU per process over NCCL; what a one-GPU machine can check ----------------------------
+
+
+def test_backend_choice():
+    cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
+    assert backend_for(cpu, "auto", 1) == "gloo" and backend_for(gpu, "auto", 1) == "nccl"
+    assert backend_for(gpu, "gloo", 2) == "gloo"  # gloo lets processes share a GPU
+    with pytest.raises(ConfigError, match="dist_backend: 'nccl' carries CUDA tensors only"):
+        backend_for(cpu, "nccl", 1)
+    with pytest.raises(
+        ConfigError, match="'cuda:0' for all 2 processes of this machine: NCCL needs one GPU per process"
+    ):
+        backend_for(gpu, "auto", 2)
+
+
+def test_rank_device(monkeypatch):
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert rank_device("cpu", 2) == torch.device("cpu")
+    assert rank_device("cuda:0", 2) == torch.device("cuda", 0)  # typed: kept (the GPU shared)
+    if torch.cuda.device_count() >= 2:
+        assert rank_device("cuda", 2) == torch.device("cuda", 1)
+    else:
+        with pytest.raises(ConfigError, match="local rank 1 needs cuda:1, but this machine has"):
+            rank_device("cuda", 2)
+
+
+@CUDA
+def test_nccl_group_of_one_learns_what_one_process_learns(tmp_path):
+    """The NCCL path on the one GPU a lent machine has: a group of one process (every collective
+    of the update, the gathers and the checkpoint on CUDA tensors) against one process without a
+    group. Two NCCL ranks need two GPUs."""
+    overrides = {"num_envs": 64, "num_steps": 64, "max_epochs": 4, "baseline": "mean", "device": "cuda"}
+    done = _launch(str(WORKER), str(tmp_path), json.dumps({**overrides, "group_of_one": True}), processes=1)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rank = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    assert (rank["backend"], rank["device"], rank["path"]) == ("nccl", "cuda:0", "generic")
+    one, trainer = _one_process(overrides)
+    with trainer:
+        _assert_metrics_match(one, rank["metrics"])
+        for name, p in rank["params"].items():
+            torch.testing.assert_close(p, trainer.policy.state_dict()[name], rtol=RTOL, atol=ATOL)
+        assert torch.equal(rank["generator"], trainer.generator.get_state())
+        assert torch.equal(rank["env_generator"], trainer.env.generator.get_state())
+
+
+@CUDA
+@pytest.mark.parametrize(
+    "device, said",
+    [
+        ("cuda:0", "--device: 'cuda:0' for all 2 processes of this machine: NCCL needs one GPU per process"),
+        ("cuda", "--device: 'cuda' with 2 processes: local rank 1 needs cuda:1"),
+    ],
+)
+def test_nccl_on_too_few_gpus_is_refused_in_one_line(device, said):
+    if device == "cuda" and torch.cuda.device_count() >= 2:
+        pytest.skip("this machine has a GPU per process")
+    done = _launch("-m", "fastpg", "train", "--device", device, "--max-epochs", "1", timeout=60)
+    assert done.returncode != 0
+    errors = [line for line in done.stderr.splitlines() if line.startswith("fastpg: error")]
+    assert len(errors) == 1 and errors[0].startswith(f"fastpg: error: {said}"), done.stderr[-3000:]
