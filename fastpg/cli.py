@@ -17,6 +17,7 @@ import io
 import json
 import os
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -172,12 +173,18 @@ def _bench(argv: Sequence[str]) -> int:
 _COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {"train": _train, "eval": _eval, "plot": _plot, "bench": _bench}
 
 
+_RANK_ZERO_GRACE_S = 10.0  # torchrun ends this process sooner, once rank 0 has said the error and exited
+
+
 def _error(message: str, code: int = 2) -> int:
     """Print ``message`` on stderr and return ``code``. In a multi-process launch a usage or
     config error (code 2) is the same in every process: rank 0 alone says it; any other error
     is said by the rank it happened in, named."""
     rank = os.environ.get("RANK", "0")
     if rank != "0" and code == 2:
+        # Said by rank 0. Wait for it before exiting: torchrun stops every process at the first
+        # one's exit, and a rank that left at once could stop rank 0 before it said anything.
+        time.sleep(_RANK_ZERO_GRACE_S)
         return code
     where = f" (rank {rank})" if rank != "0" else ""
     print(f"fastpg: error{where}: {message}", file=sys.stderr, flush=True)

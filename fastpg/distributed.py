@@ -270,21 +270,21 @@ def _local_world_size(world_size: int) -> int:
 
 def rank_device(device: str | torch.device, world_size: int) -> torch.device:
     """This process's training device in a ``world_size``-process launch: ``auto`` as one process
-    resolves it; ``cuda`` without an index -> ``cuda:LOCAL_RANK`` (``ConfigError`` when this
-    machine has no such GPU); an explicit ``cuda:I`` is kept (every local process on GPU I)."""
+    resolves it; ``cuda`` without an index -> ``cuda:LOCAL_RANK``, after checking that this machine
+    has a GPU for each of its processes (the same check, and the same ``ConfigError``, on every
+    rank); an explicit ``cuda:I`` is kept (every local process on GPU I)."""
     dev = torch.device(device if device != "auto" else "cuda" if torch.cuda.is_available() else "cpu")
     if dev.type != "cuda" or dev.index is not None:
         return dev
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    count = torch.cuda.device_count()
-    if local_rank >= count:
+    local, count = _local_world_size(world_size), torch.cuda.device_count()
+    if local > count:
         raise ConfigError(
             "device",
-            f"{device!r} with {world_size} processes: local rank {local_rank} needs cuda:{local_rank}, but this "
-            f"machine has {count} GPU(s); start at most {count} process(es) per machine (torchrun "
-            f"--nproc-per-node {count}), share one GPU with --device cuda:0 --dist-backend gloo, or use --device cpu",
+            f"{str(device)!r} with {local} processes on this machine needs {local} GPUs (process i trains on cuda:i), "
+            f"but it has {count}; start at most {count} per machine (torchrun --nproc-per-node {count}), share one "
+            "GPU with --device cuda:0 --dist-backend gloo, or use --device cpu",
         )
-    return torch.device("cuda", local_rank)
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
 
 
 def backend_for(device: torch.device, backend: str, local_processes: int) -> str:

@@ -342,12 +342,13 @@ def test_backend_choice():
 
 def test_rank_device(monkeypatch):
     monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
     assert rank_device("cpu", 2) == torch.device("cpu")
     assert rank_device("cuda:0", 2) == torch.device("cuda", 0)  # typed: kept (the GPU shared)
     if torch.cuda.device_count() >= 2:
         assert rank_device("cuda", 2) == torch.device("cuda", 1)
-    else:
-        with pytest.raises(ConfigError, match="local rank 1 needs cuda:1, but this machine has"):
+    else:  # every rank, rank 0 too, finds too few GPUs: the same error everywhere, said once
+        with pytest.raises(ConfigError, match=r"'cuda' with 2 processes on this machine needs 2 GPUs .* but it has"):
             rank_device("cuda", 2)
 
 
@@ -375,7 +376,7 @@ def test_nccl_group_of_one_learns_what_one_process_learns(tmp_path):
     "device, said",
     [
         ("cuda:0", "--device: 'cuda:0' for all 2 processes of this machine: NCCL needs one GPU per process"),
-        ("cuda", "--device: 'cuda' with 2 processes: local rank 1 needs cuda:1"),
+        ("cuda", "--device: 'cuda' with 2 processes on this machine needs 2 GPUs (process i trains on cuda:i), but"),
     ],
 )
 def test_nccl_on_too_few_gpus_is_refused_in_one_line(device, said):

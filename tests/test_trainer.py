@@ -271,7 +271,7 @@ def test_target_needs_a_confirming_evaluation(monkeypatch):
 def test_a_trainer_given_its_env_evaluates_on_that_task_only():
     """MountainCar copies handed in while cfg.env is CartPole: evaluations run on MountainCar
     (random play never reaches the flag: -200 per episode), never on CartPole."""
-    cfg = Config(num_envs=4, num_steps=16, eval_episodes=5, quiet=True)
+    cfg = Config(num_envs=4, num_steps=16, eval_episodes=5, quiet=True, device="cpu")  # the envs handed in are
     with pytest.raises(ConfigError, match=r"^eval_env: the trainer was given its own env \(TorchMountainCar\)"):
         Trainer(cfg, env=make_env("MountainCar-v0", 4))
     with Trainer(cfg, env=make_env("MountainCar-v0", 4), eval_env=lambda n: make_env("MountainCar-v0", n)) as tr:

@@ -1,34 +1,61 @@
-"""Probe which collectives work on CUDA tensors (run under torchrun; backend from argv[1])."""
-import os, sys, datetime
+"""Which collectives work on CUDA tensors, under torchrun, for a backend (benchmarks/cuda).
+
+    torchrun --standalone --nproc-per-node 2 benchmarks/cuda/dist_probe.py gloo   # 2 ranks share GPU 0
+    torchrun --standalone --nproc-per-node 1 benchmarks/cuda/dist_probe.py nccl   # a group of one
+
+Seen on one H100 (torch 2.11, NCCL 2.28.9): gloo carries every collective fastpg uses on CUDA
+tensors with two ranks on one GPU; NCCL refuses two ranks on one GPU ("invalid usage") and runs
+all of them in a group of one.
+"""
+
+import datetime
+import os
+import sys
+
 import torch
 import torch.distributed as dist
 
-backend = sys.argv[1]
-rank = int(os.environ["RANK"]); world = int(os.environ["WORLD_SIZE"])
-torch.cuda.set_device(0)
-dev = torch.device("cuda", 0)
-try:
-    dist.init_process_group(backend, timeout=datetime.timedelta(seconds=20), device_id=dev if backend == "nccl" else None)
-except Exception as e:
-    print(f"[{backend} r{rank}/{world}] init failed: {type(e).__name__}: {str(e)[:300]}", flush=True); sys.exit(0)
-def t(name, fn):
+BACKEND = sys.argv[1]
+RANK, WORLD = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+DEV = torch.device("cuda", 0)
+
+
+def say(text: str) -> None:
+    print(f"[{BACKEND} r{RANK}/{WORLD}] {text}", flush=True)
+
+
+def probe(name, fn) -> None:
     try:
-        out = fn(); torch.cuda.synchronize(); print(f"[{backend} r{rank}/{world}] {name}: ok {out}", flush=True)
+        out = fn()
+        torch.cuda.synchronize()
+        say(f"{name}: ok {out}")
     except Exception as e:
-        print(f"[{backend} r{rank}/{world}] {name}: FAILED {type(e).__name__}: {str(e)[:200]}", flush=True)
-x = torch.full((3,), float(rank + 1), device=dev, dtype=torch.float64)
-t("all_reduce f64", lambda: (dist.all_reduce(x), x.tolist())[1])
-y = torch.arange(4, device=dev, dtype=torch.int64) + 10 * rank
-outs = [torch.empty_like(y) for _ in range(world)]
-t("all_gather i64", lambda: (dist.all_gather(outs, y), [o.tolist() for o in outs])[1])
-big = torch.empty(world * 4, device=dev, dtype=torch.int64)
-t("all_gather_into_tensor", lambda: (dist.all_gather_into_tensor(big, y), big.tolist())[1])
-b = torch.full((2,), float(rank), device=dev)
-t("broadcast", lambda: (dist.broadcast(b, 0), b.tolist())[1])
-objs = [None] * world
-t("all_gather_object", lambda: (dist.all_gather_object(objs, {"r": rank}), objs)[1])
-ol = [rank * 7]
-t("broadcast_object_list", lambda: (dist.broadcast_object_list(ol, 0), ol)[1])
-u = torch.tensor([rank], device=dev, dtype=torch.uint8)
-t("all_reduce u8 max", lambda: (dist.all_reduce(u, op=dist.ReduceOp.MAX), u.tolist())[1])
-dist.destroy_process_group()
+        say(f"{name}: FAILED {type(e).__name__}: {str(e)[:200]}")
+
+
+def main() -> None:
+    torch.cuda.set_device(DEV)
+    try:
+        timeout = datetime.timedelta(seconds=20)
+        dist.init_process_group(BACKEND, timeout=timeout, device_id=DEV if BACKEND == "nccl" else None)
+    except Exception as e:
+        say(f"init failed: {type(e).__name__}: {str(e)[:300]}")
+        return
+    x = torch.full((3,), float(RANK + 1), device=DEV, dtype=torch.float64)
+    probe("all_reduce f64", lambda: (dist.all_reduce(x), x.tolist())[1])
+    y = torch.arange(4, device=DEV) + 10 * RANK
+    outs = [torch.empty_like(y) for _ in range(WORLD)]
+    probe("all_gather i64", lambda: (dist.all_gather(outs, y), [o.tolist() for o in outs])[1])
+    b = torch.full((2,), float(RANK), device=DEV)
+    probe("broadcast", lambda: (dist.broadcast(b, 0), b.tolist())[1])
+    objs = [None] * WORLD
+    probe("all_gather_object", lambda: (dist.all_gather_object(objs, {"r": RANK}), objs)[1])
+    box = [RANK * 7]
+    probe("broadcast_object_list", lambda: (dist.broadcast_object_list(box, 0), box)[1])
+    flag = torch.tensor([float(RANK)], device=DEV)
+    probe("all_reduce max", lambda: (dist.all_reduce(flag, op=dist.ReduceOp.MAX), flag.tolist())[1])
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

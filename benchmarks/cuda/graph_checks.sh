@@ -15,4 +15,4 @@ timeout ${TEST_S:-240} python3 -m pytest -q -p no:cacheprovider -rs ${PYTEST_ARG
   timeout ${BENCH_S:-150} python3 -m fastpg.cli bench --phases train --backends torch --num-steps 128 --hidden-sizes 32 --activation tanh \
     --num-envs 1024 4096 16384 65536 262144 1048576 4194304 --repeats 3 --device cuda --fused $f --json $OUT/graph_bench_$f.json 2>&1 | tail -4
 done
-[ "${SOLVE:-1}" = 1 ] && timeout ${SOLVE_S:-100} python3 benchmarks/solve_gpu.py | tee $OUT/solve_gpu.txt
+[ "${SOLVE:-1}" = 1 ] && timeout ${SOLVE_S:-240} python3 benchmarks/solve_gpu.py --json $OUT/solve_gpu.json | tee $OUT/solve_gpu.txt
