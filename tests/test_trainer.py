@@ -271,7 +271,7 @@ def test_target_needs_a_confirming_evaluation(monkeypatch):
 def test_a_trainer_given_its_env_evaluates_on_that_task_only():
     """MountainCar copies handed in while cfg.env is CartPole: evaluations run on MountainCar
     (random play never reaches the flag: -200 per episode), never on CartPole."""
-    cfg = Config(num_envs=4, num_steps=16, eval_episodes=5, quiet=True, device="cpu")  # the envs handed in are
+    cfg = Config(num_envs=4, num_steps=16, eval_episodes=5, quiet=True, device="cpu")  # where the envs given live
     with pytest.raises(ConfigError, match=r"^eval_env: the trainer was given its own env \(TorchMountainCar\)"):
         Trainer(cfg, env=make_env("MountainCar-v0", 4))
     with Trainer(cfg, env=make_env("MountainCar-v0", 4), eval_env=lambda n: make_env("MountainCar-v0", n)) as tr:
@@ -283,9 +283,7 @@ def test_a_trainer_given_its_env_evaluates_on_that_task_only():
     with Trainer(cfg, env=make_env("MountainCar-v0", 4), eval_env=fixed) as tr:
         assert tr.evaluate(100)["eval_episodes"] == 3  # an env is used as it is
     fixed.reset(seed=0)  # and left open for its owner
-    with Trainer(
-        Config(num_envs=4, num_steps=16, eval_episodes=0, quiet=True), env=make_env("MountainCar-v0", 4)
-    ) as tr:
+    with Trainer(cfg.replace(eval_episodes=0), env=make_env("MountainCar-v0", 4)) as tr:
         assert tr.eval_env is None  # never evaluates: nothing to give
         with pytest.raises(ConfigError, match="^eval_env: this trainer was given its own env"):
             tr.evaluate(5)  # and asked to, it says what is missing instead of playing CartPole
