@@ -27,6 +27,11 @@ same N and seed (``--fused off``, the generic path every rank runs), split:
   metrics, progress, checkpoints and the summary; a checkpoint holds the gathered global state,
   the same format as a one-process run's (either can resume the other with any K dividing N).
 
+Devices: on CPU the ranks talk over gloo; on CUDA each process trains on the GPU of its local rank
+(``rank_device``) and the collectives run over NCCL on device tensors (``backend_for``;
+``Config.dist_backend`` can ask for gloo, which lets processes share a GPU). The CUDA-graph epoch is
+a one-process path: on CUDA every rank runs the generic path.
+
 Collectives wait at most ``Config.dist_timeout_s``; a rank that dies or hangs ends the job with a
 ``DistributedError`` on the others (``torchrun`` then stops every worker).
 """

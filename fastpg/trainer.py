@@ -95,8 +95,9 @@ class Trainer:
             another task.
         group: a data-parallel group (``fastpg.distributed.process_group``, under torchrun): this
             trainer is one rank of the job, stepping its ``Shard`` of ``cfg.num_envs`` (the global
-            count). Every rank must then make the same calls in the same order (``run``,
-            ``epoch``, ``evaluate``, ``state_dict`` and ``load_state_dict`` are collectives).
+            count) on the group's device (``group.device``: on CUDA, the GPU of its local rank).
+            Every rank must then make the same calls in the same order (``run``, ``epoch``,
+            ``evaluate``, ``state_dict`` and ``load_state_dict`` are collectives).
 
     Where a fast path applies (``cfg.fused``: the fused C++ epoch of ``fastpg.fused`` on CPU, the
     CUDA-graph epoch of ``fastpg.graph`` on a GPU), ``collect`` and ``update`` run it
