@@ -167,7 +167,7 @@ class Config:
     the others before the job ends with an error naming it: bounds the time a hung rank holds the
     rest. It must exceed the longest pause of rank 0 between epochs (evaluation, checkpoint)."""
     dist_backend: DistBackend = "auto"
-    """Data-parallel runs (torchrun): the ``torch.distributed`` backend; auto = nccl on CUDA (one GPU
+    """Data-parallel runs (torchrun): the torch.distributed backend; auto = nccl on CUDA (one GPU
     per process), gloo on CPU. gloo also carries CUDA tensors, so several processes can share one
     GPU (--device cuda:0 --dist-backend gloo), slower than NCCL."""
 
