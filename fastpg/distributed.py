@@ -53,6 +53,7 @@ from tensordict import TensorDict
 from torch import Tensor, nn
 
 from fastpg.errors import ConfigError, DistributedError
+from fastpg.preflight import resolve_device
 
 __all__ = ["Shard", "Group", "launched_world_size", "process_group", "join_process_group", "rank_device", "backend_for"]
 
@@ -254,7 +255,7 @@ def join_process_group(device: str | torch.device, timeout_s: float, backend: st
     process too: a group of one checks the collectives on one GPU), and return it as a ``Group``
     on this rank's device. The caller destroys it (``dist.destroy_process_group``)."""
     here = rank_device(device, world_size)
-    pinned = device != "auto" and torch.device(device).index is not None  # cuda:I typed: shared by all
+    pinned = str(device) != "auto" and torch.device(device).index is not None  # cuda:I typed: shared by all
     name = backend_for(here, backend, _local_world_size(world_size) if pinned else 1)
     if here.type == "cuda":
         torch.cuda.set_device(here)  # NCCL's object collectives run on the current device
@@ -278,7 +279,7 @@ def rank_device(device: str | torch.device, world_size: int) -> torch.device:
     resolves it; ``cuda`` without an index -> ``cuda:LOCAL_RANK``, after checking that this machine
     has a GPU for each of its processes (the same check, and the same ``ConfigError``, on every
     rank); an explicit ``cuda:I`` is kept (every local process on GPU I)."""
-    dev = torch.device(device if device != "auto" else "cuda" if torch.cuda.is_available() else "cpu")
+    dev = resolve_device(str(device))
     if dev.type != "cuda" or dev.index is not None:
         return dev
     local, count = _local_world_size(world_size), torch.cuda.device_count()
