@@ -31,6 +31,10 @@ from fastpg.errors import KernelBuildError
 __all__ = ["kernels", "KernelBuildError", "SOURCE_DIR"]
 
 SOURCE_DIR = Path(__file__).parent / "csrc"
+# -fopenmp: at::parallel_for is an inline template that runs serially unless the extension itself
+# is compiled with OpenMP; the runtime is then torch's own libgomp (already loaded by torch, same soname).
+_CFLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-fno-fast-math", "-Wno-psabi", "-fopenmp"]
+_LDFLAGS = ["-fopenmp"]
 _lock = threading.Lock()
 _module: ModuleType | None = None
 _failure: KernelBuildError | None = None
@@ -54,13 +58,13 @@ def kernels() -> ModuleType:
 
 
 def _digest() -> str:
-    """Of this CPU's flags and the sources: a new name (and build directory) for each."""
+    """Of this CPU's flags, the compiler flags and the sources: a new name (and build directory) for each."""
     try:
         with open("/proc/cpuinfo") as f:
             flags = next((line for line in f if line.startswith("flags")), "")
     except OSError:
         flags = ""
-    h = hashlib.sha1((platform.machine() + flags).encode())
+    h = hashlib.sha1((platform.machine() + flags + " ".join(_CFLAGS + _LDFLAGS)).encode())
     for path in sorted(SOURCE_DIR.iterdir()):
         h.update(path.read_bytes())
     return h.hexdigest()[:12]
@@ -82,7 +86,8 @@ def _build() -> ModuleType:
             name=name,
             sources=[str(SOURCE_DIR / "kernels.cpp")],
             extra_include_paths=[str(SOURCE_DIR)],
-            extra_cflags=["-O3", "-march=native", "-ffp-contract=off", "-fno-fast-math", "-Wno-psabi"],
+            extra_cflags=_CFLAGS,
+            extra_ldflags=_LDFLAGS,
             verbose=False,
         )
     except Exception as e:  # compiler, ninja or headers missing: say what to do

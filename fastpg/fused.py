@@ -23,6 +23,8 @@ the autograd one on the same batch.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import torch
 from tensordict import TensorDict
@@ -38,10 +40,18 @@ from fastpg.rollout import Carry
 from fastpg.storage import allocate_storage
 from fastpg.update import UpdateSettings
 
-__all__ = ["FusedEpoch", "fused_problem", "FUSED_ACTIVATIONS"]
+__all__ = ["FusedEpoch", "KernelCall", "fused_problem", "FUSED_ACTIVATIONS"]
 
 FUSED_ACTIVATIONS = {"relu": 0, "tanh": 1}  # codes of fastpg/csrc/kernels.cpp
 _FUSED_ENVS = {TorchCartPole: "cartpole", TorchAcrobot: "acrobot"}  # native envs with compiled dynamics
+
+
+class KernelCall(NamedTuple):
+    """One call of a compiled kernel: its arguments, and ``finish()``, to run once it has run (it
+    hands the results back: the carry, the env's state, an evaluation's summary)."""
+
+    args: tuple
+    finish: Callable[[], Any]
 
 
 def fused_problem(cfg: Config, env: BatchedEnv, policy: nn.Module, device: torch.device) -> str | None:
@@ -94,6 +104,15 @@ class FusedEpoch:
     def collect(self, buf: TensorDict, carry: Carry, generator: torch.Generator, env: NativeEnv | None = None) -> Carry:
         """Fill ``buf`` with T steps (as ``fastpg.rollout.collect``) of the trainer's env, or of
         ``env`` (a native env of the same kind); returns the carry."""
+        call = self.collect_call(buf, carry, generator, env)
+        self.kernels.collect(*call.args)
+        return call.finish()
+
+    def collect_call(
+        self, buf: TensorDict, carry: Carry, generator: torch.Generator, env: NativeEnv | None = None
+    ) -> KernelCall:
+        """``collect`` as a kernel call: its arguments, and what to do once it has run (a batched
+        call runs many, ``collect_many``)."""
         env = self.env if env is None else env
         state = env.kernel_state()
         final = torch.empty_like(state)
@@ -102,37 +121,52 @@ class FusedEpoch:
             if carry.obs.dtype == torch.float32 and carry.obs.is_contiguous()
             else carry.obs.float().contiguous()
         )
-        self.kernels.collect(
+        args = (
             self.env_name,
             self.weights, self.biases, self.act, generator, state, final, env.elapsed, env.generator,
             env.max_episode_steps, env.selects_resets, buf["obs"], buf["action"], buf["reward"], buf["done"],
             buf["terminated"], buf["valid"], buf["episode_return"], buf["episode_length"], obs,
             carry.episode_return, carry.episode_length, env.shard_lo, env.total_envs, env.counts_before,
         )  # fmt: skip
-        if obs is not carry.obs:
-            carry.obs.copy_(obs)
-        env.install_kernel_state(state, final)
-        return carry
+
+        def finish() -> Carry:
+            if obs is not carry.obs:
+                carry.obs.copy_(obs)
+            env.install_kernel_state(state, final)
+            return carry
+
+        return KernelCall(args, finish)
 
     def evaluate(self, env: NativeEnv, seed: int, generator: torch.Generator) -> dict[str, float]:
         """One episode in each copy of ``env`` (a native env of the trainer's kind), actions sampled
         from the policy with ``generator``: what ``fastpg.evaluate`` reports, from one fused
         collect of ``max_episode_steps`` steps (every copy ends its first episode within them)."""
+        call = self.evaluation_call(env, seed, generator)
+        self.kernels.collect(*call.args)
+        return call.finish()
+
+    def evaluation_call(self, env: NativeEnv, seed: int, generator: torch.Generator) -> KernelCall:
+        """``evaluate`` as a kernel call (see ``collect_call``); ``finish()`` returns its result."""
         T, N = env.max_episode_steps, env.num_envs
         buf = allocate_storage(env.info, T, N, "cpu")
         first = env.reset(seed=seed)
         carry = Carry(first.clone(), torch.zeros(N), torch.zeros(N, dtype=torch.int64))
-        self.collect(buf, carry, generator, env)
-        end = buf["done"].to(torch.uint8).argmax(0, keepdim=True)  # [1, N]: each copy's first done
-        ret = buf["episode_return"].gather(0, end).squeeze(0)
-        length = buf["episode_length"].gather(0, end).squeeze(0)
-        return {
-            "eval_return_mean": ret.mean().item(),
-            "eval_return_std": ret.std(unbiased=False).item(),
-            "eval_length_mean": length.float().mean().item(),
-            "eval_episodes": N,
-            "unfinished": 0,
-        }
+        collected = self.collect_call(buf, carry, generator, env)
+
+        def finish() -> dict[str, float]:
+            collected.finish()
+            end = buf["done"].to(torch.uint8).argmax(0, keepdim=True)  # [1, N]: each copy's first done
+            ret = buf["episode_return"].gather(0, end).squeeze(0)
+            length = buf["episode_length"].gather(0, end).squeeze(0)
+            return {
+                "eval_return_mean": ret.mean().item(),
+                "eval_return_std": ret.std(unbiased=False).item(),
+                "eval_length_mean": length.float().mean().item(),
+                "eval_episodes": N,
+                "unfinished": 0,
+            }
+
+        return KernelCall(collected.args, finish)
 
     def update(
         self,
@@ -145,11 +179,23 @@ class FusedEpoch:
     ) -> tuple[dict[str, Tensor], str | None]:
         """One update from the epoch in ``buf`` (as ``fastpg.update.reinforce_update``, with its
         ``sum_across`` for a batch split over processes)."""
-        raw = self.kernels.update_grads(
+        raw = self.kernels.update_grads(*self.update_args(buf, s, sum_across))
+        return self.finish_update(raw, optimizer, apply=apply)
+
+    def update_args(self, buf: TensorDict, s: UpdateSettings, sum_across: SumAcross | None = None) -> tuple:
+        """The arguments of the kernel's ``update_grads`` for the epoch in ``buf`` (a batched call
+        runs many, ``update_grads_many``); hand its result to ``finish_update``."""
+        return (
             self.weights, self.biases, self.act, buf["obs"], buf["action"], buf["reward"], buf["done"],
             buf["valid"], buf["ret"], s.gamma, s.normalize, s.baseline == "mean", s.entropy_coef,
             s.max_grad_norm, self.grads, None if sum_across is None else lambda t: sum_across([t]),
         )  # fmt: skip
+
+    def finish_update(
+        self, raw: Tensor, optimizer: torch.optim.Optimizer, *, apply: bool = True
+    ) -> tuple[dict[str, Tensor], str | None]:
+        """The gradients the kernel wrote, the non-finite guard and the optimizer's step, from the
+        kernel's statistics ``raw``; returns (stats, the non-finite quantity or None)."""
         loss, policy_loss, entropy, mask_frac, grad_norm, nonfinite, which, _ = raw.tolist()
         bad = self._nonfinite_name(int(nonfinite), int(which))
         for p, g in zip(self.params, self.grads):

@@ -25,7 +25,7 @@ import math
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -52,7 +52,19 @@ from fastpg.rollout import Carry, collect, finished_episodes, init_carry, nonfin
 from fastpg.storage import allocate_storage
 from fastpg.update import UpdateSettings, reinforce_update
 
-__all__ = ["Trainer", "Counters"]
+__all__ = ["Trainer", "Counters", "EpochData"]
+
+
+class EpochData(NamedTuple):
+    """What one epoch's collect says, before the update: the episodes that ended (their returns and
+    lengths, in the order they ended), the valid steps, the env copies with a non-finite reward or
+    observation, and (if any) the skipped update's reason."""
+
+    returns: list[float]
+    lengths: list[int]
+    valid_steps: Tensor | int
+    nonfinite_envs: int
+    bad_data: str | None
 
 
 @dataclass
@@ -98,6 +110,8 @@ class Trainer:
             count) on the group's device (``group.device``: on CUDA, the GPU of its local rank).
             Every rank must then make the same calls in the same order (``run``, ``epoch``,
             ``evaluate``, ``state_dict`` and ``load_state_dict`` are collectives).
+        fast_epoch: False never builds a fast epoch (the generic path runs; a population that
+            batches its members' epochs itself asks for this).
 
     Where a fast path applies (``cfg.fused``: the fused C++ epoch of ``fastpg.fused`` on CPU, the
     CUDA-graph epoch of ``fastpg.graph`` on a GPU), ``collect`` and ``update`` run it
@@ -117,6 +131,7 @@ class Trainer:
         policy: nn.Module | None = None,
         eval_env: BatchedEnv | Callable[[int], BatchedEnv] | None = None,
         group: Group | None = None,
+        fast_epoch: bool = True,
     ):
         check_config(cfg)
         self.cfg = cfg
@@ -144,8 +159,10 @@ class Trainer:
                 check_policy(self.policy, info, self.carry.obs)
             # The fast path where one applies (None: the generic path): compiled C++ on CPU, a
             # captured CUDA graph on a GPU (one process only).
-            self.fused: FusedEpoch | GraphedEpoch | None = FusedEpoch.create(cfg, self.env, self.policy, self.device)
-            if self.fused is None and group is None:
+            self.fused: FusedEpoch | GraphedEpoch | None = None
+            if fast_epoch:
+                self.fused = FusedEpoch.create(cfg, self.env, self.policy, self.device)
+            if fast_epoch and self.fused is None and group is None:
                 self.fused = GraphedEpoch.create(cfg, self, self.device)
         except BaseException:
             self.env.close()
@@ -193,6 +210,14 @@ class Trainer:
             stats, bad = reinforce_update(
                 self.policy, self.optimizer, self.buf, self.carry.obs, self.settings, apply=apply, **across
             )
+        return self.record_update(stats, bad, bad_data)
+
+    def record_update(
+        self, stats: dict[str, Tensor], bad: str | None, bad_data: str | None = None
+    ) -> dict[str, Tensor]:
+        """Count an update computed for this run (by ``update``, or for many runs at once by a
+        population): a skipped one (``bad``, the non-finite quantity, or ``bad_data``) adds to the
+        skipped updates, and ``max_bad_updates`` of them in a row raise ``NonFiniteError``."""
         if bad_data is not None:
             bad = bad_data
             stats["skipped"] = torch.ones_like(stats["skipped"])
@@ -222,15 +247,21 @@ class Trainer:
         # ENV -> STORAGE
         with timer("collect"):
             self.collect()
-            returns, lengths, valid_steps, bad_envs = self._epoch_data()  # one host sync
-            self.window.extend(returns, lengths)
-            self._warn_nonfinite_envs(bad_envs)
+            data = self.collected()  # one host sync
         confirmed = self.target(self.window, self._evaluate_for_target)
         # STORAGE -> RETURNS -> LOSS -> OPTIMIZER
-        bad_data = f"reward or observation (env {_listed(bad_envs)})" if bad_envs else None
         with timer("update"):
-            stats = self.update(apply=not confirmed, bad_data=bad_data)
-        return self._end_epoch(stats, (returns, lengths), len(bad_envs), valid_steps)
+            stats = self.update(apply=not confirmed, bad_data=data.bad_data)
+        return self.end_epoch(stats, data)
+
+    def collected(self) -> EpochData:
+        """What the epoch just collected says (the episodes that ended, the valid steps, the env
+        copies with non-finite data); the finished episodes enter the window."""
+        returns, lengths, valid_steps, bad_envs = self._epoch_data()
+        self.window.extend(returns, lengths)
+        self._warn_nonfinite_envs(bad_envs)
+        bad_data = f"reward or observation (env {_listed(bad_envs)})" if bad_envs else None
+        return EpochData(returns, lengths, valid_steps, len(bad_envs), bad_data)
 
     def _epoch_data(self) -> tuple[list[float], list[int], Tensor | int, list[int]]:
         """Return and length of the episodes that ended this epoch, the valid steps, and the env
@@ -255,23 +286,22 @@ class Trainer:
                 stacklevel=3,
             )
 
-    def _end_epoch(
-        self,
-        stats: dict[str, torch.Tensor],
-        finished: tuple[list[float], list[int]],
-        nonfinite: int,
-        valid_steps: Tensor | int,
+    def end_epoch(
+        self, stats: dict[str, torch.Tensor], data: EpochData, seconds: dict[str, float] | None = None
     ) -> dict[str, Any]:
-        """Advance the counters and return the epoch's metrics (one host sync for all the scalars)."""
+        """Advance the counters and return the epoch's metrics (one host sync for all the scalars).
+        ``seconds``: the epoch's ``collect`` and ``update`` time (default: this trainer's timer; a
+        population passes the time of its batched epoch)."""
         names = list(stats)
-        valid = torch.as_tensor(valid_steps, device=self.device).double()
+        valid = torch.as_tensor(data.valid_steps, device=self.device).double()
         # float64: counts stay exact far beyond 2**24 steps per epoch.
         values = torch.stack([stats[k].double() for k in names] + [valid]).tolist()
         s = dict(zip(names, values[:-1]))
         epoch_steps = int(values[-1])
-        c, (ret, length), n = self.counters, finished, len(finished[0])
-        seconds = self.timer.seconds
-        elapsed = self.timer.total_s
+        c, ret, length, n = self.counters, data.returns, data.lengths, len(data.returns)
+        seconds = dict(self.timer.seconds) if seconds is None else seconds
+        elapsed = seconds.get("collect", 0.0) + seconds.get("update", 0.0)
+        nonfinite = data.nonfinite_envs
         c.epoch += 1
         c.env_steps += epoch_steps
         c.total_steps += self.cfg.batch_size
@@ -292,8 +322,8 @@ class Trainer:
             "nonfinite_envs": nonfinite,
             "target_checks": self.target.checks,
             "mask_frac": s["mask_frac"],
-            "collect_s": seconds["collect"],
-            "update_s": seconds["update"],
+            "collect_s": seconds.get("collect", 0.0),
+            "update_s": seconds.get("update", 0.0),
             # data-parallel runs: seconds of the epoch spent in collectives (waiting included)
             **({"comm_s": self.group.take_seconds()} if self.group is not None else {}),
         }

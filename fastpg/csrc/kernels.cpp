@@ -5,6 +5,8 @@
 //   collect         the fused collect: T steps of env + MLP policy + sampling + storage writes
 //   update_grads    the fused update's math: returns, entries in the loss, advantage, the MLP's
 //                   forward and backward, gradient norm and clipping, the non-finite check
+//   collect_many, update_grads_many
+//                   the same for many independent jobs (population members), spread over threads
 //
 // Random numbers are drawn by torch's own uniform_ from the env's and the trainer's generators, as
 // many and in the same order as the torch-op path draws them: the same reset states, the same
@@ -17,10 +19,12 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cfloat>
 #include <cmath>
 #include <cstring>
 #include <functional>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -345,7 +349,7 @@ template <template <typename> class Env, typename T>
 static void collect_impl(const Mlp& mlp, at::Generator& policy_gen, T* state, T* final_state, int64_t* elapsed,
                          at::Generator& env_gen, ResetFn resets, int64_t max_steps, bool select, const Storage& st,
                          int64_t T_, int64_t N, float* carry_obs, float* carry_ret, int64_t* carry_len,
-                         const Shard& shard) {
+                         const Shard& shard, bool main_thread) {
   constexpr int D = Env<T>::kStateDim, O = Env<T>::kObsDim;
   const c10::ScalarType dtype = c10::CppTypeToScalarType<T>::value;
   const int64_t A = mlp.num_actions(), per = draws_per_action(A);
@@ -362,17 +366,18 @@ static void collect_impl(const Mlp& mlp, at::Generator& policy_gen, T* state, T*
   const int64_t blocks = (N + kLanes - 1) / kLanes;
   const int64_t grain = std::max<int64_t>(4, 1024 / std::max<int64_t>(mlp.widest, 1));
   const int64_t scratch = act_scratch(mlp);
-  std::vector<vec16> buffers(scratch * at::get_num_threads());
   std::memcpy(st.obs, carry_obs, sizeof(float) * N * O);  // obs[0]: the carried observation
   for (int64_t t = 0; t < T_; ++t) {
-    // Python's signal handlers run here (the GIL is held): a KeyboardInterrupt from a second Ctrl-C
-    // (fastpg.interrupts) ends a long epoch at once instead of after it.
-    if (PyErr_CheckSignals() != 0) throw pybind11::error_already_set();
+    // Python's signal handlers run here, in the thread that holds the GIL: a KeyboardInterrupt from
+    // a second Ctrl-C (fastpg.interrupts) ends a long epoch at once instead of after it.
+    if (main_thread && PyErr_CheckSignals() != 0) throw pybind11::error_already_set();
     const float* u = u_all.data_ptr<float>() + (t * NT + lo) * per;
     const T* fresh = select ? fresh_all.data_ptr<T>() + t * D * NT + lo : nullptr;
     const int64_t row = t * N;
     at::parallel_for(0, blocks, grain, [&](int64_t begin, int64_t end) {
-      vec16* lanes = buffers.data() + scratch * at::get_thread_num();
+      // The chunk's own scratch (thread numbers are all 0 when this runs inside a batched call).
+      std::vector<vec16> scratch_lanes(scratch);
+      vec16* lanes = scratch_lanes.data();
       int64_t actions[kLanes];
       for (int64_t blk = begin; blk < end; ++blk) {
         const int64_t n0 = blk * kLanes, count = std::min(kLanes, N - n0);
@@ -428,16 +433,28 @@ static void collect_impl(const Mlp& mlp, at::Generator& policy_gen, T* state, T*
   }
 }
 
-void collect(const std::string& env, std::vector<torch::Tensor> weights, std::vector<torch::Tensor> biases,
-             int64_t act, at::Generator policy_gen, torch::Tensor state, torch::Tensor final_state,
-             torch::Tensor elapsed, at::Generator env_gen, int64_t max_steps, bool select, torch::Tensor obs,
-             torch::Tensor action, torch::Tensor reward, torch::Tensor done, torch::Tensor terminated,
-             torch::Tensor valid, torch::Tensor ep_return, torch::Tensor ep_length, torch::Tensor carry_obs,
-             torch::Tensor carry_return, torch::Tensor carry_length, int64_t shard_lo, int64_t shard_total,
-             pybind11::object counts_before) {
-  c10::InferenceMode guard;
-  const Mlp mlp(weights, biases, act);
-  const int64_t T_ = obs.size(0), N = obs.size(1);
+// One member's collect, its arguments checked (collect and collect_many build them the same way).
+struct CollectJob {
+  Mlp mlp;
+  bool cartpole;
+  at::Generator policy_gen, env_gen;
+  torch::Tensor state, final_state, elapsed, obs, action, reward, done, terminated, valid, ep_return, ep_length,
+      carry_obs, carry_return, carry_length;
+  int64_t max_steps;
+  bool select;
+  Shard shard;
+};
+
+static CollectJob collect_job(const std::string& env, const std::vector<torch::Tensor>& weights,
+                              const std::vector<torch::Tensor>& biases, int64_t act, at::Generator policy_gen,
+                              torch::Tensor state, torch::Tensor final_state, torch::Tensor elapsed,
+                              at::Generator env_gen, int64_t max_steps, bool select, torch::Tensor obs,
+                              torch::Tensor action, torch::Tensor reward, torch::Tensor done, torch::Tensor terminated,
+                              torch::Tensor valid, torch::Tensor ep_return, torch::Tensor ep_length,
+                              torch::Tensor carry_obs, torch::Tensor carry_return, torch::Tensor carry_length,
+                              int64_t shard_lo, int64_t shard_total, const pybind11::object& counts_before) {
+  Mlp mlp(weights, biases, act);
+  const int64_t N = obs.size(1);
   const bool cartpole = env == "cartpole";
   TORCH_CHECK(cartpole || env == "acrobot", "collect: env must be cartpole or acrobot, got ", env);
   const int64_t D = 4, O = cartpole ? 4 : 6, A = cartpole ? 2 : 3;
@@ -454,23 +471,95 @@ void collect(const std::string& env, std::vector<torch::Tensor> weights, std::ve
       const auto r = counts_before(k).cast<std::pair<int64_t, int64_t>>();
       return r;
     };
-  const Storage st{obs.data_ptr<float>(),       action.data_ptr<int64_t>(),  reward.data_ptr<float>(),
-                   done.data_ptr<bool>(),       terminated.data_ptr<bool>(), valid.data_ptr<bool>(),
-                   ep_return.data_ptr<float>(), ep_length.data_ptr<int64_t>()};
-  AT_DISPATCH_FLOATING_TYPES(state.scalar_type(), "collect", [&] {
+  return CollectJob{std::move(mlp), cartpole,   policy_gen, env_gen,   state,       final_state,
+                    elapsed,        obs,        action,     reward,    done,        terminated,
+                    valid,          ep_return,  ep_length,  carry_obs, carry_return, carry_length,
+                    max_steps,      select,     std::move(shard)};
+}
+
+static void run_collect(CollectJob& j, bool main_thread) {
+  const int64_t T_ = j.obs.size(0), N = j.obs.size(1);
+  const Storage st{j.obs.data_ptr<float>(),       j.action.data_ptr<int64_t>(),  j.reward.data_ptr<float>(),
+                   j.done.data_ptr<bool>(),       j.terminated.data_ptr<bool>(), j.valid.data_ptr<bool>(),
+                   j.ep_return.data_ptr<float>(), j.ep_length.data_ptr<int64_t>()};
+  AT_DISPATCH_FLOATING_TYPES(j.state.scalar_type(), "collect", [&] {
     auto run = [&](auto env_tag, ResetFn resets) {
       using Tag = decltype(env_tag);
       collect_impl<Tag::template type, scalar_t>(
-          mlp, policy_gen, state.data_ptr<scalar_t>(), final_state.data_ptr<scalar_t>(), elapsed.data_ptr<int64_t>(),
-          env_gen, resets, max_steps, select, st, T_, N, carry_obs.data_ptr<float>(), carry_return.data_ptr<float>(),
-          carry_length.data_ptr<int64_t>(), shard);
+          j.mlp, j.policy_gen, j.state.data_ptr<scalar_t>(), j.final_state.data_ptr<scalar_t>(),
+          j.elapsed.data_ptr<int64_t>(), j.env_gen, resets, j.max_steps, j.select, st, T_, N,
+          j.carry_obs.data_ptr<float>(), j.carry_return.data_ptr<float>(), j.carry_length.data_ptr<int64_t>(), j.shard,
+          main_thread);
     };
-    if (cartpole) {
+    if (j.cartpole) {
       run(EnvTag<CartPole>{}, cartpole_resets);
     } else {
       run(EnvTag<Acrobot>{}, acrobot_resets);
     }
   });
+}
+
+void collect(const std::string& env, std::vector<torch::Tensor> weights, std::vector<torch::Tensor> biases,
+             int64_t act, at::Generator policy_gen, torch::Tensor state, torch::Tensor final_state,
+             torch::Tensor elapsed, at::Generator env_gen, int64_t max_steps, bool select, torch::Tensor obs,
+             torch::Tensor action, torch::Tensor reward, torch::Tensor done, torch::Tensor terminated,
+             torch::Tensor valid, torch::Tensor ep_return, torch::Tensor ep_length, torch::Tensor carry_obs,
+             torch::Tensor carry_return, torch::Tensor carry_length, int64_t shard_lo, int64_t shard_total,
+             pybind11::object counts_before) {
+  c10::InferenceMode guard;
+  auto job = collect_job(env, weights, biases, act, policy_gen, state, final_state, elapsed, env_gen, max_steps, select,
+                         obs, action, reward, done, terminated, valid, ep_return, ep_length, carry_obs, carry_return,
+                         carry_length, shard_lo, shard_total, counts_before);
+  run_collect(job, true);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Batched calls (populations): many independent jobs in one call.
+//
+// Jobs are spread over torch's intra-op threads, each thread taking the next job not yet taken
+// (members' epochs differ in length). Inside a job everything runs serially (a nested parallel_for
+// runs inline), and a job touches only its own tensors and generators, so every job computes what
+// it computes alone, whatever the thread count and the schedule. The calling thread (which holds
+// the GIL) alone runs Python's signal handlers.
+template <typename F>
+static void run_jobs(int64_t n, const F& job) {
+  const int64_t threads = std::min<int64_t>(at::get_num_threads(), n);
+  if (threads <= 1) {
+    for (int64_t j = 0; j < n; ++j) job(j, true);
+    return;
+  }
+  const auto caller = std::this_thread::get_id();
+  std::atomic<int64_t> next{0};
+  std::atomic<bool> failed{false};
+  at::parallel_for(0, threads, 1, [&](int64_t, int64_t) {
+    c10::InferenceMode guard;
+    const bool main_thread = std::this_thread::get_id() == caller;
+    try {
+      for (int64_t j = next.fetch_add(1); j < n && !failed.load(); j = next.fetch_add(1)) job(j, main_thread);
+    } catch (...) {
+      failed = true;
+      throw;
+    }
+  });
+}
+
+// jobs: one tuple per member, of collect's arguments in collect's order (counts_before None).
+void collect_many(std::vector<pybind11::tuple> jobs) {
+  c10::InferenceMode guard;
+  std::vector<CollectJob> parsed;
+  parsed.reserve(jobs.size());
+  for (const auto& t : jobs) {
+    TORCH_CHECK(t.size() == 25, "collect_many: each job is collect's 25 arguments, got ", t.size());
+    TORCH_CHECK(t[24].is_none(), "collect_many: jobs of a data-parallel shard are not batched");
+    using T = torch::Tensor;
+    parsed.push_back(collect_job(
+        t[0].cast<std::string>(), t[1].cast<std::vector<T>>(), t[2].cast<std::vector<T>>(), t[3].cast<int64_t>(),
+        t[4].cast<at::Generator>(), t[5].cast<T>(), t[6].cast<T>(), t[7].cast<T>(), t[8].cast<at::Generator>(),
+        t[9].cast<int64_t>(), t[10].cast<bool>(), t[11].cast<T>(), t[12].cast<T>(), t[13].cast<T>(), t[14].cast<T>(),
+        t[15].cast<T>(), t[16].cast<T>(), t[17].cast<T>(), t[18].cast<T>(), t[19].cast<T>(), t[20].cast<T>(),
+        t[21].cast<T>(), t[22].cast<int64_t>(), t[23].cast<int64_t>(), pybind11::none()));
+  }
+  run_jobs(static_cast<int64_t>(parsed.size()), [&](int64_t j, bool main_thread) { run_collect(parsed[j], main_thread); });
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -635,12 +724,23 @@ MLP_MATH static void batch_grad(const Mlp& mlp, const float* obs, const int64_t*
 // depends on the thread count only through kChunk, not on scheduling.
 static constexpr int64_t kChunk = 4096;
 
-torch::Tensor update_grads(std::vector<torch::Tensor> weights, std::vector<torch::Tensor> biases, int64_t act,
-                           torch::Tensor obs, torch::Tensor action, torch::Tensor reward, torch::Tensor done,
-                           torch::Tensor valid, torch::Tensor ret, double gamma, bool normalize, bool mean_baseline,
-                           double entropy_coef, double max_grad_norm, std::vector<torch::Tensor> grads_out,
-                           pybind11::object sum_across_py) {
-  c10::InferenceMode guard;
+// One member's update, its arguments checked (update_grads and update_grads_many build them the same way).
+struct UpdateJob {
+  Mlp mlp;
+  std::vector<torch::Tensor> weights, biases;
+  torch::Tensor obs, action, reward, done, valid, ret;
+  double gamma;
+  bool normalize, mean_baseline;
+  double entropy_coef, max_grad_norm;
+  std::vector<torch::Tensor> grads_out;
+  SumAcross sum_across;
+};
+
+static UpdateJob update_job(const std::vector<torch::Tensor>& weights, const std::vector<torch::Tensor>& biases,
+                            int64_t act, torch::Tensor obs, torch::Tensor action, torch::Tensor reward,
+                            torch::Tensor done, torch::Tensor valid, torch::Tensor ret, double gamma, bool normalize,
+                            bool mean_baseline, double entropy_coef, double max_grad_norm,
+                            const std::vector<torch::Tensor>& grads_out, const pybind11::object& sum_across_py) {
   // Data-parallel runs: sum_across_py(t) sums a float64 tensor over the processes, in place.
   SumAcross sum_across;
   if (!sum_across_py.is_none())
@@ -648,11 +748,28 @@ torch::Tensor update_grads(std::vector<torch::Tensor> weights, std::vector<torch
       auto t = torch::from_blob(v.data(), {static_cast<int64_t>(v.size())}, torch::kFloat64);
       sum_across_py(t);
     };
-  const Mlp mlp(weights, biases, act);
-  const int64_t T_ = obs.size(0), N = obs.size(1), D = mlp.obs_dim();
-  TORCH_CHECK(obs.size(2) == D, "update_grads: obs must be [T, N, ", D, "]");
+  Mlp mlp(weights, biases, act);
+  const int64_t D = mlp.obs_dim();
+  TORCH_CHECK(obs.dim() == 3 && obs.size(2) == D, "update_grads: obs must be [T, N, ", D, "]");
   for (const auto& x : {obs, action, reward, done, valid, ret})
     TORCH_CHECK(x.is_cpu() && x.is_contiguous(), "update_grads: tensors must be contiguous CPU tensors");
+  TORCH_CHECK(grads_out.size() == 2 * mlp.layers(), "update_grads: one gradient per weight and bias");
+  return UpdateJob{std::move(mlp), weights,       biases, obs,          action,         reward,
+                   done,           valid,         ret,    gamma,        normalize,      mean_baseline,
+                   entropy_coef,   max_grad_norm, grads_out, std::move(sum_across)};
+}
+
+// The update's statistics (Stat order), the gradients written into grads_out.
+static torch::Tensor run_update(UpdateJob& job) {
+  const Mlp& mlp = job.mlp;
+  const auto& sum_across = job.sum_across;
+  const auto &obs = job.obs, &action = job.action, &reward = job.reward, &done = job.done, &valid = job.valid,
+             &ret = job.ret;
+  const auto &weights = job.weights, &biases = job.biases;
+  auto& grads_out = job.grads_out;
+  const double gamma = job.gamma, entropy_coef = job.entropy_coef, max_grad_norm = job.max_grad_norm;
+  const bool normalize = job.normalize, mean_baseline = job.mean_baseline;
+  const int64_t T_ = obs.size(0), N = obs.size(1);
   const float* x = obs.data_ptr<float>();
   const int64_t* acts = action.data_ptr<int64_t>();
   const auto idx = returns_and_entries(reward.data_ptr<float>(), done.data_ptr<bool>(), valid.data_ptr<bool>(),
@@ -702,7 +819,6 @@ torch::Tensor update_grads(std::vector<torch::Tensor> weights, std::vector<torch
     total.entropy_sum = flat[o++];
   }
   // Gradients out (weights back to [out, in]); global norm; clipping as clip_grad_norm_.
-  TORCH_CHECK(grads_out.size() == 2 * mlp.layers(), "update_grads: one gradient per weight and bias");
   double sq = 0.0;
   for (size_t l = 0; l < mlp.layers(); ++l) {
     float* gw = grads_out[2 * l].data_ptr<float>();
@@ -753,6 +869,38 @@ torch::Tensor update_grads(std::vector<torch::Tensor> weights, std::vector<torch
   return stats;
 }
 
+torch::Tensor update_grads(std::vector<torch::Tensor> weights, std::vector<torch::Tensor> biases, int64_t act,
+                           torch::Tensor obs, torch::Tensor action, torch::Tensor reward, torch::Tensor done,
+                           torch::Tensor valid, torch::Tensor ret, double gamma, bool normalize, bool mean_baseline,
+                           double entropy_coef, double max_grad_norm, std::vector<torch::Tensor> grads_out,
+                           pybind11::object sum_across_py) {
+  c10::InferenceMode guard;
+  auto job = update_job(weights, biases, act, obs, action, reward, done, valid, ret, gamma, normalize, mean_baseline,
+                        entropy_coef, max_grad_norm, grads_out, sum_across_py);
+  return run_update(job);
+}
+
+// jobs: one tuple per member, of update_grads' arguments in its order (sum_across None); one
+// statistics tensor per job.
+std::vector<torch::Tensor> update_grads_many(std::vector<pybind11::tuple> jobs) {
+  c10::InferenceMode guard;
+  std::vector<UpdateJob> parsed;
+  parsed.reserve(jobs.size());
+  for (const auto& t : jobs) {
+    TORCH_CHECK(t.size() == 16, "update_grads_many: each job is update_grads' 16 arguments, got ", t.size());
+    TORCH_CHECK(t[15].is_none(), "update_grads_many: jobs of a data-parallel shard are not batched");
+    using T = torch::Tensor;
+    parsed.push_back(update_job(t[0].cast<std::vector<T>>(), t[1].cast<std::vector<T>>(), t[2].cast<int64_t>(),
+                                t[3].cast<T>(), t[4].cast<T>(), t[5].cast<T>(), t[6].cast<T>(), t[7].cast<T>(),
+                                t[8].cast<T>(), t[9].cast<double>(), t[10].cast<bool>(), t[11].cast<bool>(),
+                                t[12].cast<double>(), t[13].cast<double>(), t[14].cast<std::vector<T>>(),
+                                pybind11::none()));
+  }
+  std::vector<torch::Tensor> stats(parsed.size());
+  run_jobs(static_cast<int64_t>(parsed.size()), [&](int64_t j, bool) { stats[j] = run_update(parsed[j]); });
+  return stats;
+}
+
 }  // namespace fastpg
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -760,4 +908,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("mlp_act", &fastpg::mlp_act, "sample the MLP policy's actions for obs [N, D]");
   m.def("collect", &fastpg::collect, "the fused collect loop (CartPole or Acrobot, MLP policy)");
   m.def("update_grads", &fastpg::update_grads, "the fused update's math: returns, loss, gradients, checks");
+  m.def("collect_many", &fastpg::collect_many, "collect for many independent jobs (a population) in one call");
+  m.def("update_grads_many", &fastpg::update_grads_many, "update_grads for many independent jobs in one call");
 }
