@@ -21,7 +21,7 @@ from fastpg.envs.base import action_clipper
 from fastpg.metrics import EpisodeWindow
 from fastpg.policy import mode_action, sample_action
 
-__all__ = ["evaluate", "evaluation_env", "TargetCheck", "EVAL_SEED_OFFSET"]
+__all__ = ["evaluate", "evaluation_env", "play_first_episodes", "episode_summary", "TargetCheck", "EVAL_SEED_OFFSET"]
 
 EVAL_SEED_OFFSET = 1_000_003  # evaluation envs are seeded apart from the training envs
 
@@ -54,35 +54,53 @@ def evaluate(
     Returns:
         ``eval_return_mean, eval_return_std, eval_length_mean, eval_episodes, unfinished``.
     """
-    N = env.num_envs
     limit = max_steps or env.info.max_episode_steps or 100_000
     obs = env.reset(seed=seed).to(torch.float32)  # policies take float32 (native envs may be float64)
-    to_env = action_clipper(env.info, obs.device)
-    ret = torch.zeros(N, device=obs.device)
-    length = torch.zeros(N, dtype=torch.int64, device=obs.device)
-    running = torch.ones(N, dtype=torch.bool, device=obs.device)
     was_training = policy.training
     policy.eval()
     try:
         with torch.inference_mode():
-            for _ in range(limit + 1):  # +1: a NEXT_STEP env may not have started yet
-                dist = policy(obs)
-                action = mode_action(dist) if deterministic else sample_action(dist, generator)
-                step = env.step(to_env(action))
-                live = running & step.valid
-                ret += torch.where(live, step.reward, 0.0)
-                length += live
-                running &= ~(live & step.done)
-                obs = step.obs.to(torch.float32)
-                if not bool(running.any()):
-                    break
+
+            def act(o: torch.Tensor) -> torch.Tensor:
+                dist = policy(o)
+                return mode_action(dist) if deterministic else sample_action(dist, generator)
+
+            ret, length, running = play_first_episodes(env, obs, act, limit)
     finally:
         policy.train(was_training)
+    return episode_summary(ret, length, running)
+
+
+def play_first_episodes(
+    env: BatchedEnv, obs: torch.Tensor, act: Callable[[torch.Tensor], torch.Tensor], limit: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Step ``env`` from observation ``obs`` with actions ``act(obs)`` until every copy has finished
+    its first episode, or ``limit`` steps (+1: a NEXT_STEP env may not have started yet); returns
+    each copy's return, length (valid steps) and whether it is still running ``[N]``."""
+    N = env.num_envs
+    to_env = action_clipper(env.info, obs.device)
+    ret = torch.zeros(N, device=obs.device)
+    length = torch.zeros(N, dtype=torch.int64, device=obs.device)
+    running = torch.ones(N, dtype=torch.bool, device=obs.device)
+    for _ in range(limit + 1):
+        step = env.step(to_env(act(obs)))
+        live = running & step.valid
+        ret += torch.where(live, step.reward, 0.0)
+        length += live
+        running &= ~(live & step.done)
+        obs = step.obs.to(torch.float32)
+        if not bool(running.any()):
+            break
+    return ret, length, running
+
+
+def episode_summary(ret: torch.Tensor, length: torch.Tensor, running: torch.Tensor) -> dict[str, float]:
+    """What ``evaluate`` reports of its episodes' returns, lengths and unfinished flags ``[N]``."""
     return {
         "eval_return_mean": ret.mean().item(),
         "eval_return_std": ret.std(unbiased=False).item(),
         "eval_length_mean": length.float().mean().item(),
-        "eval_episodes": N,
+        "eval_episodes": ret.numel(),
         "unfinished": int(running.sum().item()),
     }
 

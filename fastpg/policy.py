@@ -47,6 +47,8 @@ __all__ = [
     "mode_action",
     "ACTIVATION_MODULES",
     "Tanh",
+    "gumbel_shape",
+    "gumbel_choice",
 ]
 
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
@@ -170,10 +172,15 @@ class MLPPolicy(nn.Module):
 
     def forward(self, obs: Tensor) -> Distribution:
         """obs: [*B, *obs_shape] -> distribution with batch shape B."""
-        out = self.net(self._flat(obs))
+        return self.distribution(self.net(self._flat(obs)), None if self.discrete else self.log_std)
+
+    def distribution(self, out: Tensor, log_std: Tensor | None) -> Distribution:
+        """The distribution of the network's output ``out`` [*B, out] (``log_std`` broadcast to it;
+        Box actions): what ``forward`` returns, for outputs computed elsewhere (a population's
+        batched forward)."""
         if self.discrete:
             return Categorical(logits=out, validate_args=False)
-        std = self.log_std.clamp(LOG_STD_MIN, LOG_STD_MAX).exp().expand_as(out)
+        std = log_std.clamp(LOG_STD_MIN, LOG_STD_MAX).exp().expand_as(out)
         if self.action_shape != out.shape[-1:]:
             out = out.unflatten(-1, self.action_shape)
             std = std.unflatten(-1, self.action_shape)
@@ -186,9 +193,11 @@ class MLPPolicy(nn.Module):
         out = self.net(self._flat(obs))
         if self.discrete:
             return _gumbel_argmax(out, generator, rows)
-        std = self.log_std.clamp(LOG_STD_MIN, LOG_STD_MAX).exp()
-        eps = noise(out.shape, out, generator, "normal", rows)
-        action = torch.addcmul(out, std, eps)
+        return self.gaussian_action(out, self.log_std, noise(out.shape, out, generator, "normal", rows))
+
+    def gaussian_action(self, out: Tensor, log_std: Tensor, eps: Tensor) -> Tensor:
+        """Box actions: ``out + std * eps`` for standard normal draws ``eps`` of ``out``'s shape."""
+        action = torch.addcmul(out, log_std.clamp(LOG_STD_MIN, LOG_STD_MAX).exp(), eps)
         return action if self.action_shape == out.shape[-1:] else action.unflatten(-1, self.action_shape)
 
     def value(self, obs: Tensor) -> Tensor:
@@ -231,7 +240,17 @@ def _gumbel_argmax(logits: Tensor, generator: torch.Generator | None, rows: Rows
     ``exponential_`` costs ~25 ns a number, ``uniform_`` ~4). ``uniform_`` draws from [0, 1); ``U`` is
     clamped up to the smallest normal float so that no noise term is infinite.
     """
-    u = noise(logits.shape[:-1] if logits.shape[-1] == 2 else logits.shape, logits, generator, "uniform", rows)
+    return gumbel_choice(logits, noise(gumbel_shape(logits), logits, generator, "uniform", rows))
+
+
+def gumbel_shape(logits: Tensor) -> torch.Size:
+    """The uniforms ``_gumbel_argmax`` draws for ``logits`` [*B, A]: one per row for two actions, else one per logit."""
+    return logits.shape[:-1] if logits.shape[-1] == 2 else logits.shape
+
+
+def gumbel_choice(logits: Tensor, u: Tensor) -> Tensor:
+    """The Gumbel-max sample of ``logits`` from uniforms ``u`` of ``gumbel_shape(logits)``, a fresh
+    draw it may overwrite."""
     u = u.clamp_min_(torch.finfo(u.dtype).tiny)  # a fresh draw (or rows of one): in place
     if logits.shape[-1] == 2:
         return (logits[..., 1] - logits[..., 0] > torch.special.logit(u)).long()

@@ -25,7 +25,7 @@ from fastpg.config import Config
 from fastpg.envs import BatchedEnv, EnvInfo, backend_problem, kernel_problem, resolve_backend
 from fastpg.envs.gym_vector import env_info_from_spaces, env_spec
 from fastpg.errors import ConfigError
-from fastpg.footprint import footprint, format_bytes
+from fastpg.footprint import Part, footprint, format_bytes
 from fastpg.update import slice_rows
 
 __all__ = [
@@ -47,13 +47,14 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def check_config(cfg: Config) -> None:
-    """Raise ``ConfigError`` (naming the field and the value) if ``cfg`` cannot run here."""
+def check_config(cfg: Config, *, members: int = 1) -> None:
+    """Raise ``ConfigError`` (naming the field and the value) if ``cfg`` cannot run here
+    (``members``: runs of its shape trained together, a population, whose memory adds up)."""
     _check_device(cfg.device)
     _check_env_id(cfg.env)
     _check_backend(cfg)
     _check_paths(cfg)
-    _check_memory(cfg)
+    _check_memory(cfg, members)
 
 
 def _check_device(device: str) -> None:
@@ -121,8 +122,9 @@ def _check_paths(cfg: Config) -> None:
         check_writable_dir("resume", cfg.resume)
 
 
-def _check_memory(cfg: Config) -> None:
-    """Refuse a run whose large buffers (``fastpg.footprint``) exceed the memory the device has."""
+def _check_memory(cfg: Config, members: int = 1) -> None:
+    """Refuse a run (or ``members`` of them) whose large buffers (``fastpg.footprint``) exceed the
+    memory the device has."""
     device = resolve_device(cfg.device)
     available = available_memory(device)
     if available is None:
@@ -136,6 +138,7 @@ def _check_memory(cfg: Config) -> None:
     backend = resolve_backend(cfg.env, cfg.backend)
     fused = device.type == "cpu" and backend == "torch" and cfg.fused == "auto" and info.discrete
     parts = footprint(cfg, info, backend=backend, fused=fused, slice_rows=slice_rows(cfg.hidden_sizes))
+    parts = [Part(p.name, p.nbytes * members, p.flags) for p in parts]
     total = sum(p.nbytes for p in parts)
     if total <= available:
         return
@@ -147,9 +150,10 @@ def _check_memory(cfg: Config) -> None:
     )
     defaults = Config()
     changed = [f for f in parts[0].flags if getattr(cfg, f) != getattr(defaults, f)]
+    who = "the run needs" if members == 1 else f"the population's {members} members need"
     raise ConfigError(
         (changed or parts[0].flags)[0],
-        f"the run needs at least {format_bytes(total)} of memory ({shown}), more than the "
+        f"{who} at least {format_bytes(total)} of memory ({shown}), more than the "
         f"{format_bytes(available)} available on {device}",
     )
 

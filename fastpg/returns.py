@@ -16,7 +16,7 @@ from torch import Tensor
 __all__ = ["reward_to_go", "reward_to_go_reference", "episode_complete_mask"]
 
 
-def _check(reward: Tensor, done: Tensor, gamma: float, bootstrap: Tensor | None) -> None:
+def _check(reward: Tensor, done: Tensor, gamma: float | Tensor, bootstrap: Tensor | None) -> None:
     if reward.dim() != 2:
         raise ValueError(f"reward must be [T, N], got shape {tuple(reward.shape)}")
     if done.shape != reward.shape:
@@ -25,13 +25,20 @@ def _check(reward: Tensor, done: Tensor, gamma: float, bootstrap: Tensor | None)
         raise ValueError(f"done must be torch.bool, got {done.dtype}")
     if not reward.is_floating_point():
         raise ValueError(f"reward must be a floating dtype, got {reward.dtype}")
-    if not 0.0 <= float(gamma) <= 1.0:
+    if isinstance(gamma, Tensor):
+        if gamma.shape != reward.shape[1:]:
+            raise ValueError(f"a gamma tensor must be [N] = {tuple(reward.shape[1:])}, got {tuple(gamma.shape)}")
+        if not bool(((gamma >= 0) & (gamma <= 1)).all()):
+            raise ValueError("gamma must be in [0, 1] in every column")
+    elif not 0.0 <= float(gamma) <= 1.0:
         raise ValueError(f"gamma must be in [0, 1], got {gamma}")
     if bootstrap is not None and bootstrap.shape != reward.shape[1:]:
         raise ValueError(f"bootstrap must be [N] = {tuple(reward.shape[1:])}, got {tuple(bootstrap.shape)}")
 
 
-def reward_to_go_reference(reward: Tensor, done: Tensor, gamma: float, *, bootstrap: Tensor | None = None) -> Tensor:
+def reward_to_go_reference(
+    reward: Tensor, done: Tensor, gamma: float | Tensor, *, bootstrap: Tensor | None = None
+) -> Tensor:
     """Discounted reward-to-go, written as the plain loop over time (the specification).
 
     ``G[t] = reward[t] + gamma * G[t + 1] * (1 - done[t])`` with ``G[T] = bootstrap`` (0 if None).
@@ -39,7 +46,7 @@ def reward_to_go_reference(reward: Tensor, done: Tensor, gamma: float, *, bootst
     Args:
         reward: [T, N] float, reward for the action taken at step t.
         done: [T, N] bool, True where the episode ended because of the action at step t.
-        gamma: discount in [0, 1].
+        gamma: discount in [0, 1], or one per column, [N] (the members of a population).
         bootstrap: optional [N], value of the state after the last step; it only enters where
             ``done[T - 1]`` is False.
 
@@ -61,7 +68,7 @@ _CHUNK = 16  # rows of discount formed at a time (see reward_to_go)
 def reward_to_go(
     reward: Tensor,
     done: Tensor,
-    gamma: float,
+    gamma: float | Tensor,
     *,
     bootstrap: Tensor | None = None,
     out: Tensor | None = None,
@@ -83,7 +90,7 @@ def reward_to_go(
     Args:
         reward: [T, N] float32 or float64.
         done: [T, N] bool.
-        gamma: discount in [0, 1].
+        gamma: discount in [0, 1], or one per column, [N] (the members of a population).
         bootstrap: optional [N] value of the state after the last step (used where the last step
             is not done).
         out: optional preallocated [T, N] tensor of reward's dtype and device to write into (lets
@@ -117,7 +124,10 @@ def reward_to_go(
     if T == 0:
         return out
     zero = torch.zeros((), dtype=reward.dtype, device=reward.device)
-    g = torch.full((), float(gamma), dtype=reward.dtype, device=reward.device)
+    if isinstance(gamma, Tensor):
+        g = gamma.to(dtype=reward.dtype, device=reward.device)
+    else:
+        g = torch.full((), float(gamma), dtype=reward.dtype, device=reward.device)
     nxt = None if bootstrap is None else bootstrap.to(reward.dtype)
     for c1 in range(T, 0, -_CHUNK):
         c0 = max(0, c1 - _CHUNK)

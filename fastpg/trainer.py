@@ -25,18 +25,20 @@ import math
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
+from fastpg._kernels import kernels
 from fastpg.checkpoint import check_state
 from fastpg.config import Config
 from fastpg.distributed import Group
 from fastpg.envs import BatchedEnv, Checkpointable, env_from_config
 from fastpg.errors import ConfigError, NonFiniteError
 from fastpg.evaluation import EVAL_SEED_OFFSET, TargetCheck, evaluate, evaluation_env
-from fastpg.fused import FusedEpoch
+from fastpg.fused import FusedEpoch, KernelCall
 from fastpg.graph import GraphedEpoch
 from fastpg.metrics import EpisodeWindow, PhaseTimer
 from fastpg.policy import MLPPolicy
@@ -52,7 +54,7 @@ from fastpg.rollout import Carry, collect, finished_episodes, init_carry, nonfin
 from fastpg.storage import allocate_storage
 from fastpg.update import UpdateSettings, reinforce_update
 
-__all__ = ["Trainer", "Counters", "EpochData"]
+__all__ = ["Trainer", "Counters", "EpochData", "Evaluation"]
 
 
 class EpochData(NamedTuple):
@@ -338,14 +340,15 @@ class Trainer:
         """
         if should_stop is not None and self.group is not None:  # any rank's request stops every rank
             should_stop = _agreed(self.group, should_stop)
-        self.stop_reason = self._stop_reason(should_stop)
+        self.stop_reason = self.check_stop(should_stop)
         while self.stop_reason is None:
             metrics = self.epoch()
-            self.stop_reason = self._stop_reason(should_stop)
+            self.stop_reason = self.check_stop(should_stop)
             yield metrics
-            self.stop_reason = self.stop_reason or self._stop_reason(should_stop)
+            self.stop_reason = self.stop_reason or self.check_stop(should_stop)
 
-    def _stop_reason(self, should_stop: Callable[[], str | None] | None) -> str | None:
+    def check_stop(self, should_stop: Callable[[], str | None] | None = None) -> str | None:
+        """Why this run stops now (its target confirmed, ``should_stop()``'s request, a budget spent), or None."""
         if self.target.confirmed:
             return "target_return"
         if should_stop is not None and (requested := should_stop()):
@@ -370,6 +373,14 @@ class Trainer:
         return self._evaluate_here(num_episodes, deterministic, seed)
 
     def _evaluate_here(self, num_episodes: int, deterministic: bool, seed: int | None) -> dict[str, float]:
+        with self.evaluation(num_episodes, deterministic=deterministic, seed=seed) as ev:
+            return ev.run()
+
+    def evaluation(self, num_episodes: int, *, deterministic: bool = False, seed: int | None = None) -> Evaluation:
+        """The evaluation ``evaluate`` runs in this process, prepared (its env built and seeded):
+        ``run()`` plays it; where the fused epoch's compiled collect plays it, ``call`` is that
+        kernel call (a population runs many in one batched call). A context manager: closes the env
+        where it built one."""
         owned = True
         if self.eval_env is None and self.env_given:
             raise ConfigError("eval_env", f"this trainer was given its own env: evaluating needs one ({EVAL_ENV_HELP})")
@@ -383,16 +394,27 @@ class Trainer:
         seed = self.cfg.seed + EVAL_SEED_OFFSET if seed is None else seed
         try:
             generator = torch.Generator(device=self.device).manual_seed(seed)
+            call = None
             if isinstance(self.fused, FusedEpoch) and not deterministic and type(env) is type(self.env):
-                return self.fused.evaluate(env, seed, generator)
-            return evaluate(env, self.policy, seed=seed, deterministic=deterministic, generator=generator)
-        finally:
+                call = self.fused.evaluation_call(env, seed, generator)
+            play = partial(evaluate, env, self.policy, seed=seed, deterministic=deterministic, generator=generator)
+        except BaseException:
             if owned:
                 env.close()
+            raise
+        return Evaluation(env, owned, call, play, seed=seed, generator=generator, deterministic=deterministic)
 
     def _evaluate_for_target(self) -> dict[str, float]:
-        seed = self.cfg.seed + EVAL_SEED_OFFSET + self.counters.epoch + 1
-        return self.evaluate(self.cfg.eval_episodes, deterministic=self.cfg.eval_deterministic, seed=seed)
+        return self.evaluate(**self.target_evaluation())
+
+    def target_evaluation(self) -> dict[str, Any]:
+        """The arguments of the evaluation that checks the target after this epoch's collect: its
+        episodes are seeded by the epoch, so the same policy at the same epoch meets the same ones."""
+        return {
+            "num_episodes": self.cfg.eval_episodes,
+            "deterministic": self.cfg.eval_deterministic,
+            "seed": self.cfg.seed + EVAL_SEED_OFFSET + self.counters.epoch + 1,
+        }
 
     # -- checkpoints -------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -471,6 +493,33 @@ class Trainer:
         self.env.close()
 
     def __enter__(self) -> Trainer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class Evaluation:
+    """One prepared evaluation (``Trainer.evaluation``): its env, seed, generator and choice of
+    action; ``call``, the fused kernel call that plays it (None where the generic
+    ``fastpg.evaluate`` does); ``run()`` to play it here; ``close()``."""
+
+    def __init__(self, env: BatchedEnv, owned: bool, call: KernelCall | None, play: Callable[[], dict[str, float]],
+                 *, seed: int, generator: torch.Generator, deterministic: bool):  # fmt: skip
+        self.env, self.owned, self.call, self._play = env, owned, call, play
+        self.seed, self.generator, self.deterministic = seed, generator, deterministic
+
+    def run(self) -> dict[str, float]:
+        if self.call is None:
+            return self._play()
+        kernels().collect(*self.call.args)
+        return self.call.finish()
+
+    def close(self) -> None:
+        if self.owned:
+            self.env.close()
+
+    def __enter__(self) -> Evaluation:
         return self
 
     def __exit__(self, *exc) -> None:

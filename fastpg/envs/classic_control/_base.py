@@ -73,6 +73,9 @@ class NativeEnv:
         # resets draw for all of them (set_shard).
         self.shard_lo, self.total_envs = 0, num_envs
         self.counts_before: Callable[[int], tuple[int, int]] | None = None
+        # Populations: these copies are len(member_generators) groups of num_envs / K, each drawing
+        # its resets from its own generator as an env of its own would (set_members).
+        self.member_generators: list[torch.Generator] | None = None
 
     # Tensors of state_dict() that hold one entry per copy, and the dim of the copies.
     SHARD_DIMS = {"state": 1, "final": 1, "elapsed": 0}
@@ -86,6 +89,30 @@ class NativeEnv:
         if not 0 <= lo <= total - self.num_envs:
             raise ValueError(f"shard [{lo}, {lo + self.num_envs}) does not fit in {total} copies")
         self.shard_lo, self.total_envs, self.counts_before = lo, total, counts_before
+
+    def set_members(self, generators: list[torch.Generator]) -> None:
+        """Make these copies ``K = len(generators)`` consecutive groups of ``num_envs / K``, group k
+        the copies of population member k: its resets are drawn from ``generators[k]`` exactly as
+        an env of ``num_envs / K`` copies with that generator draws them (same values, same order,
+        the same choice between drawing for every copy and for the done ones), so one env of K x N
+        copies steps K members' envs at once (``fastpg.population``)."""
+        if not generators or self.num_envs % len(generators):
+            raise ValueError(f"{len(generators)} members do not split {self.num_envs} copies evenly")
+        if self.total_envs != self.num_envs:
+            raise ValueError("an env split over processes cannot hold population members")
+        self.member_generators = list(generators)
+
+    @property
+    def _member_copies(self) -> int:
+        return self.num_envs // len(self.member_generators) if self.member_generators else self.total_envs
+
+    def _member_draw(self, generator: torch.Generator, n: int) -> Tensor:
+        """``_sample_reset(n)`` from ``generator`` (a member's) instead of this env's own."""
+        own, self.generator = self.generator, generator
+        try:
+            return self._sample_reset(n)
+        finally:
+            self.generator = own
 
     def set_kernel(self, kernel: str) -> None:
         """Step with ``kernel`` (one of ``KERNELS``) from now on; compiled kernels run on CPU only."""
@@ -142,6 +169,8 @@ class NativeEnv:
 
     # -- BatchedEnv --------------------------------------------------------------------------------
     def reset(self, seed: int | None = None) -> Tensor:
+        if self.member_generators is not None:
+            raise RuntimeError("an env of population members is reset member by member (their own envs)")
         if seed is not None:
             self.generator.manual_seed(seed)
         self._state = self._fresh_states(self.num_envs, before=self.shard_lo, total=self.total_envs)
@@ -161,10 +190,12 @@ class NativeEnv:
     def selects_resets(self) -> bool:
         """True when resets draw a state for every copy and select the done ones (CUDA, and CPU up
         to ``SELECT_RESET_MAX_ENVS`` copies); False when only the done copies draw."""
-        return self.device.type != "cpu" or self.total_envs <= SELECT_RESET_MAX_ENVS
+        return self.device.type != "cpu" or self._member_copies <= SELECT_RESET_MAX_ENVS
 
     def _reset_done(self, new: Tensor, done: Tensor) -> Tensor:
         """The state after resetting the done copies; ``new`` is left intact (it is ``final_obs``)."""
+        if self.member_generators is not None:
+            return self._reset_done_members(new, done)
         if self.selects_resets:
             # Draw a reset state for every copy and select: fixed shapes, and no host sync on CUDA
             # (nonzero would wait for the GPU every step); on CPU it is the cheaper way at small N.
@@ -181,6 +212,20 @@ class NativeEnv:
             return new
         self.elapsed.index_fill_(0, idx, 0)
         return new.index_copy(1, idx, self._fresh_states(idx.numel(), before=before, total=total))
+
+    def _reset_done_members(self, new: Tensor, done: Tensor) -> Tensor:
+        """``_reset_done`` for population members: each group draws from its own generator."""
+        gens, n = self.member_generators, self._member_copies
+        if self.selects_resets:
+            self.elapsed.masked_fill_(done, 0)
+            return torch.where(done, torch.cat([self._member_draw(g, n) for g in gens], dim=1), new)
+        idx = done.nonzero().squeeze(1)
+        if not idx.numel():
+            return new
+        counts = torch.bincount(idx // n, minlength=len(gens)).tolist()  # done copies per member, in order
+        self.elapsed.index_fill_(0, idx, 0)
+        fresh = torch.cat([self._member_draw(g, c) for g, c in zip(gens, counts) if c], dim=1)
+        return new.index_copy(1, idx, fresh)
 
     def _fresh_states(self, count: int, *, before: int, total: int) -> Tensor:
         """[D, count] reset states: columns ``[before, before + count)`` of the ``total`` drawn (the

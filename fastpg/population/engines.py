@@ -1,0 +1,96 @@
+"""How a population's members are stepped together: one batched call per phase for all of them.
+
+An engine runs the three batched phases of a population epoch over the members still training
+(each a ``fastpg.Trainer``, which holds the member's state: env, policy, optimizer, storage,
+carry, generators, counters):
+
+- ``collect(members)``: every member's epoch of T steps into its own storage;
+- ``update(members, applies)``: every member's update (``(stats, bad)`` per member, as
+  ``Trainer.update`` computes them; the optimizer steps where ``applies`` says so);
+- ``evaluate(requests)``: many members' evaluations (the target checks, the final evaluations).
+
+``FusedBatch`` (CPU, where every member runs the fused epoch): one ``collect_many`` and one
+``update_grads_many`` kernel call for all members, the members spread over the threads; each
+member's job is the single run's kernel on the member's own tensors and generators, so it computes
+bit for bit what the member's single run computes. ``GenericBatch`` (everything else; see
+``fastpg.population.generic``): one env of all members' copies, one batched forward of all
+members' policies, one backward.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, NamedTuple, Protocol
+
+from torch import Tensor
+
+from fastpg._kernels import kernels
+from fastpg.fused import FusedEpoch
+from fastpg.trainer import Evaluation, Trainer
+
+__all__ = ["Engine", "EvalRequest", "UpdateResult", "FusedBatch", "run_evaluations"]
+
+
+# One member's update: its detached stats, and the non-finite quantity that skipped it (or None).
+UpdateResult = tuple[dict[str, Tensor], str | None]
+
+
+class EvalRequest(NamedTuple):
+    """One member's evaluation: ``Trainer.evaluation``'s arguments (seed None: the member's default)."""
+
+    member: Trainer
+    num_episodes: int
+    deterministic: bool
+    seed: int | None
+
+
+class Engine(Protocol):
+    kind: str
+
+    def collect(self, members: Sequence[Trainer]) -> None: ...
+
+    def update(self, members: Sequence[Trainer], applies: Sequence[bool]) -> list[UpdateResult]: ...
+
+    def evaluate(self, requests: Sequence[EvalRequest]) -> list[dict[str, Any]]: ...
+
+
+def run_evaluations(evaluations: Sequence[Evaluation]) -> list[dict[str, Any]]:
+    """Play prepared evaluations: those the fused collect plays in one batched kernel call, the
+    others one by one."""
+    calls = [e.call for e in evaluations if e.call is not None]
+    if calls:
+        kernels().collect_many([c.args for c in calls])
+    return [e.call.finish() if e.call is not None else e.run() for e in evaluations]
+
+
+class FusedBatch:
+    """Every member's fused epoch in one kernel call per phase (CPU)."""
+
+    kind = "fused"
+
+    def __init__(self) -> None:
+        self.kernels = kernels()
+
+    @staticmethod
+    def applies(members: Sequence[Trainer]) -> bool:
+        return all(isinstance(m.fused, FusedEpoch) for m in members)
+
+    def collect(self, members: Sequence[Trainer]) -> None:
+        calls = [m.fused.collect_call(m.buf, m.carry, m.generator) for m in members]
+        self.kernels.collect_many([c.args for c in calls])
+        for m, c in zip(members, calls):
+            m.carry = c.finish()
+
+    def update(self, members: Sequence[Trainer], applies: Sequence[bool]) -> list[UpdateResult]:
+        raws = self.kernels.update_grads_many([m.fused.update_args(m.buf, m.settings) for m in members])
+        return [m.fused.finish_update(raw, m.optimizer, apply=a) for m, raw, a in zip(members, raws, applies)]
+
+    def evaluate(self, requests: Sequence[EvalRequest]) -> list[dict[str, Any]]:
+        evaluations = []
+        try:
+            for r in requests:
+                evaluations.append(r.member.evaluation(r.num_episodes, deterministic=r.deterministic, seed=r.seed))
+            return run_evaluations(evaluations)
+        finally:
+            for e in evaluations:
+                e.close()
