@@ -179,28 +179,67 @@ class FusedEpoch:
     ) -> tuple[dict[str, Tensor], str | None]:
         """One update from the epoch in ``buf`` (as ``fastpg.update.reinforce_update``, with its
         ``sum_across`` for a batch split over processes)."""
-        raw = self.kernels.update_grads(*self.update_args(buf, s, sum_across))
-        return self.finish_update(raw, optimizer, apply=apply)
+        args = self.update_args(buf, s, optimizer if apply else None, sum_across)
+        return self.finish_update(self.kernels.update_grads(*args), optimizer, args, apply=apply)
 
-    def update_args(self, buf: TensorDict, s: UpdateSettings, sum_across: SumAcross | None = None) -> tuple:
+    def update_args(
+        self,
+        buf: TensorDict,
+        s: UpdateSettings,
+        optimizer: torch.optim.Optimizer | None,
+        sum_across: SumAcross | None = None,
+    ) -> tuple:
         """The arguments of the kernel's ``update_grads`` for the epoch in ``buf`` (a batched call
-        runs many, ``update_grads_many``); hand its result to ``finish_update``."""
+        runs many, ``update_grads_many``); hand its result to ``finish_update``. ``optimizer``:
+        the optimizer to step after a finite update (None: no step), which the kernel takes where
+        it can (``adam_job``)."""
         return (
             self.weights, self.biases, self.act, buf["obs"], buf["action"], buf["reward"], buf["done"],
             buf["valid"], buf["ret"], s.gamma, s.normalize, s.baseline == "mean", s.entropy_coef,
             s.max_grad_norm, self.grads, None if sum_across is None else lambda t: sum_across([t]),
+            None if optimizer is None else self.adam_job(optimizer),
+        )  # fmt: skip
+
+    def adam_job(self, optimizer: torch.optim.Optimizer) -> tuple | None:
+        """The optimizer's step as the kernel takes it, or None where it cannot (then
+        ``optimizer.step()`` runs in ``finish_update``).
+
+        The kernel runs torch's single-tensor Adam as the same ATen ops with the same scalars
+        (``fastpg/csrc/kernels.cpp``, ``adam_step``): the parameters and the optimizer's state come
+        out bit for bit as ``optimizer.step()`` leaves them, without some 40 Python-level tensor
+        calls per update (a third of a default epoch's time on the 2-core CPU). It applies to the
+        trainer's own ``torch.optim.Adam`` on these parameters, in its defaults' form (no weight
+        decay, amsgrad, maximize, foreach, fused, capturable or differentiable; float lr and betas;
+        no step hooks), from its second step on (the first creates its state)."""
+        if type(optimizer) is not torch.optim.Adam or len(optimizer.param_groups) != 1:
+            return None
+        group = optimizer.param_groups[0]
+        options = ("weight_decay", "amsgrad", "maximize", "foreach", "fused", "capturable", "differentiable")
+        plain = not any(group.get(name) for name in options)
+        beta1, beta2 = group["betas"]
+        scalars = (group["lr"], beta1, beta2, group["eps"])
+        if not plain or not all(type(x) is float for x in scalars) or _has_step_hooks(optimizer):
+            return None
+        params = group["params"]
+        states = [optimizer.state.get(p) for p in params]
+        if len(params) != len(self.params) or any(a is not b for a, b in zip(params, self.params)) or not all(states):
+            return None
+        return (
+            self.params, self.grads, [st["exp_avg"] for st in states], [st["exp_avg_sq"] for st in states],
+            [st["step"] for st in states], *scalars,
         )  # fmt: skip
 
     def finish_update(
-        self, raw: Tensor, optimizer: torch.optim.Optimizer, *, apply: bool = True
+        self, raw: Tensor, optimizer: torch.optim.Optimizer, args: tuple, *, apply: bool = True
     ) -> tuple[dict[str, Tensor], str | None]:
-        """The gradients the kernel wrote, the non-finite guard and the optimizer's step, from the
-        kernel's statistics ``raw``; returns (stats, the non-finite quantity or None)."""
+        """The gradients the kernel wrote, the non-finite guard and the optimizer's step (unless
+        the kernel took it: ``args``, the call's ``update_args``), from the kernel's statistics
+        ``raw``; returns (stats, the non-finite quantity or None)."""
         loss, policy_loss, entropy, mask_frac, grad_norm, nonfinite, which, _ = raw.tolist()
         bad = self._nonfinite_name(int(nonfinite), int(which))
         for p, g in zip(self.params, self.grads):
             p.grad = None if bad else g
-        if bad is None and apply:
+        if bad is None and apply and args[-1] is None:
             optimizer.step()
         values = [loss, policy_loss, 0.0, entropy, grad_norm, mask_frac, float(bad is not None)]
         keys = ("loss", "policy_loss", "value_loss", "entropy", "grad_norm", "mask_frac", "skipped")
@@ -212,3 +251,14 @@ class FusedEpoch:
         return {0: None, 1: "loss", 2: f"gradient (of {name})" if name else "gradient norm", 3: f"parameter ({name})"}[
             code
         ]
+
+
+def _has_step_hooks(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether a pre- or post-step hook is registered on ``optimizer`` or on every optimizer (a
+    step the kernel takes would skip them)."""
+    from torch.optim import optimizer as module
+
+    return bool(
+        optimizer._optimizer_step_pre_hooks or optimizer._optimizer_step_post_hooks
+        or module._global_optimizer_pre_hooks or module._global_optimizer_post_hooks
+    )  # fmt: skip

@@ -170,7 +170,8 @@ def _baseline(policy: nn.Module, e: Entries, s: UpdateSettings, sum_across: SumA
     """What the advantage subtracts from the return: the value predictions, the mean, or nothing."""
     if s.baseline == "value":  # enters the advantage of every slice: one no-grad pass first
         with torch.no_grad():
-            return torch.cat([policy.value(e.obs[i : i + s.rows]) for i in range(0, e.obs.shape[0], s.rows)])
+            starts = range(0, e.obs.shape[0], s.rows) or range(1)  # no entries: one empty slice
+            return torch.cat([policy.value(e.obs[i : i + s.rows]) for i in starts])
     if s.baseline == "mean":
         return batch_sum(e.ret, sum_across) / e.count
     return None

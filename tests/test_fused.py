@@ -210,6 +210,46 @@ def test_fused_update_skips_a_nonfinite_update_as_the_generic_one_does():
             tr.epoch()
 
 
+def test_the_kernels_adam_step_is_torchs_bit_for_bit(monkeypatch):
+    """From its second step on the kernel takes Adam's step: parameters and optimizer state equal,
+    bit for bit, those of ``optimizer.step()`` (the kernel's step refused: the run in Python)."""
+    cfg = Config(**SMALL, seed=4, max_epochs=5, max_grad_norm=0.5)
+    runs = []
+    for kernel_adam in (True, False):
+        with Trainer(cfg) as tr:
+            if not kernel_adam:
+                monkeypatch.setattr(tr.fused, "adam_job", lambda optimizer: None)
+            python_steps = 0
+            step = tr.optimizer.step
+
+            def counted(*args, _step=step, **kwargs):
+                nonlocal python_steps
+                python_steps += 1
+                return _step(*args, **kwargs)
+
+            monkeypatch.setattr(tr.optimizer, "step", counted)
+            metrics = _metrics_without_timing(list(tr.run()))
+            state = [v.clone() for st in tr.optimizer.state.values() for v in st.values()]
+            runs.append((metrics, [p.detach().clone() for p in tr.policy.parameters()], state, python_steps))
+    (m_k, p_k, s_k, steps_k), (m_p, p_p, s_p, steps_p) = runs
+    assert steps_k == 1 and steps_p == 5  # the kernel took steps 2 to 5
+    assert m_k == m_p
+    assert all(torch.equal(a, b) for a, b in zip(p_k + s_k, p_p + s_p))
+
+
+def test_the_kernel_leaves_other_optimizers_to_their_own_step():
+    with Trainer(Config(**SMALL)) as tr:
+        tr.epoch()
+        assert tr.fused.adam_job(tr.optimizer) is not None
+        other = torch.optim.Adam(tr.policy.parameters(), lr=0.01, weight_decay=0.1)
+        other.step()  # its state exists: only its options stand in the way
+        assert tr.fused.adam_job(other) is None
+        assert tr.fused.adam_job(torch.optim.SGD(tr.policy.parameters(), lr=0.1)) is None
+        handle = tr.optimizer.register_step_post_hook(lambda *args: None)
+        assert tr.fused.adam_job(tr.optimizer) is None
+        handle.remove()
+
+
 def test_fused_nonfinite_names_match_the_generic_ones():
     with Trainer(Config(**SMALL)) as tr:
         name = tr.fused._nonfinite_name

@@ -4,7 +4,8 @@
 //   mlp_act         sample actions of the MLP policy (what the fused collect does per step)
 //   collect         the fused collect: T steps of env + MLP policy + sampling + storage writes
 //   update_grads    the fused update's math: returns, entries in the loss, advantage, the MLP's
-//                   forward and backward, gradient norm and clipping, the non-finite check
+//                   forward and backward, gradient norm and clipping, the non-finite check, and
+//                   (where Python hands it over) the Adam step, as torch's own ops
 //   collect_many, update_grads_many
 //                   the same for many independent jobs (population members), spread over threads
 //
@@ -24,6 +25,7 @@
 #include <cmath>
 #include <cstring>
 #include <functional>
+#include <optional>
 #include <thread>
 #include <utility>
 #include <vector>
@@ -724,6 +726,45 @@ MLP_MATH static void batch_grad(const Mlp& mlp, const float* obs, const int64_t*
 // depends on the thread count only through kChunk, not on scheduling.
 static constexpr int64_t kChunk = 4096;
 
+// The optimizer's step after the update (fastpg.fused.FusedEpoch.adam_job): torch's single-tensor
+// Adam (torch/optim/adam.py, _single_tensor_adam, no weight decay, amsgrad or maximize) as the same
+// ATen ops in the same order with the same scalars, so it leaves the parameters and the optimizer's
+// state bit for bit as optimizer.step() does, without a Python call per tensor.
+struct AdamJob {
+  std::vector<torch::Tensor> params, grads, exp_avgs, exp_avg_sqs, steps;
+  double lr = 0.0, beta1 = 0.0, beta2 = 0.0, eps = 0.0;
+};
+
+static std::optional<AdamJob> adam_job(const pybind11::object& adam) {
+  if (adam.is_none()) return std::nullopt;
+  const auto t = adam.cast<pybind11::tuple>();
+  TORCH_CHECK(t.size() == 9, "update_grads: the Adam step is 9 arguments, got ", t.size());
+  using V = std::vector<torch::Tensor>;
+  AdamJob job{t[0].cast<V>(), t[1].cast<V>(), t[2].cast<V>(), t[3].cast<V>(), t[4].cast<V>(),
+              t[5].cast<double>(), t[6].cast<double>(), t[7].cast<double>(), t[8].cast<double>()};
+  const size_t n = job.params.size();
+  TORCH_CHECK(job.grads.size() == n && job.exp_avgs.size() == n && job.exp_avg_sqs.size() == n &&
+                  job.steps.size() == n, "update_grads: the Adam step needs one of each per parameter");
+  return job;
+}
+
+static void adam_step(const AdamJob& a) {
+  for (size_t i = 0; i < a.params.size(); ++i) {
+    auto param = a.params[i], exp_avg = a.exp_avgs[i], exp_avg_sq = a.exp_avg_sqs[i], step_t = a.steps[i];
+    const auto& grad = a.grads[i];
+    step_t.add_(1);
+    exp_avg.lerp_(grad, 1 - a.beta1);
+    exp_avg_sq.mul_(a.beta2).addcmul_(grad, grad, 1 - a.beta2);
+    const double step = step_t.item<double>();
+    const double bias_correction1 = 1 - std::pow(a.beta1, step);
+    const double bias_correction2 = 1 - std::pow(a.beta2, step);
+    const double step_size = a.lr / bias_correction1;
+    const double bias_correction2_sqrt = std::pow(bias_correction2, 0.5);
+    const auto denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(a.eps);
+    param.addcdiv_(exp_avg, denom, -step_size);
+  }
+}
+
 // One member's update, its arguments checked (update_grads and update_grads_many build them the same way).
 struct UpdateJob {
   Mlp mlp;
@@ -734,13 +775,15 @@ struct UpdateJob {
   double entropy_coef, max_grad_norm;
   std::vector<torch::Tensor> grads_out;
   SumAcross sum_across;
+  std::optional<AdamJob> adam;  // the optimizer's step, where the kernel takes it
 };
 
 static UpdateJob update_job(const std::vector<torch::Tensor>& weights, const std::vector<torch::Tensor>& biases,
                             int64_t act, torch::Tensor obs, torch::Tensor action, torch::Tensor reward,
                             torch::Tensor done, torch::Tensor valid, torch::Tensor ret, double gamma, bool normalize,
                             bool mean_baseline, double entropy_coef, double max_grad_norm,
-                            const std::vector<torch::Tensor>& grads_out, const pybind11::object& sum_across_py) {
+                            const std::vector<torch::Tensor>& grads_out, const pybind11::object& sum_across_py,
+                            const pybind11::object& adam) {
   // Data-parallel runs: sum_across_py(t) sums a float64 tensor over the processes, in place.
   SumAcross sum_across;
   if (!sum_across_py.is_none())
@@ -756,7 +799,7 @@ static UpdateJob update_job(const std::vector<torch::Tensor>& weights, const std
   TORCH_CHECK(grads_out.size() == 2 * mlp.layers(), "update_grads: one gradient per weight and bias");
   return UpdateJob{std::move(mlp), weights,       biases, obs,          action,         reward,
                    done,           valid,         ret,    gamma,        normalize,      mean_baseline,
-                   entropy_coef,   max_grad_norm, grads_out, std::move(sum_across)};
+                   entropy_coef,   max_grad_norm, grads_out, std::move(sum_across), adam_job(adam)};
 }
 
 // The update's statistics (Stat order), the gradients written into grads_out.
@@ -866,6 +909,7 @@ static torch::Tensor run_update(UpdateJob& job) {
   s[kNonfinite] = nonfinite;
   s[kWhich] = which;
   s[kCount] = counts[0];
+  if (job.adam && nonfinite == 0.0) adam_step(*job.adam);  // a finite update: the optimizer steps
   return stats;
 }
 
@@ -873,10 +917,10 @@ torch::Tensor update_grads(std::vector<torch::Tensor> weights, std::vector<torch
                            torch::Tensor obs, torch::Tensor action, torch::Tensor reward, torch::Tensor done,
                            torch::Tensor valid, torch::Tensor ret, double gamma, bool normalize, bool mean_baseline,
                            double entropy_coef, double max_grad_norm, std::vector<torch::Tensor> grads_out,
-                           pybind11::object sum_across_py) {
+                           pybind11::object sum_across_py, pybind11::object adam) {
   c10::InferenceMode guard;
   auto job = update_job(weights, biases, act, obs, action, reward, done, valid, ret, gamma, normalize, mean_baseline,
-                        entropy_coef, max_grad_norm, grads_out, sum_across_py);
+                        entropy_coef, max_grad_norm, grads_out, sum_across_py, adam);
   return run_update(job);
 }
 
@@ -887,14 +931,14 @@ std::vector<torch::Tensor> update_grads_many(std::vector<pybind11::tuple> jobs) 
   std::vector<UpdateJob> parsed;
   parsed.reserve(jobs.size());
   for (const auto& t : jobs) {
-    TORCH_CHECK(t.size() == 16, "update_grads_many: each job is update_grads' 16 arguments, got ", t.size());
+    TORCH_CHECK(t.size() == 17, "update_grads_many: each job is update_grads' 17 arguments, got ", t.size());
     TORCH_CHECK(t[15].is_none(), "update_grads_many: jobs of a data-parallel shard are not batched");
     using T = torch::Tensor;
     parsed.push_back(update_job(t[0].cast<std::vector<T>>(), t[1].cast<std::vector<T>>(), t[2].cast<int64_t>(),
                                 t[3].cast<T>(), t[4].cast<T>(), t[5].cast<T>(), t[6].cast<T>(), t[7].cast<T>(),
                                 t[8].cast<T>(), t[9].cast<double>(), t[10].cast<bool>(), t[11].cast<bool>(),
                                 t[12].cast<double>(), t[13].cast<double>(), t[14].cast<std::vector<T>>(),
-                                pybind11::none()));
+                                pybind11::none(), t[16]));
   }
   std::vector<torch::Tensor> stats(parsed.size());
   run_jobs(static_cast<int64_t>(parsed.size()), [&](int64_t j, bool) { stats[j] = run_update(parsed[j]); });

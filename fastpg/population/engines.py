@@ -82,8 +82,12 @@ class FusedBatch:
             m.carry = c.finish()
 
     def update(self, members: Sequence[Trainer], applies: Sequence[bool]) -> list[UpdateResult]:
-        raws = self.kernels.update_grads_many([m.fused.update_args(m.buf, m.settings) for m in members])
-        return [m.fused.finish_update(raw, m.optimizer, apply=a) for m, raw, a in zip(members, raws, applies)]
+        args = [m.fused.update_args(m.buf, m.settings, m.optimizer if a else None) for m, a in zip(members, applies)]
+        raws = self.kernels.update_grads_many(args)
+        return [
+            m.fused.finish_update(raw, m.optimizer, a, apply=apply)
+            for m, raw, a, apply in zip(members, raws, args, applies)
+        ]
 
     def evaluate(self, requests: Sequence[EvalRequest]) -> list[dict[str, Any]]:
         evaluations = []

@@ -165,6 +165,8 @@ class PopulationTrainer:
         """The whole population: its config, every member's run state (``Trainer.state_dict``), and
         which members stopped, why, and the evaluation that confirmed a member's target."""
         return {
+            "kind": "population",
+            "config": self.population.base.to_dict(),  # member 0's: what a checkpoint's reader checks first
             "population": self.population.to_dict(),
             "numbers": list(self.numbers),
             "members": [m.state_dict() for m in self.members],

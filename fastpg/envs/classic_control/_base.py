@@ -194,15 +194,13 @@ class NativeEnv:
 
     def _reset_done(self, new: Tensor, done: Tensor) -> Tensor:
         """The state after resetting the done copies; ``new`` is left intact (it is ``final_obs``)."""
-        if self.member_generators is not None:
-            return self._reset_done_members(new, done)
         if self.selects_resets:
             # Draw a reset state for every copy and select: fixed shapes, and no host sync on CUDA
             # (nonzero would wait for the GPU every step); on CPU it is the cheaper way at small N.
             self.elapsed.masked_fill_(done, 0)
-            return torch.where(
-                done, self._fresh_states(self.num_envs, before=self.shard_lo, total=self.total_envs), new
-            )
+            return torch.where(done, self._states_to_select(), new)
+        if self.member_generators is not None:
+            return self._reset_done_members(new, done)
         # Large N on CPU: draw only for the done copies (drawing for all N costs more).
         idx = done.nonzero().squeeze(1)
         before, total = (0, idx.numel()) if self.counts_before is None else self.counts_before(idx.numel())
@@ -213,12 +211,17 @@ class NativeEnv:
         self.elapsed.index_fill_(0, idx, 0)
         return new.index_copy(1, idx, self._fresh_states(idx.numel(), before=before, total=total))
 
+    def _states_to_select(self) -> Tensor:
+        """[D, N] reset states, one per copy, for the resets that select the done copies: this
+        env's columns of the whole draw, or each member's draw from its own generator."""
+        if self.member_generators is None:
+            return self._fresh_states(self.num_envs, before=self.shard_lo, total=self.total_envs)
+        return torch.cat([self._member_draw(g, self._member_copies) for g in self.member_generators], dim=1)
+
     def _reset_done_members(self, new: Tensor, done: Tensor) -> Tensor:
-        """``_reset_done`` for population members: each group draws from its own generator."""
+        """``_reset_done`` for population members drawing for the done copies only: each group
+        draws from its own generator."""
         gens, n = self.member_generators, self._member_copies
-        if self.selects_resets:
-            self.elapsed.masked_fill_(done, 0)
-            return torch.where(done, torch.cat([self._member_draw(g, n) for g in gens], dim=1), new)
         idx = done.nonzero().squeeze(1)
         if not idx.numel():
             return new

@@ -94,7 +94,7 @@ class TorchCartPole(NativeEnv):
         # selection in one loop; same generator draws as the torch path.
         n, state = self.num_envs, self._state
         select = self.selects_resets
-        fresh = self._fresh_states(n, before=self.shard_lo, total=self.total_envs) if select else self._no_tensor
+        fresh = self._states_to_select() if select else self._no_tensor
         if n != self.total_envs:
             fresh = fresh.contiguous()  # a shard's columns of the whole draw
         final, after = torch.empty_like(state), torch.empty_like(state) if select else self._no_tensor
