@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from fastpg.evaluation import TargetCheck, evaluate
     from fastpg.loss import advantage, reinforce_loss, reinforce_loss_reference
     from fastpg.policy import MLPPolicy, SamplingPolicy, mode_action, sample_action
+    from fastpg.population import Population, PopulationTrainer, train_population
     from fastpg.preflight import check_config
     from fastpg.returns import episode_complete_mask, reward_to_go, reward_to_go_reference
     from fastpg.rollout import Carry, collect, init_carry
@@ -81,6 +82,9 @@ _EXPORTS = {
     "SamplingPolicy": "fastpg.policy",
     "mode_action": "fastpg.policy",
     "sample_action": "fastpg.policy",
+    "Population": "fastpg.population",
+    "PopulationTrainer": "fastpg.population",
+    "train_population": "fastpg.population",
     "check_config": "fastpg.preflight",
     "episode_complete_mask": "fastpg.returns",
     "reward_to_go": "fastpg.returns",
@@ -143,6 +147,10 @@ __all__ = [
     "check_compatible",
     "load_policy",
     "TrainedPolicy",
+    # populations: many runs in one batched program
+    "Population",
+    "PopulationTrainer",
+    "train_population",
 ]
 
 

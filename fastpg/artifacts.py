@@ -37,6 +37,8 @@ class EvalConfig:
 
     checkpoint: Path
     """Directory of the run's checkpoint (its --checkpoint-dir)."""
+    member: int | None = None
+    """The member of a population's checkpoint to evaluate (its number, 0 to K - 1)."""
     episodes: int = 100
     """Fresh episodes, one per env copy."""
     deterministic: bool = False
@@ -94,11 +96,15 @@ class TrainedPolicy:
     __call__ = act
 
 
-def load_policy(directory: str | Path, *, device: str | torch.device = "cpu") -> TrainedPolicy:
+def load_policy(
+    directory: str | Path, *, member: int | None = None, device: str | torch.device = "cpu"
+) -> TrainedPolicy:
     """The policy saved in ``directory/checkpoint.pt``, on ``device`` (``ConfigError`` if the
-    checkpoint is missing, unreadable, or was not trained with fastpg's ``MLPPolicy``)."""
+    checkpoint is missing, unreadable, or was not trained with fastpg's ``MLPPolicy``). A
+    population's checkpoint holds every member's policy: ``member`` picks one (its number)."""
     state = load_checkpoint(directory)
-    cfg = Config.from_dict(state["config"])
+    cfg_dict, policy_state = _member_state(state, member, Path(directory) / CHECKPOINT_NAME)
+    cfg = Config.from_dict(cfg_dict)
     device = torch.device(device)
     env = evaluation_env(cfg, torch.device("cpu"), 1)
     try:
@@ -107,12 +113,29 @@ def load_policy(directory: str | Path, *, device: str | torch.device = "cpu") ->
         env.close()
     module = MLPPolicy.from_config(cfg, info)
     try:
-        module.load_state_dict(state["policy"])
+        module.load_state_dict(policy_state)
     except RuntimeError as e:
         raise ConfigError(
             "checkpoint", f"{Path(directory) / CHECKPOINT_NAME} holds a policy that is not fastpg's MLPPolicy ({e})"
         ) from None
     return TrainedPolicy(module.to(device), cfg, info, device)
+
+
+def _member_state(state: dict[str, Any], member: int | None, path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(config, policy state) of the run in ``state``: a single run's, or member ``member``'s of a population."""
+    if state.get("kind") != "population":
+        if member is not None:
+            raise ConfigError("member", f"{path} holds a single run, not a population; drop --member")
+        return state["config"], state["policy"]
+    numbers = state["numbers"]
+    if member is None or member not in numbers:
+        given = "" if member is None else f" (got {member})"
+        raise ConfigError(
+            "member",
+            f"{path} holds a population of {len(numbers)} members: pick one with --member 0..{len(numbers) - 1}{given}",
+        )
+    j = numbers.index(member)
+    return state["population"]["members"][member], state["members"][j]["policy"]
 
 
 def evaluate_checkpoint(
@@ -125,14 +148,16 @@ def evaluate_checkpoint(
     video: Path | None = None,
     video_episodes: int = 1,
     render: bool = False,
+    member: int | None = None,
 ) -> dict[str, Any]:
     """``fastpg eval``: ``episodes`` fresh episodes of the checkpoint's env (one per env copy), then
-    optionally ``video_episodes`` more filmed into ``video`` (mp4 files) or shown in a window."""
+    optionally ``video_episodes`` more filmed into ``video`` (mp4 files) or shown in a window.
+    ``member``: which member of a population's checkpoint."""
     if video is not None:
         _check_video_extra()
     if render and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
         raise ConfigError("render", "needs a display (DISPLAY is not set); use --video DIR to film episodes instead")
-    policy = load_policy(directory, device=device)
+    policy = load_policy(directory, member=member, device=device)
     cfg = policy.config
     env = evaluation_env(cfg, policy.device, episodes)
     try:
@@ -143,6 +168,7 @@ def evaluate_checkpoint(
     summary: dict[str, Any] = {
         "env": cfg.env,
         "checkpoint": str(Path(directory) / CHECKPOINT_NAME),
+        **({"member": member} if member is not None else {}),
         "deterministic": deterministic,
         "seed": seed,
         **result,

@@ -99,18 +99,114 @@ def parse_bench_config(argv: Sequence[str]):
 
 
 def _train(argv: Sequence[str]) -> int:
+    argv, seeds, lists = split_population_flags(argv)
     cfg = parse_config(argv)
-    from fastpg.run import train
-
     typed = given_fields(argv)
     if cfg.resume is not None:  # the saved run's settings, with the flags typed here that may change
         from fastpg.checkpoint import load_checkpoint, resumed_config
 
-        cfg = resumed_config(load_checkpoint(cfg.resume)["config"], cfg, typed)
+        state = load_checkpoint(cfg.resume)
+        if state.get("kind") == "population":
+            if seeds is not None or lists:
+                raise ConfigError("resume", "a resumed population keeps its members; drop --seeds and the lists")
+            from fastpg.population import Population, train_population
+
+            members = [resumed_config(m, cfg, typed) for m in state["population"]["members"]]
+            return train_population(Population(tuple(members)))["exit_code"]
+        cfg = resumed_config(state["config"], cfg, typed)
     elif cfg.env in ENV_DEFAULTS:  # the env's tuned settings, for the flags not typed
         cfg = dataclasses.replace(cfg, **{k: v for k, v in ENV_DEFAULTS[cfg.env].items() if k not in typed})
+    if seeds is not None or lists:
+        from fastpg.population import Population, train_population
+
+        values = {name: [getattr(cfg, name), *(_field_value(name, v) for v in typed_values[1:])]
+                  for name, typed_values in lists.items()}  # fmt: skip
+        for name, vals in values.items():
+            if len(set(vals)) != len(vals):
+                raise ConfigError(name, f"give each value once, got {' '.join(lists[name])}")
+        return train_population(Population.grid(cfg, seeds=seeds, **values))["exit_code"]
+    from fastpg.run import train
 
     return train(cfg)["exit_code"]  # 128 + signal number after Ctrl-C / SIGTERM, else 0
+
+
+def _is_value(token: str) -> bool:
+    """Whether ``token`` is a flag's value rather than the next flag (negative numbers are values)."""
+    return not token.startswith("-") or (len(token) > 1 and (token[1].isdigit() or token[1] == "."))
+
+
+def split_population_flags(argv: Sequence[str]) -> tuple[list[str], int | tuple[int, ...] | None, dict[str, list[str]]]:
+    """Take a population's flags out of ``fastpg train``'s ``argv``: ``--seeds K`` (K seeds from
+    ``--seed`` on), ``--seeds A:B`` (seeds A to B - 1) or ``--seeds S1 S2 ...``, and the lists
+    after the flags of fields that may vary (``--lr 0.01 0.003``: one value per setting; the grid
+    is every combination). Returns the argv tyro parses (each list's first value in place), the
+    seeds (None without ``--seeds``) and the lists (field -> the values as typed). A list after a
+    flag that takes one value for all members is refused, naming it."""
+    from fastpg.population.spec import VARYING_FIELDS
+
+    scalar = {f.name for f in dataclasses.fields(Config) if "tuple" not in str(f.type)}
+    out: list[str] = []
+    seeds: int | tuple[int, ...] | None = None
+    lists: dict[str, list[str]] = {}
+    i = 0
+    while i < len(argv):
+        token = argv[i]
+        flag, eq, inline = token.partition("=")
+        if not token.startswith("--"):
+            out.append(token)
+            i += 1
+            continue
+        values = [inline] if eq else []
+        j = i + 1
+        while not eq and j < len(argv) and _is_value(argv[j]):
+            values.append(argv[j])
+            j += 1
+        i = j
+        name = flag[2:].replace("-", "_")
+        if name == "seeds":
+            seeds = _parse_seeds(values)
+        elif len(values) > 1 and name in VARYING_FIELDS:
+            lists[name] = values
+            out += [flag, values[0]]
+        elif len(values) > 1 and name in scalar:
+            may = ", ".join("--" + f.replace("_", "-") for f in VARYING_FIELDS if f != "seed")
+            raise ConfigError(
+                name,
+                f"takes one value, shared by every member of a population (got {' '.join(values)}); "
+                f"the flags that take a list are --seeds, {may}",
+            )
+        else:
+            out += [token, *values[len(values) if eq else 0 :]]
+    return out, seeds, lists
+
+
+def _parse_seeds(values: list[str]) -> int | tuple[int, ...]:
+    """``--seeds``' values: a count, a range ``A:B`` or a list of seeds."""
+    text = " ".join(values)
+    try:
+        numbers = [int(x) for x in values[0].split(":")] if len(values) == 1 else [int(v) for v in values]
+    except ValueError:
+        numbers = []
+    if not numbers or (":" in text and len(numbers) != 2):
+        raise ConfigError(
+            "seeds", f"give a count (--seeds 32), a range (--seeds 0:32) or seeds (--seeds 1 5 9), got {text!r}"
+        )
+    if ":" in text:
+        if numbers[1] <= numbers[0]:
+            raise ConfigError("seeds", f"a range A:B needs B > A, got {text}")
+        return tuple(range(*numbers))
+    return numbers[0] if len(values) == 1 else tuple(numbers)
+
+
+def _field_value(name: str, token: str) -> Any:
+    """One value of a list flag (``--lr 0.01 0.003``), typed as the field is."""
+    kind = str(next(f.type for f in dataclasses.fields(Config) if f.name == name))
+    if token.lower() == "none" and "None" in kind:
+        return None
+    try:
+        return int(token) if kind.startswith("int") else float(token)
+    except ValueError:
+        raise ConfigError(name, f"{token!r} is not {'an integer' if kind.startswith('int') else 'a number'}") from None
 
 
 def given_fields(argv: Sequence[str]) -> set[str]:
@@ -137,6 +233,7 @@ def _eval(argv: Sequence[str]) -> int:
         video=e.video,
         video_episodes=e.video_episodes,
         render=e.render,
+        member=e.member,
     )
     print(json.dumps(summary), flush=True)
     mean, std = summary["eval_return_mean"], summary["eval_return_std"]
@@ -149,14 +246,14 @@ def _eval(argv: Sequence[str]) -> int:
 
 
 def _plot(argv: Sequence[str]) -> int:
-    from fastpg.plotting import PlotConfig, plot_runs, read_run
+    from fastpg.plotting import PlotConfig, plot_runs, read_runs
 
     p = _parse(PlotConfig, argv, "fastpg plot")
     try:
         import matplotlib  # noqa: F401
     except ImportError:
         raise ConfigError("output", "plotting needs matplotlib (pip install -e '.[plot]')") from None
-    runs = [read_run(Path(f)) for f in p.files]
+    runs = [run for f in p.files for run in read_runs(Path(f))]
     path = plot_runs(runs, Path(p.output), p.title)
     print(f"fastpg: wrote {path} ({len(runs)} run{'s' if len(runs) > 1 else ''})", file=sys.stderr)
     return 0

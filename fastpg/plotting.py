@@ -5,6 +5,9 @@ training time, one curve per run, the target as a dashed line. Runs that differ 
 seed (and outputs) are drawn as one curve: the mean over the seeds, with the spread between the
 lowest and the highest as a band (each run's curve interpolated onto a common grid; a run that
 stopped early, solved, holds its last value from there on, as its policy does).
+
+A population's metrics file (``fastpg train --seeds K``) is read as its members' runs: one curve
+with its band per hyperparameter setting.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from tyro.conf import Positional, arg
 from fastpg.config import OUTPUT_FIELDS
 from fastpg.errors import ConfigError
 
-__all__ = ["PlotConfig", "Run", "read_run", "plot_runs"]
+__all__ = ["PlotConfig", "Run", "read_run", "read_runs", "plot_runs"]
 
 # Config fields that do not change what is learned: runs differing only in these are seeds of one curve.
 _NOT_THE_EXPERIMENT = {"seed", *OUTPUT_FIELDS}
@@ -64,28 +67,50 @@ class Run:
         return json.dumps({k: v for k, v in sorted(self.config.items()) if k not in _NOT_THE_EXPERIMENT})
 
 
-def read_run(path: Path) -> Run:
-    """The epochs of a metrics file; ``ConfigError`` if it has none."""
-    config: dict[str, Any] = {}
-    target = None
-    rows = []
+def read_runs(path: Path) -> list[Run]:
+    """The runs of a metrics file: its one run, or each member of a population (``ConfigError``
+    for a file without an epoch to plot)."""
+    header: dict[str, Any] = {}
+    summary: dict[str, Any] = {}
+    rows: dict[int | None, list[tuple[float, float, float]]] = {}
     for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
         try:
             record = json.loads(line)
         except json.JSONDecodeError:
             raise ConfigError("files", f"{path}:{number} is not a JSON line") from None
         if record.get("header"):
-            config = config or record.get("config", {})
+            header = header or record
         elif record.get("summary"):
-            target = record.get("target_return")
+            summary = record
         elif record.get("return_mean_100") is not None:
-            rows.append((record["env_steps"], record["wall_s"], record["return_mean_100"]))
+            point = (record["env_steps"], record["wall_s"], record["return_mean_100"])
+            rows.setdefault(record.get("member"), []).append(point)
     if not rows:
         raise ConfigError("files", f"{path} has no epoch with a finished episode to plot")
-    steps, seconds, returns = (np.asarray(col, dtype=float) for col in zip(*rows))
-    return Run(
-        Path(path), config, steps, seconds, returns, target if target is not None else config.get("target_return")
-    )
+    config = header.get("config", {})
+    members = {m["member"]: m for m in header.get("population", {}).get("members", [])}
+    targets = {r["member"]: r.get("target_return") for r in summary.get("member_results", [])}
+    runs = []
+    for member, points in sorted(rows.items(), key=lambda kv: -1 if kv[0] is None else kv[0]):
+        steps, seconds, returns = (np.asarray(col, dtype=float) for col in zip(*points))
+        if member is None:
+            cfg, target = config, summary.get("target_return")
+        else:
+            values = {k: v for k, v in members.get(member, {}).items() if k not in ("member", "setting")}
+            cfg, target = {**config, **values}, targets.get(member)
+        runs.append(
+            Run(Path(path), cfg, steps, seconds, returns, target if target is not None else cfg.get("target_return"))
+        )
+    return runs
+
+
+def read_run(path: Path) -> Run:
+    """The epochs of a one-run metrics file; ``ConfigError`` if it has none (or holds a
+    population: ``read_runs`` reads its members)."""
+    runs = read_runs(path)
+    if len(runs) > 1:
+        raise ConfigError("files", f"{path} holds a population of {len(runs)} runs; read it with read_runs")
+    return runs[0]
 
 
 def plot_runs(runs: list[Run], output: Path, title: str | None = None) -> Path:

@@ -19,7 +19,9 @@ SMALL = dict(num_envs=8, num_steps=64, hidden_sizes=(16,), quiet=True, eval_epis
 
 
 def _untimed(metrics: dict) -> dict:
-    return {k: v for k, v in metrics.items() if k not in TIMING and k != "member"}
+    """A member's metrics as its single run has them (timing aside; the population adds which
+    member it is and, in its last epoch, why it stopped)."""
+    return {k: v for k, v in metrics.items() if k not in TIMING and k not in ("member", "stop_reason")}
 
 
 def _single(cfg: Config, evaluate: int = 0):
@@ -248,3 +250,172 @@ def test_aggregate_reports_infinite_statistics_as_none():
     assert aggregate([[2.0, 2.0]]) == {
         "median": 2.0, "median_ci_low": 2.0, "median_ci_high": 2.0, "iqm": 2.0, "iqm_ci_low": 2.0, "iqm_ci_high": 2.0,
     }  # fmt: skip
+
+
+# -- the application: fastpg train --seeds, outputs, resume, members' policies ---------------------
+
+FLAGS = ["--num-envs", "8", "--num-steps", "64", "--hidden-sizes", "16", "--quiet", "--eval-episodes", "5"]
+
+
+def _records(path) -> tuple[dict, list[dict], dict]:
+    import json
+
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    header = next(r for r in rows if r.get("header"))
+    return header, [r for r in rows if "member" in r and not r.get("summary")], rows[-1]
+
+
+def test_cli_population_writes_every_member_and_its_statistics(tmp_path, capsys):
+    from fastpg.cli import main
+    from fastpg.run import train
+
+    metrics = tmp_path / "m.jsonl"
+    argv = ["train", "--seeds", "2", "--lr", "0.01", "0.003", "--max-epochs", "3", "--metrics-file", str(metrics)]
+    assert main([*argv, *FLAGS, "--tensorboard", str(tmp_path / "tb")]) == 0
+    header, records, summary = _records(metrics)
+    assert header["population"]["size"] == 4 and header["population"]["varying"] == ["seed", "lr"]
+    assert [m["setting"] for m in header["population"]["members"]] == ["lr 0.01"] * 2 + ["lr 0.003"] * 2
+    assert sorted({r["member"] for r in records}) == [0, 1, 2, 3] and len(records) == 12
+    assert summary["summary"] and summary["members"] == 4 and len(summary["settings"]) == 2
+    assert (
+        summary["eval_return"]["iqm_ci_low"] <= summary["eval_return"]["iqm"] <= summary["eval_return"]["iqm_ci_high"]
+    )
+    assert sorted(p.name for p in (tmp_path / "tb").iterdir()) == [f"member_00{i}" for i in range(4)]
+    # each member's result is its single run's (fastpg train --seed S --lr LR)
+    capsys.readouterr()
+    for r in summary["member_results"]:
+        cfg = Config(**{**SMALL, "eval_episodes": 5}, max_epochs=3, seed=r["seed"], lr=r["lr"])
+        single = train(cfg)
+        assert r["eval_return_mean"] == single["eval_return_mean"] and r["env_steps"] == single["env_steps"]
+
+
+@pytest.mark.parametrize(
+    "flags, said",
+    [
+        (["--seeds", "2", "--num-envs", "8", "16"], "--num-envs: takes one value, shared by every member"),
+        (["--seeds", "x"], "--seeds: give a count"),
+        (["--seeds", "4:2"], "--seeds: a range A:B needs B > A"),
+        (["--seeds", "2", "--lr", "0.1", "abc"], "--lr: 'abc' is not a number"),
+        (["--lr", "0.1", "0.1"], "--lr: give each value once"),
+        (["--seeds", "2", "--lr", "0.1", "-1"], "--lr:"),  # Config's own check, per member
+    ],
+)
+def test_cli_population_flags_are_checked_in_one_line(flags, said, capsys):
+    from fastpg.cli import main
+
+    assert main(["train", *flags, "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and said in err[0], err
+
+
+def test_population_flags_are_taken_out_of_the_command_line():
+    from fastpg.cli import split_population_flags
+
+    argv, seeds, lists = split_population_flags(
+        ["--env", "Pendulum-v1", "--seeds", "0:4", "--log-std-init", "-0.5", "-1", "--hidden-sizes", "8", "8"]
+    )
+    assert seeds == (0, 1, 2, 3) and lists == {"log_std_init": ["-0.5", "-1"]}
+    assert argv == ["--env", "Pendulum-v1", "--log-std-init", "-0.5", "--hidden-sizes", "8", "8"]
+    assert split_population_flags(["--seeds", "3", "5"])[1] == (3, 5)
+    assert split_population_flags(["--seeds=6", "--lr=0.1"])[1:] == (6, {})
+
+
+def test_cli_population_resumes_bit_for_bit(tmp_path):
+    from fastpg.cli import main
+
+    timing = TIMING | {"stop_reason"}
+    whole, part, ckpt = tmp_path / "whole.jsonl", tmp_path / "part.jsonl", tmp_path / "ckpt"
+    grid = ["train", "--seeds", "2", "--gamma", "0.99", "0.9", *FLAGS]
+    assert main([*grid, "--max-epochs", "5", "--metrics-file", str(whole)]) == 0
+    assert main([*grid, "--max-epochs", "2", "--metrics-file", str(part), "--checkpoint-dir", str(ckpt)]) == 0
+    assert main(["train", "--resume", str(ckpt), "--max-epochs", "5", "--metrics-file", str(part), "--quiet"]) == 0
+    (_, a, sa), (_, b, sb) = _records(whole), _records(part)
+    assert [{k: v for k, v in r.items() if k not in timing} for r in a] == [
+        {k: v for k, v in r.items() if k not in timing} for r in b
+    ]
+    assert [r["eval_return_mean"] for r in sa["member_results"]] == [
+        r["eval_return_mean"] for r in sb["member_results"]
+    ]
+    assert main(["train", "--resume", str(ckpt), "--seeds", "3", "--quiet"]) == 2  # the members are the saved ones
+
+
+def test_a_members_policy_loads_and_evaluates(tmp_path, capsys):
+    from fastpg import load_policy
+    from fastpg.artifacts import evaluate_checkpoint
+    from fastpg.cli import main
+
+    ckpt = tmp_path / "ckpt"
+    assert main(["train", "--seeds", "3", "--max-epochs", "2", "--checkpoint-dir", str(ckpt), *FLAGS]) == 0
+    with PopulationTrainer(Population.grid(Config(**SMALL, max_epochs=2), seeds=3)) as pt:
+        list(pt.run())
+        want = [list(m.policy.parameters()) for m in pt.members]
+    for i in range(3):
+        policy = load_policy(ckpt, member=i)
+        assert policy.config.seed == i
+        assert all(torch.equal(a, b) for a, b in zip(policy.module.parameters(), want[i]))
+    assert evaluate_checkpoint(ckpt, member=1, episodes=4)["member"] == 1
+    with pytest.raises(ConfigError, match="population of 3 members"):
+        load_policy(ckpt)
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(ckpt), "--member", "5"]) == 2
+    assert "pick one with --member 0..2 (got 5)" in capsys.readouterr().err
+
+
+def test_a_population_file_plots_one_curve_per_setting(tmp_path):
+    from fastpg.cli import main
+    from fastpg.plotting import read_runs
+
+    metrics = tmp_path / "m.jsonl"
+    assert main(["train", "--seeds", "2", "--lr", "0.01", "0.003", "--max-epochs", "3", "--metrics-file", str(metrics),
+                 *FLAGS]) == 0  # fmt: skip
+    runs = read_runs(metrics)
+    assert len(runs) == 4 and len({r.experiment for r in runs}) == 2
+    assert main(["plot", str(metrics), "-o", str(tmp_path / "c.png")]) == 0 and (tmp_path / "c.png").stat().st_size
+
+
+def test_a_failed_member_makes_the_exit_code_one(capsys):
+    from fastpg.population import train_population
+
+    ok = Config(**SMALL, max_epochs=2, max_bad_updates=1)
+    summary = train_population(Population((ok, ok.replace(seed=1, lr=1e30))))
+    results = summary["member_results"]
+    assert summary["exit_code"] == 1 and results[1]["error"] and results[0]["error"] is None
+    assert results[0]["epochs"] == 2
+
+
+def test_torchrun_deals_whole_members_to_the_ranks(tmp_path):
+    """2 gloo ranks: each trains whole members (0, 2, 4 and 1, 3, 5); rank 0 writes every
+    member's records, the summary and a checkpoint of the whole population, as one process does."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from fastpg import load_checkpoint
+
+    common = ["--seeds", "3", "--lr", "0.01", "0.003", "--max-epochs", "3", "--device", "cpu", *FLAGS]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(name, None)
+    two, one = tmp_path / "two.jsonl", tmp_path / "one.jsonl"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "fastpg"]
+    done = subprocess.run(
+        [*cmd, "train", *common, "--metrics-file", str(two), "--checkpoint-dir", str(tmp_path / "ck")],
+        env=env, capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    single = subprocess.run(
+        [sys.executable, "-m", "fastpg", "train", *common, "--metrics-file", str(one)],
+        env=env, capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert single.returncode == 0, single.stderr[-3000:]
+    timing = TIMING | {"train_wall_s", "time_to_solve_s"}
+    (h2, r2, s2), (_, r1, s1) = _records(two), _records(one)
+    assert h2["processes"] == 2 and s2["processes"] == 2
+    assert [{k: v for k, v in r.items() if k not in timing} for r in r2] == [
+        {k: v for k, v in r.items() if k not in timing} for r in r1
+    ]
+    assert [{k: v for k, v in r.items() if k not in timing} for r in s2["member_results"]] == [
+        {k: v for k, v in r.items() if k not in timing} for r in s1["member_results"]
+    ]
+    assert json.loads(done.stdout)["members"] == 6 and load_checkpoint(tmp_path / "ck")["numbers"] == list(range(6))

@@ -5,7 +5,8 @@
 application: outputs, checkpoints, summary with statistics across members, ``run``).
 """
 
+from fastpg.population.run import train_population
 from fastpg.population.spec import VARYING_FIELDS, Population, seed_list
 from fastpg.population.trainer import PopulationTrainer
 
-__all__ = ["Population", "PopulationTrainer", "VARYING_FIELDS", "seed_list"]
+__all__ = ["Population", "PopulationTrainer", "train_population", "VARYING_FIELDS", "seed_list"]

@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from fastpg.checkpoint import check_compatible
 from fastpg.config import Config
 from fastpg.errors import ConfigError, NonFiniteError
 from fastpg.metrics import PhaseTimer
@@ -113,6 +114,7 @@ class PopulationTrainer:
             reason = m.check_stop()
             if reason is not None:
                 self._stop(k, reason)
+            metrics["stop_reason"] = reason  # set in the member's last epoch
             out.append((self.numbers[k], metrics))
         return out
 
@@ -147,8 +149,19 @@ class PopulationTrainer:
             return
         requested = should_stop()
         if requested:
-            for k in self.live:
-                self._stop(k, requested)
+            self.stop_all(requested)
+
+    def stop_all(self, reason: str) -> None:
+        """Stop every member still training, with ``reason`` (a signal, an env failure)."""
+        for k in self.live:
+            self._stop(k, reason)
+
+    def stop_member(self, number: int, reason: str) -> None:
+        """Stop member ``number`` (if it is still training) with ``reason``: it costs nothing
+        more from the next epoch on."""
+        k = self.numbers.index(number)
+        if self.stop_reasons[k] is None:
+            self._stop(k, reason)
 
     def evaluate(
         self, num_episodes: int = 100, *, members: Sequence[int] | None = None, deterministic: bool = False
@@ -178,22 +191,33 @@ class PopulationTrainer:
         }
 
     def load_state_dict(self, state: dict[str, Any], *, source: str = "the state") -> None:
-        """Continue the population saved in ``state`` (the same members; ``ConfigError`` naming
-        ``source`` otherwise). Stopped members stay stopped."""
+        """Continue the population saved in ``state``: this trainer's members (``ConfigError``
+        naming ``source`` if it does not hold each of them). A state of the whole population
+        continues any share of it (a data-parallel launch gives each process its members). A
+        member that failed stays stopped, one whose target was confirmed too; one stopped by its
+        budget or a signal trains on if its budget (raised on resume) is not spent."""
         saved = state.get("members")
-        if not isinstance(saved, list) or len(saved) != len(self.members) or state.get("numbers") != self.numbers:
+        numbers = state.get("numbers")
+        if (
+            not isinstance(saved, list) or not isinstance(numbers, list) or len(saved) != len(numbers)
+            or any(i not in numbers for i in self.numbers)
+            or len(state.get("population", {}).get("members", ())) != len(self.population)
+        ):  # fmt: skip
             raise ConfigError(
-                "resume", f"{source} holds another population (members {state.get('numbers')!r}, here {self.numbers})"
+                "resume", f"{source} holds another population than this one ({len(self.population)} members)"
             )
-        for k, (m, member_state) in enumerate(zip(self.members, saved)):
-            m.load_state_dict(member_state, source=f"{source} (member {self.numbers[k]})")
-            evaluation = state["evaluations"][k]
+        for k, i in enumerate(self.numbers):
+            j = numbers.index(i)
+            m = self.members[k]
+            check_compatible(state["population"]["members"][i], m.cfg, f"{source} (member {i})")
+            m.load_state_dict(saved[j], source=f"{source} (member {i})")
+            evaluation = state["evaluations"][j]
             if evaluation is not None:
                 m.target.confirmed, m.target.evaluation = True, dict(evaluation)
-        self.stop_reasons = list(state["stop_reasons"])
-        self.errors = list(state["errors"])
-        for m, reason in zip(self.members, self.stop_reasons):
-            m.stop_reason = reason
+            # A failed member stays failed; the others stop again only if their target is
+            # confirmed or their budget (which a resumed run may raise) is spent.
+            self.errors[k] = state["errors"][j]
+            self.stop_reasons[k] = m.stop_reason = state["stop_reasons"][j] if self.errors[k] else m.check_stop()
         self.wall_s = float(state["wall_s"])
         self.epochs = int(state["epochs"])
 
