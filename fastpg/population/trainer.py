@@ -164,13 +164,25 @@ class PopulationTrainer:
             self._stop(k, reason)
 
     def evaluate(
-        self, num_episodes: int = 100, *, members: Sequence[int] | None = None, deterministic: bool = False
+        self,
+        num_episodes: int = 100,
+        *,
+        members: Sequence[int] | None = None,
+        deterministic: bool = False,
+        seeds: Sequence[int] | None = None,
     ) -> list[dict[str, float]]:
         """Evaluate members (their numbers; default: all trained here) on ``num_episodes`` fresh
         episodes each, in one batched call; each result is what the member's ``Trainer.evaluate``
-        returns (the same episodes and draws)."""
-        positions = [self.numbers.index(i) for i in members] if members is not None else range(len(self.members))
-        requests = [EvalRequest(self.members[k], num_episodes, deterministic, None) for k in positions]
+        returns with the same ``seed`` (``seeds``: one per member; default: each member's own
+        default), the same episodes and draws."""
+        numbers = list(members) if members is not None else list(self.numbers)
+        seeds = list(seeds) if seeds is not None else [None] * len(numbers)
+        if len(seeds) != len(numbers):
+            raise ValueError(f"give one seed per member: {len(seeds)} seeds for {len(numbers)} members")
+        requests = [
+            EvalRequest(self.members[self.numbers.index(i)], num_episodes, deterministic, seed)
+            for i, seed in zip(numbers, seeds)
+        ]
         return self.engine.evaluate(requests)
 
     # -- checkpoints -------------------------------------------------------------------------------------
