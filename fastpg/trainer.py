@@ -256,10 +256,12 @@ class Trainer:
             stats = self.update(apply=not confirmed, bad_data=data.bad_data)
         return self.end_epoch(stats, data)
 
-    def collected(self) -> EpochData:
+    def collected(self, epoch_data: tuple | None = None) -> EpochData:
         """What the epoch just collected says (the episodes that ended, the valid steps, the env
-        copies with non-finite data); the finished episodes enter the window."""
-        returns, lengths, valid_steps, bad_envs = self._epoch_data()
+        copies with non-finite data); the finished episodes enter the window. ``epoch_data``:
+        those four, as ``_epoch_data`` reads them, where a population read them for many members
+        at once."""
+        returns, lengths, valid_steps, bad_envs = self._epoch_data() if epoch_data is None else epoch_data
         self.window.extend(returns, lengths)
         self._warn_nonfinite_envs(bad_envs)
         bad_data = f"reward or observation (env {_listed(bad_envs)})" if bad_envs else None

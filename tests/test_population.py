@@ -419,3 +419,26 @@ def test_torchrun_deals_whole_members_to_the_ranks(tmp_path):
         {k: v for k, v in r.items() if k not in timing} for r in s1["member_results"]
     ]
     assert json.loads(done.stdout)["members"] == 6 and load_checkpoint(tmp_path / "ck")["numbers"] == list(range(6))
+
+
+def test_the_fused_batch_reads_each_members_epoch_as_the_trainer_does():
+    """``FusedBatch.collected`` (one kernel call for every member) gives what ``Trainer.collected``
+    reads from the storage: the same episodes in the same order, valid steps, non-finite copies."""
+    from fastpg.population.engines import FusedBatch
+
+    pop = Population.grid(Config(**SMALL), seeds=2)
+    with Trainer(pop.members[0]) as a, Trainer(pop.members[1]) as b:
+        singles = [a, b]
+        for m in singles:
+            m.collect()
+        singles[1].buf["reward"][3, 5] = math.nan  # a non-finite reward in member 1's copy 5
+        with pytest.warns(RuntimeWarning, match="non-finite reward or observation in env copy 5"):
+            got = FusedBatch().collected(singles)
+        for m in singles:
+            m.window.returns.clear()
+            m.window.lengths.clear()
+        with pytest.warns(RuntimeWarning, match="env copy 5"):
+            want = [m.collected() for m in singles]
+        assert got[0].returns and got[1].nonfinite_envs == 1 and got[1].bad_data == want[1].bad_data
+        for g, w in zip(got, want):
+            assert (g.returns, g.lengths, int(g.valid_steps)) == (w.returns, w.lengths, int(w.valid_steps))

@@ -8,6 +8,7 @@
 //                   (where Python hands it over) the Adam step, as torch's own ops
 //   collect_many, update_grads_many
 //                   the same for many independent jobs (population members), spread over threads
+//   epoch_data_many the episodes that ended in each member's epoch, its valid steps, a finite check
 //
 // Random numbers are drawn by torch's own uniform_ from the env's and the trainer's generators, as
 // many and in the same order as the torch-op path draws them: the same reset states, the same
@@ -564,6 +565,75 @@ void collect_many(std::vector<pybind11::tuple> jobs) {
   run_jobs(static_cast<int64_t>(parsed.size()), [&](int64_t j, bool main_thread) { run_collect(parsed[j], main_thread); });
 }
 
+// What a trainer reads from its epoch after the collect (fastpg.trainer.Trainer.collected), for
+// many members at once: the return and length of every episode that ended, in the order they
+// ended (t-major, as buf["episode_return"][done]), the count of valid steps, and whether every
+// reward and observation is finite.
+struct EpochDataJob {
+  torch::Tensor done, valid, reward, obs, episode_return, episode_length;
+  torch::Tensor returns, lengths;
+  int64_t valid_steps = 0;
+  bool finite = true;
+};
+
+static void run_epoch_data(EpochDataJob& job) {
+  const int64_t n = job.done.numel();
+  const bool* done = job.done.data_ptr<bool>();
+  const bool* valid = job.valid.data_ptr<bool>();
+  int64_t ended = 0, valid_steps = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    ended += done[i];
+    valid_steps += valid[i];
+  }
+  job.returns = torch::empty({ended}, torch::kFloat32);
+  job.lengths = torch::empty({ended}, torch::kInt64);
+  const float* ret = job.episode_return.data_ptr<float>();
+  const int64_t* len = job.episode_length.data_ptr<int64_t>();
+  float* out_ret = job.returns.data_ptr<float>();
+  int64_t* out_len = job.lengths.data_ptr<int64_t>();
+  for (int64_t i = 0, k = 0; i < n; ++i) {
+    if (done[i]) {
+      out_ret[k] = ret[i];
+      out_len[k++] = len[i];
+    }
+  }
+  job.valid_steps = valid_steps;
+  bool finite = true;
+  for (const auto& t : {job.reward, job.obs}) {
+    const float* x = t.data_ptr<float>();
+    for (int64_t i = 0, m = t.numel(); i < m && finite; ++i) finite = std::isfinite(x[i]);
+  }
+  job.finite = finite;
+}
+
+// jobs: one tuple per member, (done, valid, reward, obs, episode_return, episode_length) of its
+// storage; returns one (returns, lengths, valid steps, all finite) per member.
+std::vector<pybind11::tuple> epoch_data_many(std::vector<pybind11::tuple> jobs) {
+  c10::InferenceMode guard;
+  std::vector<EpochDataJob> parsed;
+  parsed.reserve(jobs.size());
+  for (const auto& t : jobs) {
+    TORCH_CHECK(t.size() == 6, "epoch_data_many: each job is 6 tensors, got ", t.size());
+    using T = torch::Tensor;
+    EpochDataJob job{t[0].cast<T>(), t[1].cast<T>(), t[2].cast<T>(), t[3].cast<T>(), t[4].cast<T>(), t[5].cast<T>()};
+    for (const auto& x : {job.done, job.valid, job.reward, job.obs, job.episode_return, job.episode_length})
+      TORCH_CHECK(x.is_cpu() && x.is_contiguous(), "epoch_data_many: tensors must be contiguous CPU tensors");
+    TORCH_CHECK(job.done.scalar_type() == torch::kBool && job.valid.scalar_type() == torch::kBool &&
+                    job.reward.scalar_type() == torch::kFloat32 && job.obs.scalar_type() == torch::kFloat32 &&
+                    job.episode_return.scalar_type() == torch::kFloat32 &&
+                    job.episode_length.scalar_type() == torch::kInt64,
+                "epoch_data_many: bool flags, float32 rewards, observations and returns, int64 lengths");
+    TORCH_CHECK(job.valid.numel() == job.done.numel() && job.episode_return.numel() == job.done.numel() &&
+                    job.episode_length.numel() == job.done.numel(), "epoch_data_many: [T, N] flags and totals");
+    parsed.push_back(std::move(job));
+  }
+  run_jobs(static_cast<int64_t>(parsed.size()), [&](int64_t j, bool) { run_epoch_data(parsed[j]); });
+  std::vector<pybind11::tuple> out;
+  out.reserve(parsed.size());
+  for (auto& job : parsed) out.push_back(pybind11::make_tuple(job.returns, job.lengths, job.valid_steps, job.finite));
+  return out;
+}
+
 // ---------------------------------------------------------------------------------------------
 // update_grads: the fused update's math (everything but the optimizer step).
 
@@ -954,4 +1024,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("update_grads", &fastpg::update_grads, "the fused update's math: returns, loss, gradients, checks");
   m.def("collect_many", &fastpg::collect_many, "collect for many independent jobs (a population) in one call");
   m.def("update_grads_many", &fastpg::update_grads_many, "update_grads for many independent jobs in one call");
+  m.def("epoch_data_many", &fastpg::epoch_data_many, "the episodes that ended, valid steps and a finite check, per job");
 }

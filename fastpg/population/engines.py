@@ -5,6 +5,7 @@ An engine runs the three batched phases of a population epoch over the members s
 carry, generators, counters):
 
 - ``collect(members)``: every member's epoch of T steps into its own storage;
+- ``collected(members)``: what each member's epoch says (``Trainer.collected``);
 - ``update(members, applies)``: every member's update (``(stats, bad)`` per member, as
   ``Trainer.update`` computes them; the optimizer steps where ``applies`` says so);
 - ``evaluate(requests)``: many members' evaluations (the target checks, the final evaluations).
@@ -26,7 +27,8 @@ from torch import Tensor
 
 from fastpg._kernels import kernels
 from fastpg.fused import FusedEpoch
-from fastpg.trainer import Evaluation, Trainer
+from fastpg.rollout import nonfinite_envs
+from fastpg.trainer import EpochData, Evaluation, Trainer
 
 __all__ = ["Engine", "EvalRequest", "UpdateResult", "FusedBatch", "run_evaluations"]
 
@@ -48,6 +50,8 @@ class Engine(Protocol):
     kind: str
 
     def collect(self, members: Sequence[Trainer]) -> None: ...
+
+    def collected(self, members: Sequence[Trainer]) -> list[EpochData]: ...
 
     def update(self, members: Sequence[Trainer], applies: Sequence[bool]) -> list[UpdateResult]: ...
 
@@ -80,6 +84,17 @@ class FusedBatch:
         self.kernels.collect_many([c.args for c in calls])
         for m, c in zip(members, calls):
             m.carry = c.finish()
+
+    def collected(self, members: Sequence[Trainer]) -> list[EpochData]:
+        """Every member's ``Trainer.collected``, its epoch's data read in one kernel call (the same
+        episodes, counts and non-finite copies: a member whose data is not all finite has its
+        copies found by ``nonfinite_envs``)."""
+        keys = ("done", "valid", "reward", "obs", "episode_return", "episode_length")
+        read = self.kernels.epoch_data_many([tuple(m.buf[k] for k in keys) for m in members])
+        return [
+            m.collected((ret.tolist(), length.tolist(), valid, [] if finite else nonfinite_envs(m.buf)))
+            for m, (ret, length, valid, finite) in zip(members, read)
+        ]
 
     def update(self, members: Sequence[Trainer], applies: Sequence[bool]) -> list[UpdateResult]:
         args = [m.fused.update_args(m.buf, m.settings, m.optimizer if a else None) for m, a in zip(members, applies)]

@@ -39,7 +39,7 @@ from fastpg.population.stacking import (
 from fastpg.returns import episode_complete_mask, reward_to_go
 from fastpg.rollout import Carry, collect
 from fastpg.storage import allocate_storage
-from fastpg.trainer import Trainer
+from fastpg.trainer import EpochData, Trainer
 
 __all__ = ["GenericBatch"]
 
@@ -86,6 +86,9 @@ class GenericBatch:
         for k, m in enumerate(members):
             for f in Carry.__dataclass_fields__:
                 getattr(m.carry, f).copy_(getattr(carry, f)[k * N : (k + 1) * N])
+
+    def collected(self, members: Sequence[Trainer]) -> list[EpochData]:
+        return [m.collected() for m in members]
 
     # -- update ----------------------------------------------------------------------------------------
     def update(self, members: Sequence[Trainer], applies: Sequence[bool]) -> list[UpdateResult]:

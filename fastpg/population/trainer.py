@@ -91,7 +91,7 @@ class PopulationTrainer:
         timer = self.timer.reset()
         with timer("collect"):
             self.engine.collect(ms)
-            data = [m.collected() for m in ms]
+            data = self.engine.collected(ms)
         confirmed = self._check_targets(ms)
         with timer("update"):
             applies = [not c and d.bad_data is None for c, d in zip(confirmed, data)]
