@@ -76,7 +76,8 @@ def solve_population(seeds: int, max_train_s: float = 60.0) -> dict:
 
 def solve_one_after_another(seeds: int, threads: int) -> dict:
     torch.set_num_threads(threads)
-    rows = [solve_fastpg("fastpg", s, TARGET, {}, max_train_s=60.0) for s in range(seeds)]
+    # grid_s 0: the grid schedule is every update too, so each run stops at its first solve, as a member does
+    rows = [solve_fastpg("fastpg", s, TARGET, {}, grid_s=0.0, max_train_s=60.0) for s in range(seeds)]
     steps, train_s = sum(r["env_steps"] for r in rows), sum(r["train_s"] for r in rows)
     return {
         "threads": threads,
