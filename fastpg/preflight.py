@@ -9,7 +9,6 @@ one-line ``ConfigError`` as the command line.
 
 from __future__ import annotations
 
-import contextlib
 import difflib
 import importlib
 import os
@@ -23,7 +22,7 @@ from torch.distributions import Categorical, Distribution
 
 from fastpg.config import Config
 from fastpg.envs import BatchedEnv, EnvInfo, backend_problem, kernel_problem, resolve_backend
-from fastpg.envs.gym_vector import env_info_from_spaces, env_spec
+from fastpg.envs.gym_vector import env_spec, probe_env_info
 from fastpg.errors import ConfigError
 from fastpg.footprint import Part, footprint, format_bytes
 from fastpg.update import slice_rows
@@ -129,12 +128,7 @@ def _check_memory(cfg: Config, members: int = 1) -> None:
     available = available_memory(device)
     if available is None:
         return
-    probe = gym.make(cfg.env)
-    try:
-        info = env_info_from_spaces(cfg.env, probe.observation_space, probe.action_space, env_spec(cfg.env))
-    finally:
-        with contextlib.suppress(Exception):
-            probe.close()
+    info = probe_env_info(cfg.env)
     backend = resolve_backend(cfg.env, cfg.backend)
     fused = device.type == "cpu" and backend == "torch" and cfg.fused == "auto" and info.discrete
     parts = footprint(cfg, info, backend=backend, fused=fused, slice_rows=slice_rows(cfg.hidden_sizes))

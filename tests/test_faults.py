@@ -457,3 +457,40 @@ def test_a_multi_process_launch_outside_a_rendezvous_says_so(capsys, monkeypatch
     monkeypatch.setenv("WORLD_SIZE", "1")  # a one-process torchrun launch is an ordinary run
     code, _, _ = _cli(capsys, "train", "--max-epochs", "1", "--quiet", "--eval-episodes", "0")
     assert code == 0
+
+
+def _broken_env(**kwargs):
+    raise RuntimeError("this env's constructor fails")
+
+
+def _missing(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is None
+
+
+@pytest.mark.parametrize("backend", ["auto", "sync", "async"])
+@pytest.mark.parametrize(
+    "env_id, said",
+    [
+        pytest.param("LunarLander-v3", "(install: pip install box2d)",
+                     marks=pytest.mark.skipif(not _missing("Box2D"), reason="Box2D is installed here")),
+        pytest.param("phys2d/CartPole-v1", "(install: pip install 'gymnasium[jax]')",
+                     marks=pytest.mark.skipif(not _missing("jax"), reason="jax is installed here")),
+        ("Hopper-v2", "use -v5 ids"),
+        ("fastpg-test/Broken-v0", "RuntimeError: this env's constructor fails"),
+    ],
+)  # fmt: skip
+def test_an_env_that_cannot_be_built_is_one_line_and_exit_two(env_id, said, backend, capsys):
+    """Every place that builds or inspects an env before training (the memory check included)
+    goes through one guarded probe: one line naming the env and what to install, exit 2."""
+    import gymnasium as gym
+
+    from fastpg.cli import main
+
+    if env_id not in gym.registry:
+        gym.register(env_id, entry_point=_broken_env)
+    assert main(["train", "--env", env_id, "--backend", backend, "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"fastpg: error: --env: could not create {env_id}"), err
+    assert said in err[0]

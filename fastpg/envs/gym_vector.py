@@ -172,23 +172,54 @@ def env_spec(env_id: str) -> gym.envs.registration.EnvSpec:
     return gym.spec(name)
 
 
-def make_gym_vector_env(env_id: str, backend: str, num_envs: int, device: torch.device | str = "cpu") -> GymVectorEnv:
-    """Build ``num_envs`` copies of ``env_id`` with a gymnasium backend (vector, sync or async)."""
-    if backend not in _MODES:
-        raise ValueError(f"backend must be one of {', '.join(_MODES)}, got {backend!r}")
-    # Refuse unsupported spaces before starting any worker processes.
-    spec = env_spec(env_id)
+# What to install when gymnasium says a dependency is missing (the words of its message -> the advice).
+_INSTALL_HINTS = (
+    ("box2d", "pip install box2d"),
+    (
+        "gymnasium-robotics",
+        "the -v2/-v3 MuJoCo ids left gymnasium; use -v5 ids: pip install 'gymnasium[mujoco]'",
+    ),
+    ("mujoco", "pip install 'gymnasium[mujoco]'"),
+    ("jax", "pip install 'gymnasium[jax]'"),
+)
+
+
+def _could_not_create(env_id: str, e: Exception) -> UnsupportedEnvError:
+    """One line for an env whose construction failed, naming what to install where we know it."""
+    text = " ".join(str(e).split())
+    hint = next((h for word, h in _INSTALL_HINTS if word in text.lower()), None)
+    if hint is None and isinstance(e, ModuleNotFoundError) and e.name:
+        hint = f"pip install {e.name.split('.')[0]}"
+    return UnsupportedEnvError(
+        f"could not create {env_id}: {type(e).__name__}: {text[:300]}" + (f" (install: {hint})" if hint else "")
+    )
+
+
+def probe_env_info(env_id: str) -> EnvInfo:
+    """Build one copy of ``env_id`` with ``gym.make`` and describe its spaces: the one guarded way
+    fastpg looks at a gymnasium env before training (``UnsupportedEnvError`` in one line if it
+    cannot be built, naming the package to install where gymnasium's error says which)."""
     try:
-        probe = gym.make(env_id)
-    except Exception as e:  # missing optional dependency (box2d, mujoco, jax...), bad kwargs
-        raise UnsupportedEnvError(f"could not create {env_id}: {type(e).__name__}: {e}") from e
+        spec = env_spec(env_id)
+        with warnings.catch_warnings():  # a probe: the env built for training says its own warnings
+            warnings.simplefilter("ignore")
+            probe = gym.make(env_id)
+    except Exception as e:  # missing optional dependency (box2d, mujoco, jax...), bad kwargs, a broken env
+        raise _could_not_create(env_id, e) from e
     try:
-        env_info_from_spaces(env_id, probe.observation_space, probe.action_space, spec)
+        return env_info_from_spaces(env_id, probe.observation_space, probe.action_space, spec)
     finally:
         try:
             probe.close()
         except Exception as e:  # the env works; its close does not: say so, go on
-            warnings.warn(f"env {env_id}: close failed: {type(e).__name__}: {e}", RuntimeWarning, stacklevel=2)
+            warnings.warn(f"env {env_id}: close failed: {type(e).__name__}: {e}", RuntimeWarning, stacklevel=3)
+
+
+def make_gym_vector_env(env_id: str, backend: str, num_envs: int, device: torch.device | str = "cpu") -> GymVectorEnv:
+    """Build ``num_envs`` copies of ``env_id`` with a gymnasium backend (vector, sync or async)."""
+    if backend not in _MODES:
+        raise ValueError(f"backend must be one of {', '.join(_MODES)}, got {backend!r}")
+    probe_env_info(env_id)  # refuse an env that cannot be built, or its spaces, before any worker starts
     kwargs = {}
     if backend != "vector":
         # The adapter copies every array into torch at once, so gymnasium need not copy first.
@@ -206,7 +237,7 @@ def make_gym_vector_env(env_id: str, backend: str, num_envs: int, device: torch.
             "lower --num-envs or use --backend sync"
         ) from e
     except Exception as e:  # the env's own constructor, in a worker or here
-        raise UnsupportedEnvError(f"could not create {num_envs} copies of {env_id}: {type(e).__name__}: {e}") from e
+        raise _could_not_create(f"{num_envs} copies of {env_id}", e) from e
     return GymVectorEnv(vec, device=device, env_id=env_id)
 
 
