@@ -36,7 +36,7 @@ from fastpg.metrics import JsonlSink, TensorBoardSink, format_si, jsonable, roun
 from fastpg.population.progress import PopulationProgress
 from fastpg.population.spec import Population
 from fastpg.population.trainer import PopulationTrainer
-from fastpg.run import check_outputs, trim_metrics
+from fastpg.run import _exit_code, check_outputs, trim_metrics
 from fastpg.stats import aggregate
 
 __all__ = ["train_population", "member_numbers", "population_final_line", "population_header"]
@@ -210,10 +210,9 @@ def _run(
             gathered = group.objects((results, wall_s), "the gather of the members' results")
             results = sorted((r for part, _ in gathered for r in part), key=lambda r: r["member"])
             wall_s = max(w for _, w in gathered)
-        stopped = signal_of(requested)
-        exit_code = 1 if failure is not None or any(r["error"] for r in results) else 0
-        if stopped is not None:
-            exit_code = 128 + int(stopped)
+        # the single run's rule (env failure, the signal that stopped training or came during the
+        # final evaluation), and 1 when a member failed
+        exit_code = _exit_code(failure, signal_of(requested), signals) or int(any(r["error"] for r in results))
         summary = population_summary(
             population,
             results,
@@ -245,11 +244,8 @@ def _save(trainer: PopulationTrainer, group: Group | None, directory: Path, writ
 def _merged_state(parts: list[dict[str, Any]]) -> dict[str, Any]:
     """The ranks' population states as one (members in member order; the population's clock
     and epochs those of the rank that trained longest)."""
-    rows = sorted(
-        (n, m, r, e, v)
-        for p in parts
-        for n, m, r, e, v in zip(p["numbers"], p["members"], p["stop_reasons"], p["errors"], p["evaluations"])
-    )
+    fields = ("numbers", "members", "stop_reasons", "errors", "evaluations")
+    rows = sorted((row for p in parts for row in zip(*(p[f] for f in fields))), key=lambda row: row[0])
     first = parts[0]
     return {
         **first,
