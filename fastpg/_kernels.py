@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import os
 import platform
+import re
 import shutil
 import sys
 import threading
@@ -28,7 +29,7 @@ from types import ModuleType
 
 from fastpg.errors import KernelBuildError
 
-__all__ = ["kernels", "KernelBuildError", "SOURCE_DIR"]
+__all__ = ["kernels", "env_module", "KernelBuildError", "SOURCE_DIR"]
 
 SOURCE_DIR = Path(__file__).parent / "csrc"
 # -fopenmp: at::parallel_for is an inline template that runs serially unless the extension itself
@@ -71,11 +72,15 @@ def _digest() -> str:
 
 
 def _build() -> ModuleType:
+    return _load(f"fastpg_kernels_{_digest()}", [SOURCE_DIR / "kernels.cpp"], [SOURCE_DIR], "fastpg's C++ kernels")
+
+
+def _load(name: str, sources: list[Path], includes: list[Path], what: str) -> ModuleType:
+    """Build (or load from torch's cache) the extension ``name`` from ``sources``."""
     from torch.utils.cpp_extension import _get_build_directory, load
 
-    name = f"fastpg_kernels_{_digest()}"
     if not (Path(_get_build_directory(name, verbose=False)) / f"{name}.so").exists():
-        print("fastpg: compiling the C++ kernels for this machine (first use only; 1-2 minutes)...",
+        print(f"fastpg: compiling {what} for this machine (first use only; 1-2 minutes)...",
               file=sys.stderr, flush=True)  # fmt: skip
     old_path = os.environ.get("PATH", "")
     bin_dir = os.path.dirname(sys.executable)
@@ -84,17 +89,56 @@ def _build() -> ModuleType:
             os.environ["PATH"] = bin_dir + os.pathsep + old_path
         return load(
             name=name,
-            sources=[str(SOURCE_DIR / "kernels.cpp")],
-            extra_include_paths=[str(SOURCE_DIR)],
+            sources=[str(s) for s in sources],
+            extra_include_paths=[str(i) for i in includes],
             extra_cflags=_CFLAGS,
             extra_ldflags=_LDFLAGS,
             verbose=False,
         )
     except Exception as e:  # compiler, ninja or headers missing: say what to do
         raise KernelBuildError(
-            f"could not build fastpg's C++ kernels ({type(e).__name__}: {str(e).strip().splitlines()[-1][:300]}); "
+            f"could not build {what} ({type(e).__name__}: {str(e).strip().splitlines()[-1][:300]}); "
             "they need a C++ compiler and ninja (pip install ninja). Without them fastpg runs its generic "
             "torch path (--fused off, --env-kernel torch)."
         ) from e
     finally:
         os.environ["PATH"] = old_path
+
+
+_env_modules: dict[tuple[str, str, str], ModuleType] = {}
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_STRUCT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(::[A-Za-z_][A-Za-z0-9_]*)*")
+
+
+def env_module(header: Path, struct: str, name: str) -> ModuleType:
+    """The compiled module of a user's env kernel: ``struct`` (a class template of the interface in
+    ``fastpg/csrc/env_kernel.h``, namespace included) declared in ``header``, registered as
+    ``name``; it defines ``collect``, ``collect_many``, ``env_step``, ``env_reset`` and
+    ``env_kernels`` as fastpg's own module does for the built-in env kernels. Built on first use
+    and cached as fastpg's own kernels are (the name carries a digest of the header too).
+
+    Raises ``KernelBuildError`` if it cannot be built (the header does not compile, no compiler)."""
+    header = Path(header).resolve()
+    if not _NAME.fullmatch(name) or not _STRUCT.fullmatch(struct):
+        raise ValueError(f"env kernel name {name!r} and struct {struct!r} must be C++ identifiers")
+    if not header.is_file():
+        raise ValueError(f"env kernel header {header} does not exist")
+    key = (str(header), struct, name)
+    with _lock:
+        if key not in _env_modules:
+            digest = hashlib.sha1((_digest() + struct + name).encode() + header.read_bytes()).hexdigest()[:12]
+            module = f"fastpg_env_{name}_{digest}"
+            source = Path(_build_root()) / f"{module}.cpp"
+            source.parent.mkdir(parents=True, exist_ok=True)
+            text = f'#include "env_kernel.h"\n#include "{header}"\n\nFASTPG_ENV_MODULE({struct}, "{name}")\n'
+            if not source.exists() or source.read_text() != text:
+                source.write_text(text)
+            _env_modules[key] = _load(module, [source], [SOURCE_DIR, header.parent], f"the env kernel {name} ({header.name})")
+    return _env_modules[key]
+
+
+def _build_root() -> str:
+    """Where generated sources of env modules go: beside torch's extension builds."""
+    from torch.utils.cpp_extension import _get_build_directory
+
+    return _get_build_directory("fastpg_env_sources", verbose=False)

@@ -1,17 +1,22 @@
 """The fused epoch: a whole collect and a whole update as two calls of compiled code.
 
-Where it applies (``fused_problem`` says why not otherwise): native CartPole or Acrobot on CPU, the built-in
-``MLPPolicy`` (Discrete actions, relu or tanh, no value head), baseline none or mean, unfinished
-episodes masked. There the generic path pays a few microseconds of dispatch for each of some 40
-torch ops per lockstep step and dozens per update; the fused path runs:
+Where it applies (``fused_problem`` says why not otherwise): a native env with an env kernel
+(``NativeEnv.env_kernel``: CartPole, Acrobot, MountainCar, MountainCarContinuous and Pendulum, and
+users' own envs, ``fastpg.envs.env_kernel``) on CPU, the built-in ``MLPPolicy`` (Discrete actions,
+or Box actions and its diagonal Gaussian; relu or tanh), any baseline (none, mean, or the value
+network), unfinished episodes masked or bootstrapped. There the generic path pays a few
+microseconds of dispatch for each of some 40 torch ops per lockstep step and dozens per update;
+the fused path runs:
 
-- ``collect``: T steps of MLP forward, sampling, env step (compiled dynamics in gymnasium's
-  arithmetic: CartPole bit-identical to gymnasium in float64, Acrobot to the last bit of the C
-  library's cos/sin), reset, storage writes and episode totals in one C++ loop (parallel over envs
-  at large N);
-- ``update``: reward-to-go, the entries in the loss, the advantage, the MLP's forward and backward
-  over those entries (explicit gradients, parallel over chunks of entries), the gradient norm,
-  clipping and the non-finite check in one C++ call; then the optimizer's step.
+- ``collect``: T steps of MLP forward, sampling, env step (the env kernel's compiled dynamics in
+  gymnasium's arithmetic: CartPole, MountainCar and MountainCarContinuous bit-identical to
+  gymnasium in float64, Acrobot and Pendulum to the last bit of the C library's cos/sin), reset,
+  storage writes and episode totals in one C++ loop (parallel over envs at large N);
+- ``update``: reward-to-go (bootstrapped by V of the last observation where asked), the entries
+  in the loss, the baseline and the advantage, the policy's and the value network's forward and
+  backward over those entries (explicit gradients, parallel over chunks of entries; the
+  Gaussian's log-std included), the gradient norm, clipping and the non-finite check in one C++
+  call; then the optimizer's step.
 
 It computes what the generic path computes. It draws from the same generators in the same order
 (the env's for resets, the trainer's for actions), so with one seed it is deterministic, and it
@@ -24,34 +29,50 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
+from types import ModuleType
 from typing import Any, NamedTuple
 
 import torch
 from tensordict import TensorDict
 from torch import Tensor, nn
 
-from fastpg._kernels import kernels
 from fastpg.config import Config
-from fastpg.envs import BatchedEnv, NativeEnv, TorchAcrobot, TorchCartPole
+from fastpg.envs import BatchedEnv, NativeEnv
 from fastpg.errors import KernelBuildError
 from fastpg.loss import SumAcross
-from fastpg.policy import MLPPolicy
+from fastpg.policy import LOG_STD_MAX, LOG_STD_MIN, MLPPolicy
 from fastpg.rollout import Carry
 from fastpg.storage import allocate_storage
 from fastpg.update import UpdateSettings
 
 __all__ = ["FusedEpoch", "KernelCall", "fused_problem", "FUSED_ACTIVATIONS"]
 
-FUSED_ACTIVATIONS = {"relu": 0, "tanh": 1}  # codes of fastpg/csrc/kernels.cpp
-_FUSED_ENVS = {TorchCartPole: "cartpole", TorchAcrobot: "acrobot"}  # native envs with compiled dynamics
+FUSED_ACTIVATIONS = {"relu": 0, "tanh": 1}  # codes of fastpg/csrc/mlp.h
+_BASELINES = {"none": 0, "mean": 1, "value": 2}  # codes of fastpg/csrc/kernels.cpp
 
 
 class KernelCall(NamedTuple):
-    """One call of a compiled kernel: its arguments, and ``finish()``, to run once it has run (it
-    hands the results back: the carry, the env's state, an evaluation's summary)."""
+    """One call of a compiled kernel: the module whose ``collect`` runs it, its arguments, and
+    ``finish()``, to run once it has run (it hands the results back: the carry, the env's state,
+    an evaluation's summary)."""
 
+    module: ModuleType
     args: tuple
     finish: Callable[[], Any]
+
+    def run(self) -> Any:
+        self.module.collect(*self.args)
+        return self.finish()
+
+
+def run_many(calls: list[KernelCall]) -> None:
+    """Run many collect calls, each module's in one batched ``collect_many`` (their ``finish``
+    is the caller's)."""
+    by_module: dict[int, list[KernelCall]] = {}
+    for c in calls:
+        by_module.setdefault(id(c.module), []).append(c)
+    for group in by_module.values():
+        group[0].module.collect_many([c.args for c in group])
 
 
 def fused_problem(cfg: Config, env: BatchedEnv, policy: nn.Module, device: torch.device) -> str | None:
@@ -60,15 +81,22 @@ def fused_problem(cfg: Config, env: BatchedEnv, policy: nn.Module, device: torch
         return "--fused off"
     if device.type != "cpu":
         return f"it runs on CPU (device {device})"
-    if type(env) not in _FUSED_ENVS:
-        return f"it exists for native CartPole and Acrobot (backend torch), not {type(env).__name__}"
-    if type(policy) is not MLPPolicy or not policy.discrete or policy.value_net is not None:
-        return "it needs the built-in MLPPolicy with Discrete actions and no value head"
+    if not isinstance(env, NativeEnv) or type(env).env_kernel is None:
+        return f"it needs a native env with an env kernel (fastpg.envs.EnvKernel), not {type(env).__name__}"
+    if type(policy) is not MLPPolicy:
+        return f"it needs the built-in MLPPolicy, not {type(policy).__name__}"
+    info = env.info
+    if len(info.obs_shape) != 1 or (not info.discrete and len(info.action_shape) != 1):
+        return "it needs flat observations and actions"
     if policy.activation not in FUSED_ACTIVATIONS:
         return f"activation {policy.activation!r} is not one of {', '.join(FUSED_ACTIVATIONS)}"
-    if cfg.baseline == "value" or cfg.unfinished != "mask":
-        return "baseline value and unfinished bootstrap need the value network (generic path)"
+    if (policy.value_net is not None) != (cfg.baseline == "value"):
+        return "a value head is trained with baseline value only (and baseline value needs one)"
     return None
+
+
+def _linears(net: nn.Module) -> list[nn.Linear]:
+    return [m for m in net if isinstance(m, nn.Linear)]
 
 
 class FusedEpoch:
@@ -76,18 +104,36 @@ class FusedEpoch:
 
     kind = "fused"
 
-    def __init__(self, env: TorchCartPole | TorchAcrobot, policy: MLPPolicy):
-        self.kernels = kernels()
+    def __init__(self, env: NativeEnv, policy: MLPPolicy):
+        self.env_kernel = type(env).env_kernel
+        self.module = self.env_kernel.module()  # the env's collect
+        self.kernels = self.module if self.env_kernel.builtin else _main_module()  # the update
+        _check_kernel_sizes(self.module, env)
         self.env = env
         self.policy = policy
-        linears = [m for m in policy.net if isinstance(m, nn.Linear)]
+        linears = _linears(policy.net)
         self.weights = [m.weight for m in linears]
         self.biases = [m.bias for m in linears]
         self.act = FUSED_ACTIVATIONS[policy.activation]
+        self.box = not policy.discrete
+        value = _linears(policy.value_net) if policy.value_net is not None else []
+        # Every parameter in named_parameters order (the kernel's gradients and non-finite check).
         self.params = [p for m in linears for p in (m.weight, m.bias)]
+        if self.box:
+            self.params.append(policy.log_std)
+        self.params += [p for m in value for p in (m.weight, m.bias)]
         self.names = [n for n, _ in policy.named_parameters()]
         self.grads = [torch.zeros_like(p) for p in self.params]
-        self.env_name = _FUSED_ENVS[type(env)]
+        n_policy = 2 * len(linears)
+        self.policy_grads = self.grads[:n_policy]
+        self.log_std_grad = self.grads[n_policy] if self.box else None
+        self.value_weights = [m.weight for m in value]
+        self.value_biases = [m.bias for m in value]
+        self.value_grads = self.grads[n_policy + self.box :]
+        self.env_name = self.env_kernel.name
+        info = env.info
+        self.action_low = info.action_low.flatten().float() if self.box else None
+        self.action_high = info.action_high.flatten().float() if self.box else None
 
     @classmethod
     def create(cls, cfg: Config, env: BatchedEnv, policy: nn.Module, device: torch.device) -> FusedEpoch | None:
@@ -104,9 +150,7 @@ class FusedEpoch:
     def collect(self, buf: TensorDict, carry: Carry, generator: torch.Generator, env: NativeEnv | None = None) -> Carry:
         """Fill ``buf`` with T steps (as ``fastpg.rollout.collect``) of the trainer's env, or of
         ``env`` (a native env of the same kind); returns the carry."""
-        call = self.collect_call(buf, carry, generator, env)
-        self.kernels.collect(*call.args)
-        return call.finish()
+        return self.collect_call(buf, carry, generator, env).run()
 
     def collect_call(
         self, buf: TensorDict, carry: Carry, generator: torch.Generator, env: NativeEnv | None = None
@@ -121,12 +165,17 @@ class FusedEpoch:
             if carry.obs.dtype == torch.float32 and carry.obs.is_contiguous()
             else carry.obs.float().contiguous()
         )
+        gaussian = None
+        if self.box:  # the policy's std as MLPPolicy computes it, and the action space's bounds
+            with torch.no_grad():
+                std = self.policy.log_std.clamp(LOG_STD_MIN, LOG_STD_MAX).exp()
+            gaussian = (std, self.action_low, self.action_high)
         args = (
             self.env_name,
             self.weights, self.biases, self.act, generator, state, final, env.elapsed, env.generator,
             env.max_episode_steps, env.selects_resets, buf["obs"], buf["action"], buf["reward"], buf["done"],
             buf["terminated"], buf["valid"], buf["episode_return"], buf["episode_length"], obs,
-            carry.episode_return, carry.episode_length, env.shard_lo, env.total_envs, env.counts_before,
+            carry.episode_return, carry.episode_length, env.shard_lo, env.total_envs, env.counts_before, gaussian,
         )  # fmt: skip
 
         def finish() -> Carry:
@@ -135,15 +184,13 @@ class FusedEpoch:
             env.install_kernel_state(state, final)
             return carry
 
-        return KernelCall(args, finish)
+        return KernelCall(self.module, args, finish)
 
     def evaluate(self, env: NativeEnv, seed: int, generator: torch.Generator) -> dict[str, float]:
         """One episode in each copy of ``env`` (a native env of the trainer's kind), actions sampled
         from the policy with ``generator``: what ``fastpg.evaluate`` reports, from one fused
         collect of ``max_episode_steps`` steps (every copy ends its first episode within them)."""
-        call = self.evaluation_call(env, seed, generator)
-        self.kernels.collect(*call.args)
-        return call.finish()
+        return self.evaluation_call(env, seed, generator).run()
 
     def evaluation_call(self, env: NativeEnv, seed: int, generator: torch.Generator) -> KernelCall:
         """``evaluate`` as a kernel call (see ``collect_call``); ``finish()`` returns its result."""
@@ -166,7 +213,7 @@ class FusedEpoch:
                 "unfinished": 0,
             }
 
-        return KernelCall(collected.args, finish)
+        return KernelCall(self.module, collected.args, finish)
 
     def update(
         self,
@@ -176,10 +223,12 @@ class FusedEpoch:
         *,
         apply: bool = True,
         sum_across: SumAcross | None = None,
+        last_obs: Tensor | None = None,
     ) -> tuple[dict[str, Tensor], str | None]:
         """One update from the epoch in ``buf`` (as ``fastpg.update.reinforce_update``, with its
-        ``sum_across`` for a batch split over processes)."""
-        args = self.update_args(buf, s, optimizer if apply else None, sum_across)
+        ``sum_across`` for a batch split over processes, and ``last_obs``, the observation after
+        the last step, which ``unfinished="bootstrap"`` needs)."""
+        args = self.update_args(buf, s, optimizer if apply else None, sum_across, last_obs)
         return self.finish_update(self.kernels.update_grads(*args), optimizer, args, apply=apply)
 
     def update_args(
@@ -188,16 +237,24 @@ class FusedEpoch:
         s: UpdateSettings,
         optimizer: torch.optim.Optimizer | None,
         sum_across: SumAcross | None = None,
+        last_obs: Tensor | None = None,
     ) -> tuple:
         """The arguments of the kernel's ``update_grads`` for the epoch in ``buf`` (a batched call
         runs many, ``update_grads_many``); hand its result to ``finish_update``. ``optimizer``:
         the optimizer to step after a finite update (None: no step), which the kernel takes where
         it can (``adam_job``)."""
+        gaussian = (self.policy.log_std, self.log_std_grad) if self.box else None
+        value = None
+        if s.baseline == "value":
+            if s.unfinished == "bootstrap" and last_obs is None:
+                raise ValueError("unfinished='bootstrap' needs last_obs, the observation after the last step")
+            bootstrap = last_obs.float().contiguous() if s.unfinished == "bootstrap" else None
+            value = (self.value_weights, self.value_biases, self.value_grads, s.value_coef, bootstrap)
         return (
             self.weights, self.biases, self.act, buf["obs"], buf["action"], buf["reward"], buf["done"],
-            buf["valid"], buf["ret"], s.gamma, s.normalize, s.baseline == "mean", s.entropy_coef,
-            s.max_grad_norm, self.grads, None if sum_across is None else lambda t: sum_across([t]),
-            None if optimizer is None else self.adam_job(optimizer),
+            buf["valid"], buf["ret"], s.gamma, s.normalize, _BASELINES[s.baseline], s.entropy_coef,
+            s.max_grad_norm, self.policy_grads, None if sum_across is None else lambda t: sum_across([t]),
+            None if optimizer is None else self.adam_job(optimizer), gaussian, value,
         )  # fmt: skip
 
     def adam_job(self, optimizer: torch.optim.Optimizer) -> tuple | None:
@@ -235,13 +292,13 @@ class FusedEpoch:
         """The gradients the kernel wrote, the non-finite guard and the optimizer's step (unless
         the kernel took it: ``args``, the call's ``update_args``), from the kernel's statistics
         ``raw``; returns (stats, the non-finite quantity or None)."""
-        loss, policy_loss, entropy, mask_frac, grad_norm, nonfinite, which, _ = raw.tolist()
+        loss, policy_loss, entropy, mask_frac, grad_norm, nonfinite, which, _, value_loss = raw.tolist()
         bad = self._nonfinite_name(int(nonfinite), int(which))
         for p, g in zip(self.params, self.grads):
             p.grad = None if bad else g
-        if bad is None and apply and args[-1] is None:
+        if bad is None and apply and args[16] is None:
             optimizer.step()
-        values = [loss, policy_loss, 0.0, entropy, grad_norm, mask_frac, float(bad is not None)]
+        values = [loss, policy_loss, value_loss, entropy, grad_norm, mask_frac, float(bad is not None)]
         keys = ("loss", "policy_loss", "value_loss", "entropy", "grad_norm", "mask_frac", "skipped")
         return dict(zip(keys, torch.tensor(values, dtype=torch.float64).unbind())), bad
 
@@ -262,3 +319,32 @@ def _has_step_hooks(optimizer: torch.optim.Optimizer) -> bool:
         optimizer._optimizer_step_pre_hooks or optimizer._optimizer_step_post_hooks
         or module._global_optimizer_pre_hooks or module._global_optimizer_post_hooks
     )  # fmt: skip
+
+
+def _main_module() -> ModuleType:
+    from fastpg._kernels import kernels
+
+    return kernels()
+
+
+def _check_kernel_sizes(module: ModuleType, env: NativeEnv) -> None:
+    """Refuse an env whose Python class and C++ kernel disagree on the sizes (a user's env kernel
+    declared with other spaces than its class), naming both."""
+    kernel = type(env).env_kernel
+    found = module.env_kernels().get(kernel.name)
+    if found is None:
+        raise ValueError(f"{type(env).__name__}: its env kernel module has no kernel named {kernel.name!r}")
+    info = env.info
+    declared = (
+        env.state_dim,
+        info.obs_shape[0] if len(info.obs_shape) == 1 else None,
+        info.num_actions if info.discrete else 0,
+        0 if info.discrete else info.action_shape[0],
+    )
+    names = ("state_dim", "obs_dim", "num_actions", "action_dim")
+    for name, k, py in zip(names, found, declared):
+        if k != py:
+            raise ValueError(
+                f"{type(env).__name__} and its env kernel {kernel.describe()} disagree: the kernel's {name} is {k}, "
+                f"the env's (state_dim, info) say {py}"
+            )

@@ -154,7 +154,7 @@ class GraphedEpoch:
         return self.carry
 
     def update(self, optimizer: torch.optim.Optimizer, buf: TensorDict, s: UpdateSettings, *,
-               apply: bool = True) -> tuple[dict[str, Tensor], str | None]:  # fmt: skip
+               apply: bool = True, last_obs: Tensor | None = None) -> tuple[dict[str, Tensor], str | None]:  # fmt: skip
         """The optimizer step for the gradients of the last replay, unless a value was non-finite."""
         ok = self.finite.tolist()  # the one host sync of the update
         bad = None

@@ -31,7 +31,6 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from fastpg._kernels import kernels
 from fastpg.checkpoint import check_state
 from fastpg.config import Config
 from fastpg.distributed import Group
@@ -207,7 +206,9 @@ class Trainer:
         # Data-parallel runs sum the update across the ranks (the CUDA graph is a one-process path).
         across = {"sum_across": self._sum_across} if self.group is not None else {}
         if self.fused is not None:
-            stats, bad = self.fused.update(self.optimizer, self.buf, self.settings, apply=apply, **across)
+            stats, bad = self.fused.update(
+                self.optimizer, self.buf, self.settings, apply=apply, last_obs=self.carry.obs, **across
+            )
         else:
             stats, bad = reinforce_update(
                 self.policy, self.optimizer, self.buf, self.carry.obs, self.settings, apply=apply, **across
@@ -514,8 +515,7 @@ class Evaluation:
     def run(self) -> dict[str, float]:
         if self.call is None:
             return self._play()
-        kernels().collect(*self.call.args)
-        return self.call.finish()
+        return self.call.run()
 
     def close(self) -> None:
         if self.owned:

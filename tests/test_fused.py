@@ -31,7 +31,10 @@ def test_fused_is_chosen_automatically_where_it_applies_and_off_forces_the_gener
         assert tr.fused is None
     with Trainer(Config(**SMALL, env="Acrobot-v1")) as tr:
         assert isinstance(tr.fused, FusedEpoch) and tr.fused.env_name == "acrobot"
-    for changes in (dict(env="Pendulum-v1"), dict(baseline="value"), dict(activation="gelu"), dict(backend="vector")):
+    for changes in (dict(env="Pendulum-v1"), dict(baseline="value"), dict(env="MountainCar-v0")):
+        with Trainer(Config(**SMALL, **changes)) as tr:
+            assert isinstance(tr.fused, FusedEpoch), changes
+    for changes in (dict(activation="gelu"), dict(backend="vector")):
         with Trainer(Config(**SMALL, **changes)) as tr:
             assert tr.fused is None, changes
 
@@ -44,6 +47,9 @@ def test_fused_problem_names_the_reason():
     assert "CPU" in fused_problem(Config(), env, policy, torch.device("cuda"))
     assert "elu" in fused_problem(Config(), env, MLPPolicy(env.info, (8,), "elu"), torch.device("cpu"))
     assert "value" in fused_problem(Config(), env, MLPPolicy(env.info, (8,), value_head=True), torch.device("cpu"))
+    with_value = Config(baseline="value")
+    assert fused_problem(with_value, env, MLPPolicy(env.info, (8,), value_head=True), torch.device("cpu")) is None
+    assert "value" in fused_problem(with_value, env, policy, torch.device("cpu"))
     custom = torch.nn.Sequential(torch.nn.Linear(4, 2))
     assert "MLPPolicy" in fused_problem(Config(), env, custom, torch.device("cpu"))
 
@@ -52,7 +58,7 @@ def test_a_kernel_that_cannot_be_built_falls_back_to_the_generic_path(monkeypatc
     def fail():
         raise KernelBuildError("no compiler here")
 
-    monkeypatch.setattr("fastpg.fused.kernels", fail)
+    monkeypatch.setattr("fastpg._kernels.kernels", fail)
     with pytest.warns(RuntimeWarning, match="no compiler here.*generic path"), Trainer(Config(**SMALL)) as tr:
         assert tr.fused is None
         assert tr.epoch()["epoch"] == 1

@@ -66,8 +66,30 @@ def test_fused_members_are_their_single_runs_bit_for_bit():
 @pytest.mark.parametrize(
     "base",
     [
-        Config(**SMALL, fused="off", max_epochs=4),
         Config(**{**SMALL, "env": "Pendulum-v1", "num_steps": 50}, baseline="value", max_epochs=3),
+        Config(**SMALL, baseline="value", unfinished="bootstrap", max_epochs=3),
+        Config(**{**SMALL, "env": "MountainCarContinuous-v0", "num_steps": 40}, max_epochs=3),
+    ],
+    ids=["pendulum-value", "cartpole-bootstrap", "mountaincar-continuous"],
+)
+def test_fused_members_of_every_kind_are_their_single_runs_bit_for_bit(base):
+    """Box actions, the value baseline and bootstrapped returns run fused in a population too,
+    each member its single run bit for bit."""
+    pop = Population.grid(base, seeds=2, lr=[0.01, 0.001])
+    kind, metrics, params, evaluations, _ = _population(pop, evaluate=4)
+    assert kind == "fused"
+    for i, cfg in enumerate(pop.members):
+        single_metrics, single_params, single_eval, _ = _single(cfg, evaluate=4)
+        assert metrics[i] == single_metrics, f"member {i}"
+        assert all(torch.equal(a, b) for a, b in zip(params[i], single_params)), f"member {i}"
+        assert evaluations[i] == single_eval, f"member {i}"
+
+
+@pytest.mark.parametrize(
+    "base",
+    [
+        Config(**SMALL, fused="off", max_epochs=4),
+        Config(**{**SMALL, "env": "Pendulum-v1", "num_steps": 50}, baseline="value", max_epochs=3, fused="off"),
         Config(**SMALL, backend="sync", max_epochs=3, unfinished="bootstrap", baseline="value"),
     ],
     ids=["cartpole-generic", "pendulum-value", "gym-sync-bootstrap"],

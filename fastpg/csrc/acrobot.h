@@ -3,6 +3,8 @@
 // gymnasium's products evaluated as Python evaluates them), compiled without floating-point
 // contraction. Float64 results agree with gymnasium's to the last bit of the C library's cos/sin.
 #pragma once
+#include <torch/extension.h>
+
 #include <cmath>
 #include <cstdint>
 
@@ -13,6 +15,13 @@ struct Acrobot {
   static constexpr int kStateDim = 4;
   static constexpr int kObsDim = 6;
   static constexpr int kNumActions = 3;
+  static constexpr int kActionDim = 0;
+
+  // TorchAcrobot._sample_reset: gymnasium's uniform(-0.1, 0.1, size=4).astype(float32), drawn in float64.
+  static torch::Tensor reset(at::Generator& gen, int64_t draws, int64_t n, c10::ScalarType dtype) {
+    auto u = torch::empty({draws, kStateDim, n}, torch::TensorOptions().dtype(torch::kFloat64)).uniform_(0.0, 1.0, gen);
+    return u.mul_(0.2).add_(-0.1).to(torch::kFloat32).to(dtype);
+  }
 
   // Python's float64 values of gymnasium's constant subexpressions, then rounded to T.
   static constexpr double kM1Lc1Sq = 1.0 * 0.5 * 0.5, kM2 = 1.0, kI1 = 1.0, kI2 = 1.0;
@@ -53,7 +62,7 @@ struct Acrobot {
 
   // From state s, apply torque -1 / 0 / +1 (action 0 / 1 / 2): the next state into v and the
   // reward (-1, or 0 on the terminal step); returns whether it terminated.
-  static inline bool step(const T s[4], int64_t a, T v[4], T& reward) {
+  static inline bool step(const T s[4], int64_t a, int64_t /*elapsed*/, T v[4], T& reward) {
     const T torque = a == 0 ? T(-1.0) : (a == 1 ? T(0.0) : T(1.0));
     T k1[4], k2[4], k3[4], k4[4], y[4];
     derivs(s, torque, k1);

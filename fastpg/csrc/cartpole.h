@@ -1,10 +1,11 @@
 // gymnasium's CartPoleEnv.step for one env copy, operation for operation (compiled without
 // floating-point contraction, with the C library's cos/sin as numpy uses): bit-identical to
-// gymnasium in float64. Shared by the step kernel and the fused epoch.
+// gymnasium in float64. Shared by the step kernel and the fused epoch (an env kernel: env_kernel.h).
 #pragma once
+#include <torch/extension.h>
+
 #include <cmath>
 #include <cstdint>
-#include <string>
 
 namespace fastpg {
 
@@ -13,6 +14,12 @@ struct CartPole {
   static constexpr int kStateDim = 4;
   static constexpr int kObsDim = 4;
   static constexpr int kNumActions = 2;
+  static constexpr int kActionDim = 0;
+
+  // TorchCartPole._sample_reset: uniform in [-0.05, 0.05]^4 in the env's dtype.
+  static torch::Tensor reset(at::Generator& gen, int64_t draws, int64_t n, c10::ScalarType dtype) {
+    return torch::empty({draws, kStateDim, n}, torch::TensorOptions().dtype(dtype)).uniform_(-0.05, 0.05, gen);
+  }
 
   // From state s, take action a (0 push left, 1 push right): the next state into v; returns
   // whether it terminated (|x| > 2.4 or |theta| > 12 degrees).
@@ -36,7 +43,7 @@ struct CartPole {
   }
 
   // The step as the fused collect takes it: reward 1 for every step, the terminal one included.
-  static inline bool step(const T s[4], int64_t a, T v[4], T& reward) {
+  static inline bool step(const T s[4], int64_t a, int64_t /*elapsed*/, T v[4], T& reward) {
     reward = T(1.0);
     return step(s, a, v);
   }

@@ -24,6 +24,7 @@ from fastpg.envs.classic_control import (
     TorchMountainCarContinuous,
     TorchPendulum,
 )
+from fastpg.envs.env_kernel import EnvKernel
 from fastpg.envs.gym_vector import GymVectorEnv, env_spec, make_gym_vector_env
 from fastpg.errors import ConfigError, EnvWorkerError, UnsupportedEnvError
 
@@ -31,6 +32,7 @@ __all__ = [
     "BatchedEnv",
     "Checkpointable",
     "EnvInfo",
+    "EnvKernel",
     "Step",
     "GymVectorEnv",
     "NativeEnv",

@@ -26,7 +26,7 @@ from typing import Any, NamedTuple, Protocol
 from torch import Tensor
 
 from fastpg._kernels import kernels
-from fastpg.fused import FusedEpoch
+from fastpg.fused import FusedEpoch, run_many
 from fastpg.rollout import nonfinite_envs
 from fastpg.trainer import EpochData, Evaluation, Trainer
 
@@ -61,9 +61,7 @@ class Engine(Protocol):
 def run_evaluations(evaluations: Sequence[Evaluation]) -> list[dict[str, Any]]:
     """Play prepared evaluations: those the fused collect plays in one batched kernel call, the
     others one by one."""
-    calls = [e.call for e in evaluations if e.call is not None]
-    if calls:
-        kernels().collect_many([c.args for c in calls])
+    run_many([e.call for e in evaluations if e.call is not None])
     return [e.call.finish() if e.call is not None else e.run() for e in evaluations]
 
 
@@ -73,7 +71,7 @@ class FusedBatch:
     kind = "fused"
 
     def __init__(self) -> None:
-        self.kernels = kernels()
+        self.kernels = kernels()  # the update and the epoch data (collects run in their env's module)
 
     @staticmethod
     def applies(members: Sequence[Trainer]) -> bool:
@@ -81,7 +79,7 @@ class FusedBatch:
 
     def collect(self, members: Sequence[Trainer]) -> None:
         calls = [m.fused.collect_call(m.buf, m.carry, m.generator) for m in members]
-        self.kernels.collect_many([c.args for c in calls])
+        run_many(calls)
         for m, c in zip(members, calls):
             m.carry = c.finish()
 
@@ -97,7 +95,10 @@ class FusedBatch:
         ]
 
     def update(self, members: Sequence[Trainer], applies: Sequence[bool]) -> list[UpdateResult]:
-        args = [m.fused.update_args(m.buf, m.settings, m.optimizer if a else None) for m, a in zip(members, applies)]
+        args = [
+            m.fused.update_args(m.buf, m.settings, m.optimizer if a else None, last_obs=m.carry.obs)
+            for m, a in zip(members, applies)
+        ]
         raws = self.kernels.update_grads_many(args)
         return [
             m.fused.finish_update(raw, m.optimizer, a, apply=apply)

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from fastpg.envs.base import EnvInfo, Step
+from fastpg.envs.env_kernel import EnvKernel
 
 __all__ = ["NativeEnv"]
 
@@ -36,6 +37,8 @@ class NativeEnv:
     """
 
     same_step_reset = True
+    # The compiled step of the fused epoch (fastpg.envs.env_kernel), or None: the generic path.
+    env_kernel: EnvKernel | None = None
     state_dim: int
     VERSIONS: dict[str, tuple[int, float | None]]
     # Step implementations: "torch" (torch ops, any device) and, where a class has one, compiled

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from fastpg.envs.classic_control._base import NativeEnv
+from fastpg.envs.env_kernel import EnvKernel
 
 __all__ = ["TorchAcrobot"]
 
@@ -31,6 +32,7 @@ class TorchAcrobot(NativeEnv):
     clips the velocities to ``4 pi`` and ``9 pi``. The arithmetic is gymnasium's, in its order.
     """
 
+    env_kernel = EnvKernel("acrobot")  # fastpg/csrc/acrobot.h
     state_dim = 4
     VERSIONS = {"Acrobot-v1": (500, -100.0)}
     dt = 0.2

@@ -10,6 +10,7 @@ from torch import Tensor
 from fastpg._kernels import kernels
 from fastpg.envs.base import Step
 from fastpg.envs.classic_control._base import NativeEnv
+from fastpg.envs.env_kernel import EnvKernel
 
 __all__ = ["TorchCartPole"]
 
@@ -27,6 +28,7 @@ class TorchCartPole(NativeEnv):
     (see ``fastpg._kernels``).
     """
 
+    env_kernel = EnvKernel("cartpole")  # fastpg/csrc/cartpole.h
     state_dim = 4
     gravity, masscart, masspole, length, force_mag, tau = 9.8, 1.0, 0.1, 0.5, 10.0, 0.02
     total_mass = masspole + masscart

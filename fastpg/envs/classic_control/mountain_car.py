@@ -7,6 +7,7 @@ import torch
 from torch import Tensor
 
 from fastpg.envs.classic_control._base import NativeEnv
+from fastpg.envs.env_kernel import EnvKernel
 
 __all__ = ["TorchMountainCar", "TorchMountainCarContinuous"]
 
@@ -31,6 +32,7 @@ class TorchMountainCar(NativeEnv):
     ``[-0.07, 0.07]``, position to ``[-1.2, 0.6]``, and hitting the left wall stops the car.
     """
 
+    env_kernel = EnvKernel("mountain_car")  # fastpg/csrc/mountain_car.h
     state_dim = 2
     VERSIONS = {"MountainCar-v0": (200, -110.0)}
     force, gravity, goal_position, goal_velocity = 0.001, 0.0025, 0.5, 0.0
@@ -78,6 +80,7 @@ class TorchMountainCarContinuous(NativeEnv):
     float32 values, and every rounding of gymnasium's step is performed where gymnasium performs it.
     """
 
+    env_kernel = EnvKernel("mountain_car_continuous")  # fastpg/csrc/mountain_car.h
     state_dim = 2
     VERSIONS = {"MountainCarContinuous-v0": (999, 90.0)}
     min_action, max_action, power, goal_position, goal_velocity = -1.0, 1.0, 0.0015, 0.45, 0.0

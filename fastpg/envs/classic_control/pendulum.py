@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from fastpg.envs.classic_control._base import NativeEnv
+from fastpg.envs.env_kernel import EnvKernel
 
 __all__ = ["TorchPendulum"]
 
@@ -21,6 +22,7 @@ class TorchPendulum(NativeEnv):
     is float32 (the action space's dtype) and its terms are float32 products, as in gymnasium.
     """
 
+    env_kernel = EnvKernel("pendulum")  # fastpg/csrc/pendulum.h
     state_dim = 2
     VERSIONS = {"Pendulum-v1": (200, None)}
     max_speed, max_torque, dt, g, m, length = 8, 2.0, 0.05, 10.0, 1.0, 1.0  # gymnasium: l
