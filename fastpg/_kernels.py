@@ -133,7 +133,8 @@ def env_module(header: Path, struct: str, name: str) -> ModuleType:
             text = f'#include "env_kernel.h"\n#include "{header}"\n\nFASTPG_ENV_MODULE({struct}, "{name}")\n'
             if not source.exists() or source.read_text() != text:
                 source.write_text(text)
-            _env_modules[key] = _load(module, [source], [SOURCE_DIR, header.parent], f"the env kernel {name} ({header.name})")
+            what = f"the env kernel {name} ({header.name})"
+            _env_modules[key] = _load(module, [source], [SOURCE_DIR, header.parent], what)
     return _env_modules[key]
 
 
