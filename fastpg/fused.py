@@ -117,19 +117,20 @@ class FusedEpoch:
         self.act = FUSED_ACTIVATIONS[policy.activation]
         self.box = not policy.discrete
         value = _linears(policy.value_net) if policy.value_net is not None else []
-        # Every parameter in named_parameters order (the kernel's gradients and non-finite check).
-        self.params = [p for m in linears for p in (m.weight, m.bias)]
-        if self.box:
-            self.params.append(policy.log_std)
+        # Every parameter in named_parameters order (log_std, the policy network's, the value
+        # network's): the kernel's gradients, its non-finite check and the optimizer's order.
+        self.params = [policy.log_std] if self.box else []
+        self.params += [p for m in linears for p in (m.weight, m.bias)]
         self.params += [p for m in value for p in (m.weight, m.bias)]
         self.names = [n for n, _ in policy.named_parameters()]
+        assert len(self.names) == len(self.params), "MLPPolicy's parameters are log_std, net and value_net"
         self.grads = [torch.zeros_like(p) for p in self.params]
         n_policy = 2 * len(linears)
-        self.policy_grads = self.grads[:n_policy]
-        self.log_std_grad = self.grads[n_policy] if self.box else None
+        self.log_std_grad = self.grads[0] if self.box else None
+        self.policy_grads = self.grads[self.box : self.box + n_policy]
         self.value_weights = [m.weight for m in value]
         self.value_biases = [m.bias for m in value]
-        self.value_grads = self.grads[n_policy + self.box :]
+        self.value_grads = self.grads[self.box + n_policy :]
         self.env_name = self.env_kernel.name
         info = env.info
         self.action_low = info.action_low.flatten().float() if self.box else None

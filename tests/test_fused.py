@@ -175,6 +175,15 @@ UPDATE_CASES = [
     dict(hidden_sizes=(20,), normalize_returns=False, max_grad_norm=0.5),
     dict(hidden_sizes=(0,)),  # a linear policy
     dict(env="Acrobot-v1", num_envs=4, num_steps=600, entropy_coef=0.01),  # three actions
+    dict(env="MountainCar-v0", num_steps=200),
+    dict(baseline="value"),
+    dict(baseline="value", unfinished="bootstrap", value_coef=0.7),
+    dict(baseline="value", normalize_returns=False, max_grad_norm=0.5, hidden_sizes=(8, 8), activation="tanh"),
+    # Box actions: the Gaussian's mean and log-std
+    dict(env="Pendulum-v1", num_steps=200, hidden_sizes=(16, 16), activation="tanh"),
+    dict(env="Pendulum-v1", num_steps=200, baseline="value", entropy_coef=0.01, hidden_sizes=(16, 16)),
+    dict(env="Pendulum-v1", num_steps=200, log_std_init=2.5, entropy_coef=0.01),  # log-std clamped: no gradient
+    dict(env="MountainCarContinuous-v0", num_steps=120, baseline="value", unfinished="bootstrap", log_std_init=1.0),
 ]
 
 
@@ -185,14 +194,14 @@ def test_fused_update_is_the_autograd_update_on_the_same_batch(changes):
     cfg = Config(**{**SMALL, "hidden_sizes": (16,), **changes})
     with Trainer(cfg) as tr:
         tr.collect()
-        assert tr.fused is not None and tr.buf["done"].any()
+        assert tr.fused is not None and (tr.buf["done"].any() or cfg.unfinished == "bootstrap")
         policy_copy = MLPPolicy.from_config(cfg, tr.env.info)
         policy_copy.load_state_dict(tr.policy.state_dict())
         opt_copy = torch.optim.Adam(policy_copy.parameters(), lr=cfg.lr)
         generic, bad = reinforce_update(policy_copy, opt_copy, tr.buf.clone(), tr.carry.obs, tr.settings)
         assert bad is None
         generic_grads = [p.grad.clone() for p in policy_copy.parameters()]
-        fused, bad = tr.fused.update(tr.optimizer, tr.buf, tr.settings)
+        fused, bad = tr.fused.update(tr.optimizer, tr.buf, tr.settings, last_obs=tr.carry.obs)
         assert bad is None
         for a, b in zip(tr.fused.grads, generic_grads):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
@@ -306,3 +315,76 @@ def test_fused_float64_env_carries_float64_observations():
     with Trainer(cfg) as tr:
         tr.epoch()
         assert tr.carry.obs.dtype == torch.float64 and tr.fused is not None
+
+
+# -- every env kernel -----------------------------------------------------------------------------
+
+KERNEL_ENVS = ["CartPole-v1", "Acrobot-v1", "MountainCar-v0", "MountainCarContinuous-v0", "Pendulum-v1"]
+
+
+@pytest.mark.parametrize("env_id", KERNEL_ENVS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_env_kernel_resets_draw_what_the_torch_env_draws(env_id, dtype):
+    """``reset(gen, draws, n)`` is ``draws`` calls of the Python env's ``_sample_reset(n)``, bit for bit."""
+    env = make_env(env_id, 7, dtype=dtype)
+    name = type(env).env_kernel.name
+    env.generator.manual_seed(5)
+    want = torch.stack([env._sample_reset(7) for _ in range(3)])
+    float64 = env.state_dtype == torch.float64
+    got = type(env).env_kernel.module().env_reset(name, torch.Generator().manual_seed(5), 3, 7, float64)
+    assert torch.equal(got.to(want.dtype), want)
+
+
+@pytest.mark.parametrize("env_id", KERNEL_ENVS)
+@pytest.mark.parametrize("num_envs", [6, 520])  # resets drawn for every copy / for the done ones
+def test_fused_epochs_replay_through_the_env_bit_for_bit(env_id, num_envs):
+    """The fused epoch's actions (clipped as every backend clips them), replayed through the env's
+    own compiled step (gymnasium's in float64: tests/test_native_classic_control.py) and its
+    resets, give the epoch's observations, rewards, flags and final state bit for bit."""
+    from fastpg.envs.base import action_clipper
+
+    steps = make_env(env_id, 1).max_episode_steps + 20  # every copy's first episode ends
+    cfg = Config.for_env(env_id, **{**SMALL, "num_envs": num_envs, "num_steps": steps}, env_dtype="float64")
+    with Trainer(cfg) as tr:
+        assert isinstance(tr.fused, FusedEpoch)
+        clip = action_clipper(tr.env.info, "cpu")
+        replay = make_env(env_id, num_envs, dtype=torch.float64, kernel="cpp")
+        replay.reset(seed=cfg.seed)
+        assert torch.equal(replay.state, tr.env.state)
+        tr.collect()
+        buf = tr.buf
+        for t in range(cfg.num_steps):
+            step = replay.step(clip(buf["action"][t]))
+            assert torch.equal(step.done, buf["done"][t]) and torch.equal(step.terminated, buf["terminated"][t])
+            assert torch.equal(step.reward.float(), buf["reward"][t])
+            nxt = buf["obs"][t + 1] if t + 1 < cfg.num_steps else tr.carry.obs.float()
+            assert torch.equal(step.obs.float(), nxt), t
+        assert buf["done"].any()
+        assert torch.equal(replay.state, tr.env.state) and torch.equal(replay.final_obs, tr.env.final_obs)
+
+
+def test_fused_gaussian_sampling_has_the_policy_distribution():
+    """The fused collect's Box actions are the policy's Gaussian: (a - mean(obs)) / std over 64,000
+    draws is standard normal (Kolmogorov-Smirnov distance and the first two moments)."""
+    import math as m
+
+    cfg = Config.for_env("Pendulum-v1", **{**SMALL, "num_envs": 64, "num_steps": 1000}, log_std_init=-0.5)
+    with Trainer(cfg) as tr:
+        with torch.no_grad():
+            tr.policy.log_std.copy_(torch.tensor([0.3]))
+        tr.collect()
+        with torch.no_grad():
+            mean = tr.policy.net(tr.buf["obs"]).squeeze(-1)
+        z = ((tr.buf["action"].squeeze(-1) - mean) / m.exp(0.3)).flatten().double()
+    n = z.numel()
+    assert abs(z.mean().item()) < 4 / m.sqrt(n) and abs(z.std().item() - 1) < 4 / m.sqrt(2 * n)
+    ecdf = torch.arange(1, n + 1, dtype=torch.float64) / n
+    cdf = 0.5 * (1 + torch.erf(z.sort().values / m.sqrt(2)))
+    assert (ecdf - cdf).abs().max().item() < 1.63 / m.sqrt(n)  # KS at the 1% level
+
+
+def test_the_fused_path_runs_every_native_env_and_the_value_baseline():
+    for env_id in KERNEL_ENVS:
+        with Trainer(Config.for_env(env_id, **SMALL)) as tr:
+            assert isinstance(tr.fused, FusedEpoch), env_id
+            tr.epoch()

@@ -24,8 +24,8 @@ RTOL, ATOL = 1e-10, 1e-12
 NEW_IDS = ["Acrobot-v1", "MountainCar-v0", "MountainCarContinuous-v0", "Pendulum-v1"]
 
 
-def _native(env_id, n, dtype=torch.float64, seed=0):
-    env = make_env(env_id, n, backend="torch", dtype=dtype)
+def _native(env_id, n, dtype=torch.float64, seed=0, kernel="torch"):
+    env = make_env(env_id, n, backend="torch", dtype=dtype, kernel=kernel)
     env.reset(seed=seed)
     return env
 
@@ -137,12 +137,14 @@ def _edge_states(env_id, rng, n):
     return s, actions, elapsed
 
 
+# "cpp": the env kernel's compiled step (fastpg/csrc/*.h), the step the fused epoch runs.
+@pytest.mark.parametrize("kernel", ["torch", "cpp"])
 @pytest.mark.parametrize("env_id", NEW_IDS)
-def test_one_step_matches_gymnasium_from_edge_states(env_id):
+def test_one_step_matches_gymnasium_from_edge_states(env_id, kernel):
     rng = np.random.default_rng(0)
     n = 2000
     states, actions, elapsed = _edge_states(env_id, rng, n)
-    native = _native(env_id, n)
+    native = _native(env_id, n, kernel=kernel)
     native.set_state(torch.from_numpy(states), torch.from_numpy(elapsed))
     step = native.step(_native_action(env_id, actions))
     expected = _gym_one_step(env_id, states, actions, elapsed)
@@ -171,6 +173,7 @@ def _controller(env_id, rng, states, n):
     return np.where(half, np.clip(-2.0 * states[:, 1], -2, 2), rng.uniform(-2.5, 2.5, size=n)).astype(np.float32)
 
 
+@pytest.mark.parametrize("kernel", ["torch", "cpp"])
 @pytest.mark.parametrize(
     "env_id,n,steps",
     [
@@ -180,11 +183,11 @@ def _controller(env_id, rng, states, n):
         ("Pendulum-v1", 32, 1000),
     ],
 )
-def test_trajectories_match_gymnasium_step_for_step(env_id, n, steps):
+def test_trajectories_match_gymnasium_step_for_step(env_id, n, steps, kernel):
     envs = [gym.make(env_id) for _ in range(n)]
     for i, e in enumerate(envs):
         e.reset(seed=1000 + i)
-    native = _native(env_id, n)
+    native = _native(env_id, n, kernel=kernel)
     rng = np.random.default_rng(2)
     counts = {"terminated": 0, "truncated": 0}
     for t in range(steps):

@@ -594,8 +594,9 @@ static UpdateJob update_job(const pybind11::tuple& t) {
   if (!t[17].is_none()) {
     job.gauss = gaussian_update(t[17], job.mlp.num_actions());
     TORCH_CHECK(job.action.scalar_type() == torch::kFloat32, "update_grads: Box actions are float32");
-    job.params.push_back(job.gauss->log_std);
-    job.grads.push_back(job.gauss->grad_out);
+    // named_parameters order: the policy's own log_std before its networks' parameters.
+    job.params.insert(job.params.begin(), job.gauss->log_std);
+    job.grads.insert(job.grads.begin(), job.gauss->grad_out);
   } else {
     TORCH_CHECK(job.action.scalar_type() == torch::kInt64, "update_grads: Discrete actions are int64");
   }
@@ -698,14 +699,14 @@ static torch::Tensor run_update(UpdateJob& job) {
     total.entropy_sum = flat[o++];
     total.value_sum = flat[o++];
   }
-  // Gradients out in named_parameters order (weights [out, in]); global norm; clipping as clip_grad_norm_.
+  // Gradients out in named_parameters order (log_std, the policy's, the value's; weights [out, in]); global norm; clipping as clip_grad_norm_.
   auto& grads = job.grads;
   auto write = [](const std::vector<float>& src, torch::Tensor& dst) {
     std::memcpy(dst.data_ptr<float>(), src.data(), sizeof(float) * src.size());
   };
   size_t g = 0;
-  for (size_t l = 0; l < mlp.layers(); ++l) write(total.policy.w[l], grads[g++]), write(total.policy.b[l], grads[g++]);
   if (job.gauss) write(total.log_std, grads[g++]);
+  for (size_t l = 0; l < mlp.layers(); ++l) write(total.policy.w[l], grads[g++]), write(total.policy.b[l], grads[g++]);
   if (value)
     for (size_t l = 0; l < value->layers(); ++l)
       write(total.value->w[l], grads[g++]), write(total.value->b[l], grads[g++]);

@@ -42,7 +42,7 @@ class NativeEnv:
     state_dim: int
     VERSIONS: dict[str, tuple[int, float | None]]
     # Step implementations: "torch" (torch ops, any device) and, where a class has one, compiled
-    # CPU kernels it loads in ``_use_kernel`` (TorchCartPole: "cpp").
+    # CPU kernels it loads in ``_use_kernel`` ("cpp": the env kernel's step; TorchCartPole's own).
     KERNELS: tuple[str, ...] = ("torch",)
 
     def __init__(
@@ -127,7 +127,16 @@ class NativeEnv:
         self.kernel = kernel
 
     def _use_kernel(self, kernel: str) -> None:
-        """Subclasses with compiled kernels load them here."""
+        """Load the compiled step: ``"cpp"`` is the env kernel's own (``env_kernel``, the step the
+        fused epoch compiles in), one call per lockstep step; subclasses with other kernels load
+        them here."""
+        if kernel == "cpp":
+            self._kernel_module = type(self).env_kernel.module()
+
+    def _compiled_dynamics(self, state: Tensor, action: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``_dynamics`` by the env kernel's compiled step (``kernel="cpp"``)."""
+        new, reward, terminated = self._kernel_module.env_step(type(self).env_kernel.name, state, action, self.elapsed)
+        return new, reward.to(self.dtype), terminated
 
     def _make_info(self, obs_dim: int, *, num_actions: int | None = None, action_bound: float | None = None) -> EnvInfo:
         """EnvInfo for ``Discrete(num_actions)`` or ``Box(-action_bound, action_bound, (1,))`` actions."""
@@ -182,7 +191,8 @@ class NativeEnv:
         return self._observe(self._state)
 
     def step(self, action: Tensor) -> Step:
-        new, reward, terminated = self._dynamics(self._state, action)
+        dynamics = self._compiled_dynamics if self.kernel == "cpp" else self._dynamics
+        new, reward, terminated = dynamics(self._state, action)
         self._final = new
         self.elapsed += 1
         done = torch.bitwise_or(terminated, self.elapsed >= self.max_episode_steps)

@@ -33,6 +33,7 @@ class TorchAcrobot(NativeEnv):
     """
 
     env_kernel = EnvKernel("acrobot")  # fastpg/csrc/acrobot.h
+    KERNELS = ("torch", "cpp")
     state_dim = 4
     VERSIONS = {"Acrobot-v1": (500, -100.0)}
     dt = 0.2

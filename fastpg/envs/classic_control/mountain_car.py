@@ -33,6 +33,7 @@ class TorchMountainCar(NativeEnv):
     """
 
     env_kernel = EnvKernel("mountain_car")  # fastpg/csrc/mountain_car.h
+    KERNELS = ("torch", "cpp")
     state_dim = 2
     VERSIONS = {"MountainCar-v0": (200, -110.0)}
     force, gravity, goal_position, goal_velocity = 0.001, 0.0025, 0.5, 0.0
@@ -81,6 +82,7 @@ class TorchMountainCarContinuous(NativeEnv):
     """
 
     env_kernel = EnvKernel("mountain_car_continuous")  # fastpg/csrc/mountain_car.h
+    KERNELS = ("torch", "cpp")
     state_dim = 2
     VERSIONS = {"MountainCarContinuous-v0": (999, 90.0)}
     min_action, max_action, power, goal_position, goal_velocity = -1.0, 1.0, 0.0015, 0.45, 0.0

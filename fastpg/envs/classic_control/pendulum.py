@@ -23,6 +23,7 @@ class TorchPendulum(NativeEnv):
     """
 
     env_kernel = EnvKernel("pendulum")  # fastpg/csrc/pendulum.h
+    KERNELS = ("torch", "cpp")
     state_dim = 2
     VERSIONS = {"Pendulum-v1": (200, None)}
     max_speed, max_torque, dt, g, m, length = 8, 2.0, 0.05, 10.0, 1.0, 1.0  # gymnasium: l
