@@ -21,7 +21,7 @@ from torch import nn
 from torch.distributions import Categorical, Distribution
 
 from fastpg.config import Config
-from fastpg.envs import BatchedEnv, EnvInfo, backend_problem, kernel_problem, resolve_backend
+from fastpg.envs import BatchedEnv, EnvInfo, NativeEnv, backend_problem, kernel_problem, resolve_backend
 from fastpg.envs.gym_vector import env_spec, probe_env_info
 from fastpg.errors import ConfigError
 from fastpg.footprint import Part, footprint, format_bytes
@@ -46,14 +46,17 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def check_config(cfg: Config, *, members: int = 1) -> None:
+def check_config(cfg: Config, *, members: int = 1, env: BatchedEnv | None = None) -> None:
     """Raise ``ConfigError`` (naming the field and the value) if ``cfg`` cannot run here
-    (``members``: runs of its shape trained together, a population, whose memory adds up)."""
+    (``members``: runs of its shape trained together, a population, whose memory adds up).
+    ``env``: the env the run is given (a user's own, whose id gymnasium need not know): its id,
+    backend and spaces are its own, not looked up from ``cfg.env``."""
     _check_device(cfg.device)
-    _check_env_id(cfg.env)
-    _check_backend(cfg)
+    if env is None:
+        _check_env_id(cfg.env)
+        _check_backend(cfg)
     _check_paths(cfg)
-    _check_memory(cfg, members)
+    _check_memory(cfg, members, env)
 
 
 def _check_device(device: str) -> None:
@@ -121,16 +124,19 @@ def _check_paths(cfg: Config) -> None:
         check_writable_dir("resume", cfg.resume)
 
 
-def _check_memory(cfg: Config, members: int = 1) -> None:
+def _check_memory(cfg: Config, members: int = 1, env: BatchedEnv | None = None) -> None:
     """Refuse a run (or ``members`` of them) whose large buffers (``fastpg.footprint``) exceed the
     memory the device has."""
     device = resolve_device(cfg.device)
     available = available_memory(device)
     if available is None:
         return
-    info = probe_env_info(cfg.env)
-    backend = resolve_backend(cfg.env, cfg.backend)
-    fused = device.type == "cpu" and backend == "torch" and cfg.fused == "auto" and info.discrete
+    info = probe_env_info(cfg.env) if env is None else env.info
+    if env is None:
+        backend = resolve_backend(cfg.env, cfg.backend)
+    else:
+        backend = "torch" if isinstance(env, NativeEnv) else "sync"
+    fused = device.type == "cpu" and backend == "torch" and cfg.fused == "auto"
     parts = footprint(cfg, info, backend=backend, fused=fused, slice_rows=slice_rows(cfg.hidden_sizes))
     parts = [Part(p.name, p.nbytes * members, p.flags) for p in parts]
     total = sum(p.nbytes for p in parts)

@@ -134,14 +134,14 @@ class Trainer:
         group: Group | None = None,
         fast_epoch: bool = True,
     ):
-        check_config(cfg)
+        if env is not None:
+            check_env_interface(env)
+        check_config(cfg, env=env)
         self.cfg = cfg
         self.device = group.device if group is not None else resolve_device(cfg.device)
         self.group = group
         self.shard = group.shard(cfg.num_envs) if group is not None else None
         num_envs = self.shard.size if self.shard is not None else cfg.num_envs  # the env copies stepped here
-        if env is not None:
-            check_env_interface(env)
         self.env = env if env is not None else self._make_env(num_envs)
         try:
             info = self.env.info
