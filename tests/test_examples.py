@@ -17,7 +17,7 @@ from fastpg.update import reinforce_update
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "examples" / "point_mass"))
 
-from point_mass import PointMass  # noqa: E402
+from point_mass import PointMass
 
 CFG = dict(env="PointMass-v0", num_envs=24, num_steps=120, hidden_sizes=(16,), activation="tanh", quiet=True)
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from point_mass import PointMass  # noqa: E402
+from point_mass import PointMass
 
-from fastpg import Config, Trainer  # noqa: E402
+from fastpg import Config, Trainer
 
 
 def train(fused: str, max_env_steps: int, *, to_threshold: bool = True) -> dict:
