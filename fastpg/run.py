@@ -172,6 +172,8 @@ def _run(
         if state is not None:
             trainer.load_state_dict(state, source=str(cfg.resume / CHECKPOINT_NAME))
         start_epoch = trainer.counters.epoch
+        if not cfg.quiet and (group is None or group.rank == 0):
+            print(f"fastpg: {trainer.epoch_notice()}", file=sys.stderr, flush=True)
         ckpt_path = None
         try:
             for metrics in trainer.run(should_stop=signals.requested):

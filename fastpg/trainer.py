@@ -37,8 +37,8 @@ from fastpg.distributed import Group
 from fastpg.envs import BatchedEnv, Checkpointable, env_from_config
 from fastpg.errors import ConfigError, NonFiniteError
 from fastpg.evaluation import EVAL_SEED_OFFSET, TargetCheck, evaluate, evaluation_env
-from fastpg.fused import FusedEpoch, KernelCall
-from fastpg.graph import GraphedEpoch
+from fastpg.fused import FusedEpoch, KernelCall, fused_problem
+from fastpg.graph import GraphedEpoch, graph_problem
 from fastpg.metrics import EpisodeWindow, PhaseTimer
 from fastpg.policy import MLPPolicy
 from fastpg.preflight import (
@@ -175,6 +175,18 @@ class Trainer:
         self.timer = PhaseTimer(self.device)
         self.bad_updates = 0  # consecutive updates skipped for non-finite values
         self.stop_reason: str | None = None
+
+    def epoch_notice(self) -> str:
+        """One line: which epoch runs this trainer (``fused``, ``graph`` or ``generic``) and why."""
+        if isinstance(self.fused, FusedEpoch):
+            return f"epoch: fused (compiled collect and update; env kernel {self.fused.env_kernel.describe()})"
+        if self.fused is not None:
+            return "epoch: graph (the collect and the update captured in one CUDA graph)"
+        if self.device.type == "cpu":
+            why = fused_problem(self.cfg, self.env, self.policy, self.device) or "its kernels could not be built here"
+            return f"epoch: generic (torch ops; the fused epoch does not apply: {why})"
+        why = graph_problem(self.cfg, self.env, self.policy, self.device) if self.group is None else "data-parallel"
+        return f"epoch: generic (torch ops; the CUDA graph does not apply: {why})"
 
     def _make_env(self, num_envs: int) -> BatchedEnv:
         """The env of ``cfg``: in a data-parallel run this rank's shard of the copies, drawing

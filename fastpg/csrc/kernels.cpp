@@ -276,20 +276,57 @@ struct NetGrads {
   }
 };
 
-// One network's per-lane gradient sums (summed across lanes once per chunk) and the lane vectors
-// of one batch: activations, the output's gradient and scratch.
+// The 16 lanes' sum, by halves (one shuffle and add per halving).
+typedef float vec8 __attribute__((vector_size(8 * sizeof(float))));
+typedef float vec4 __attribute__((vector_size(4 * sizeof(float))));
+static inline float lane_sum(vec16 v) {
+  const vec8 a = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7) +
+                 __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
+  const vec4 b = __builtin_shufflevector(a, a, 0, 1, 2, 3) + __builtin_shufflevector(a, a, 4, 5, 6, 7);
+  return (b[0] + b[2]) + (b[1] + b[3]);
+}
+
+// One network's gradient sums of one thread, and the lane vectors of one batch: activations, the
+// output's gradient and scratch. Bias gradients are summed per lane (across lanes once per chunk);
+// a weight's gradient, the sum over entries of dz[j] input[k], is the product of the group's
+// [out, 16 kGroup] and [16 kGroup, in] matrices: the last kGroup blocks' dz and inputs are kept
+// and multiplied into scalar sums once per group (outer), so that the sums per weight stay a
+// [out, in] array in cache instead of 16 lanes each streamed through memory for every block.
 struct NetLanes {
-  std::vector<std::vector<vec16>> w, b;
+  static constexpr int kGroup = 8;
+  std::vector<std::vector<vec16>> b, zs, ins;  // per layer: bias lanes; the group's dz and inputs
+  std::vector<std::vector<float>> w;           // per layer: weight gradient sums [out, in]
   std::vector<vec16> h, dz, dh;
+  int filled = 0;  // blocks of the group kept so far
   explicit NetLanes(const Mlp& mlp) : h(mlp.scratch()), dz(mlp.widest), dh(mlp.widest) {
     for (size_t l = 0; l < mlp.layers(); ++l) {
-      w.emplace_back(mlp.in[l] * mlp.out[l], vec16{});
       b.emplace_back(mlp.out[l], vec16{});
+      zs.emplace_back(kGroup * mlp.out[l], vec16{});
+      ins.emplace_back(kGroup * mlp.in[l], vec16{});
+      w.emplace_back(mlp.out[l] * mlp.in[l], 0.0f);
     }
   }
-  void flush(NetGrads& g) {
+  // The kept blocks' products into the weight sums.
+  MLP_MATH void outer() {
     for (size_t l = 0; l < w.size(); ++l) {
-      for (size_t i = 0; i < w[l].size(); ++i) g.w[l][i] += hsum(w[l][i]), w[l][i] = vec16{};
+      const int64_t n_out = static_cast<int64_t>(b[l].size()), n_in = static_cast<int64_t>(w[l].size()) / n_out;
+      for (int64_t j = 0; j < n_out; ++j) {
+        vec16 z[kGroup];
+        for (int g = 0; g < filled; ++g) z[g] = zs[l][g * n_out + j];
+        float* wj = w[l].data() + j * n_in;
+        for (int64_t k = 0; k < n_in; ++k) {
+          vec16 acc = {};
+          for (int g = 0; g < filled; ++g) acc += z[g] * ins[l][g * n_in + k];
+          wj[k] += lane_sum(acc);
+        }
+      }
+    }
+    filled = 0;
+  }
+  void flush(NetGrads& g) {
+    if (filled > 0) outer();
+    for (size_t l = 0; l < w.size(); ++l) {
+      for (size_t i = 0; i < w[l].size(); ++i) g.w[l][i] += w[l][i], w[l][i] = 0.0f;
       for (size_t i = 0; i < b[l].size(); ++i) g.b[l][i] += hsum(b[l][i]), b[l][i] = vec16{};
     }
   }
@@ -300,14 +337,13 @@ struct NetLanes {
 MLP_MATH static void backward(const Mlp& mlp, const vec16* x, NetLanes& lanes) {
   const int64_t W = mlp.widest;
   vec16* z = lanes.dz.data();
+  const int g = lanes.filled;
   for (size_t l = mlp.layers(); l-- > 0;) {
     const int64_t n_in = mlp.in[l], n_out = mlp.out[l];
     const vec16* input = l == 0 ? x : lanes.h.data() + (l - 1) * W;
-    vec16* gw = lanes.w[l].data();
-    for (int64_t j = 0; j < n_out; ++j) {
-      lanes.b[l][j] += z[j];
-      for (int64_t k = 0; k < n_in; ++k) gw[j * n_in + k] += z[j] * input[k];
-    }
+    std::copy(z, z + n_out, lanes.zs[l].begin() + g * n_out);
+    std::copy(input, input + n_in, lanes.ins[l].begin() + g * n_in);
+    for (int64_t j = 0; j < n_out; ++j) lanes.b[l][j] += z[j];
     if (l == 0) break;
     vec16* dh = lanes.dh.data();  // dh = W^T dz, then through the activation into dz
     const float* wl = mlp.w[l];
@@ -319,6 +355,7 @@ MLP_MATH static void backward(const Mlp& mlp, const vec16* x, NetLanes& lanes) {
       z[k] = mlp.act == kRelu ? (y > 0.0f ? dh[k] : vec16{}) : dh[k] * (1.0f - y * y);
     }
   }
+  if (++lanes.filled == NetLanes::kGroup) lanes.outer();
 }
 
 // The diagonal Gaussian of Box actions in the update: torch's Normal(mean, std) with std =
