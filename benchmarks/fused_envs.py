@@ -26,7 +26,7 @@ import torch
 from fastpg import Config, Trainer
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "examples" / "point_mass"))
-from point_mass import PointMass  # noqa: E402
+from point_mass import PointMass
 
 # name -> (the Config, epochs fused, epochs generic: the generic path is 15-40x slower)
 CELLS: dict[str, tuple[Config, int, int]] = {

@@ -75,14 +75,17 @@ class Config:
     """Float dtype of a native torch env's state and arithmetic (backend torch only; gymnasium
     backends compute in numpy and hand over float32 observations)."""
     env_kernel: EnvKernel = "torch"
-    """Step implementation of native CartPole on CPU: torch (torch ops) or cpp (one fused C++
-    loop, compiled on first use, about a minute, then cached; several times faster at small N)."""
+    """Step implementation of a native env on CPU: torch (torch ops) or cpp (its env kernel's
+    compiled step, one call per lockstep step, compiled on first use, about a minute, then
+    cached; several times faster at small N; the fused epoch runs the same step)."""
     fused: Fused = "auto"
-    """The fast epoch where it applies (the built-in MLP policy with Discrete actions, baseline
-    none or mean, unfinished mask): on CPU the fused C++ epoch for native CartPole and Acrobot
-    (relu or tanh; compiled on first use, 1-2 minutes, then cached), on CUDA a captured CUDA graph
-    of the epoch for any native env. auto: use it there; off: always the generic torch path. Both
-    compute the same thing."""
+    """The fast epoch where it applies: on CPU the fused C++ epoch for every native env with an
+    env kernel (CartPole, Acrobot, MountainCar, MountainCarContinuous, Pendulum, and users' own:
+    fastpg.envs.EnvKernel) with the built-in MLP policy (relu or tanh; Discrete or Box actions;
+    any baseline; unfinished masked or bootstrapped; compiled on first use, 1-2 minutes, then
+    cached), on CUDA a captured CUDA graph of the epoch for native envs (Discrete actions,
+    baseline none or mean). auto: use it there; off: always the generic torch path. Both compute
+    the same thing; a notice at the start says which runs and why."""
     num_envs: int = 16
     """N: environment copies stepped in lockstep. The defaults N = 16, T = 512, lr = 1e-2 and an
     entropy bonus of 0.01 solve CartPole-v1 and Acrobot-v1 fastest, every seed of 10, of a sweep

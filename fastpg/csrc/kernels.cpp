@@ -469,26 +469,51 @@ MLP_MATH static void gaussian_grad(vec16* z, const float* rows_a, vec16 live, ve
   g.entropy += live * gu.entropy;
 }
 
-// Forward and backward of B <= 16 entries, one per lane, accumulating into g.
-MLP_MATH static void batch_grad(const Mlp& mlp, const BatchInputs& in, const int64_t* entry, const float* adv,
-                                int64_t B, LaneGrads& g) {
-  const int64_t D = mlp.obs_dim(), A = mlp.num_actions();
-  const int64_t adim = in.gauss ? in.gauss->dim : 1;
-  TORCH_CHECK(D <= 64 && adim <= 64, "update_grads: observations or actions wider than 64");
-  float rows[kLanes * 64], rows_a[kLanes * 64] = {}, av[kLanes] = {}, live_f[kLanes] = {}, ret_f[kLanes] = {};
-  int32_t act_i[kLanes] = {};
+// The B <= 16 entries' rows of obs, gathered into lanes (g.x); returns the live lanes.
+static vec16 gather_entries(const Mlp& mlp, const BatchInputs& in, const int64_t* entry, int64_t B, LaneGrads& g) {
+  const int64_t D = mlp.obs_dim();
+  TORCH_CHECK(D <= 64, "update_grads: observations wider than 64");
+  float rows[kLanes * 64], live_f[kLanes] = {};
   for (int64_t l = 0; l < B; ++l) {
     std::memcpy(rows + l * D, in.obs + entry[l] * D, sizeof(float) * D);
-    av[l] = adv[l];
     live_f[l] = 1.0f;
-    ret_f[l] = in.ret[entry[l]];
+  }
+  gather_lanes(rows, B, D, g.x.data());
+  return vload(live_f);
+}
+
+// The value network's forward and backward of B <= 16 entries (value loss (value_coef / 2)
+// sum (V - ret)^2 / K), accumulating into g; their V into values (the baseline).
+MLP_MATH static void value_grad(const Mlp& mlp, const BatchInputs& in, const int64_t* entry, int64_t B,
+                                LaneGrads& g, float* values) {
+  const vec16 live = gather_entries(mlp, in, entry, B, g);
+  float ret_f[kLanes] = {};
+  for (int64_t l = 0; l < B; ++l) ret_f[l] = in.ret[entry[l]];
+  NetLanes& v = *g.value;
+  in.value->forward(g.x.data(), v.h.data(), v.dz.data());
+  for (int64_t l = 0; l < B; ++l) values[l] = v.dz[0][l];
+  const vec16 err = (v.dz[0] - vload(ret_f)) * live;
+  g.value_sum += 0.5f * err * err;
+  v.dz[0] = err * (in.value_coef * in.inv_count);
+  backward(*in.value, g.x.data(), v);
+}
+
+// The policy's forward and backward of B <= 16 entries with their advantages, accumulating into g.
+MLP_MATH static void policy_grad(const Mlp& mlp, const BatchInputs& in, const int64_t* entry, const float* adv,
+                                 int64_t B, LaneGrads& g) {
+  const int64_t A = mlp.num_actions(), adim = in.gauss ? in.gauss->dim : 1;
+  TORCH_CHECK(adim <= 64, "update_grads: actions wider than 64");
+  const vec16 live = gather_entries(mlp, in, entry, B, g);
+  float rows_a[kLanes * 64] = {}, av[kLanes] = {};
+  int32_t act_i[kLanes] = {};
+  for (int64_t l = 0; l < B; ++l) {
+    av[l] = adv[l];
     if (in.gauss)
       std::memcpy(rows_a + l * adim, static_cast<const float*>(in.actions) + entry[l] * adim, sizeof(float) * adim);
     else
       act_i[l] = static_cast<int32_t>(static_cast<const int64_t*>(in.actions)[entry[l]]);
   }
-  gather_lanes(rows, B, D, g.x.data());
-  const vec16 live = vload(live_f), a_adv = vload(av);
+  const vec16 a_adv = vload(av);
   vec16* z = g.policy.dz.data();  // the network's output, then its gradient
   mlp.forward(g.x.data(), g.policy.h.data(), z);
   if (in.gauss)
@@ -496,14 +521,6 @@ MLP_MATH static void batch_grad(const Mlp& mlp, const BatchInputs& in, const int
   else
     categorical_grad(z, g.policy.dh.data(), A, act_i, live, a_adv, in, g);
   backward(mlp, g.x.data(), g.policy);
-  if (in.value != nullptr) {  // value loss (value_coef / 2) sum (V - ret)^2 / K
-    NetLanes& v = *g.value;
-    in.value->forward(g.x.data(), v.h.data(), v.dz.data());
-    const vec16 err = (v.dz[0] - vload(ret_f)) * live;
-    g.value_sum += 0.5f * err * err;
-    v.dz[0] = err * (in.value_coef * in.inv_count);
-    backward(*in.value, g.x.data(), v);
-  }
 }
 
 // V of count <= 16 observations (rows [count, D]) into out.
@@ -696,9 +713,6 @@ static torch::Tensor run_update(UpdateJob& job) {
   std::vector<double> counts{static_cast<double>(K), static_cast<double>(T_ * N)};  // entries, steps
   if (sum_across) sum_across(counts);
   const double count = std::max(counts[0], 1.0);
-  const std::vector<float> baseline_values =
-      job.baseline == kValueBaseline ? values_of(*value, x, idx.data(), K) : std::vector<float>{};
-  const auto adv = advantages(ret, idx, job.normalize, job.baseline == kMeanBaseline, baseline_values, count, sum_across);
   const int64_t gdim = job.gauss ? job.gauss->dim : 0;
   const BatchInputs in{x,
                        job.action.data_ptr(),
@@ -708,17 +722,33 @@ static torch::Tensor run_update(UpdateJob& job) {
                        static_cast<float>(job.value_coef),
                        job.gauss ? &*job.gauss : nullptr,
                        value};
-  const int64_t chunks = (K + kChunk - 1) / kChunk;
+  // At most kChunk entries per chunk, the chunks of equal size (in whole groups of blocks): the
+  // threads' shares balance, and the split depends on K alone.
+  const int64_t chunks = (K + kChunk - 1) / kChunk, group = kLanes * NetLanes::kGroup;
+  const int64_t chunk = chunks > 0 ? ((K + chunks - 1) / chunks + group - 1) / group * group : kChunk;
   std::vector<Grads> partial(std::max<int64_t>(chunks, 1), Grads(mlp, value, gdim));
-  at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
-    LaneGrads lanes(mlp, value, gdim);
-    for (int64_t c = c0; c < c1; ++c) {
-      const int64_t stop = std::min(K, (c + 1) * kChunk);
-      for (int64_t j = c * kChunk; j < stop; j += kLanes)
-        batch_grad(mlp, in, idx.data() + j, adv.data() + j, std::min(kLanes, stop - j), lanes);
-      lanes.flush(partial[c]);
-    }
-  });
+  // One pass over the entries in chunks, `block(entry offset, count, lanes)` for each block of 16.
+  auto pass = [&](const auto& block) {
+    at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
+      LaneGrads lanes(mlp, value, gdim);
+      for (int64_t c = c0; c < c1; ++c) {
+        const int64_t stop = std::min(K, (c + 1) * chunk);
+        for (int64_t j = c * chunk; j < stop; j += kLanes) block(j, std::min(kLanes, stop - j), lanes);
+        lanes.flush(partial[c]);
+      }
+    });
+  };
+  // The value network first (its loss does not depend on the advantage), its V the baseline.
+  std::vector<float> baseline_values;
+  if (value != nullptr) {
+    baseline_values.resize(K);
+    pass([&](int64_t j, int64_t B, LaneGrads& lanes) {
+      value_grad(mlp, in, idx.data() + j, B, lanes, baseline_values.data() + j);
+    });
+    if (job.baseline != kValueBaseline) baseline_values.clear();
+  }
+  const auto adv = advantages(ret, idx, job.normalize, job.baseline == kMeanBaseline, baseline_values, count, sum_across);
+  pass([&](int64_t j, int64_t B, LaneGrads& lanes) { policy_grad(mlp, in, idx.data() + j, adv.data() + j, B, lanes); });
   Grads& total = partial[0];
   for (size_t c = 1; c < partial.size(); ++c) total.add(partial[c]);
   if (sum_across) {  // every process's gradient sums and loss terms, in one collective
