@@ -347,9 +347,22 @@ MLP_MATH static void backward(const Mlp& mlp, const vec16* x, NetLanes& lanes) {
     if (l == 0) break;
     vec16* dh = lanes.dh.data();  // dh = W^T dz, then through the activation into dz
     const float* wl = mlp.w[l];
-    for (int64_t k = 0; k < n_in; ++k) dh[k] = vec16{};
-    for (int64_t j = 0; j < n_out; ++j)
-      for (int64_t k = 0; k < n_in; ++k) dh[k] += wl[j * n_in + k] * z[j];
+    // Eight inputs at a time in registers, the sum over j in order (as one input at a time).
+    int64_t k0 = 0;
+    for (; k0 + 8 <= n_in; k0 += 8) {
+      vec16 a[8] = {};
+      for (int64_t j = 0; j < n_out; ++j) {
+        const vec16 zj = z[j];
+        const float* wj = wl + j * n_in + k0;
+        for (int i = 0; i < 8; ++i) a[i] += wj[i] * zj;
+      }
+      for (int i = 0; i < 8; ++i) dh[k0 + i] = a[i];
+    }
+    for (int64_t k = k0; k < n_in; ++k) {
+      vec16 a = {};
+      for (int64_t j = 0; j < n_out; ++j) a += wl[j * n_in + k] * z[j];
+      dh[k] = a;
+    }
     for (int64_t k = 0; k < n_in; ++k) {
       const vec16 y = input[k];
       z[k] = mlp.act == kRelu ? (y > 0.0f ? dh[k] : vec16{}) : dh[k] * (1.0f - y * y);
