@@ -177,11 +177,11 @@ class Trainer:
         self.stop_reason: str | None = None
 
     def epoch_notice(self) -> str:
-        """One line: which epoch runs this trainer (``fused``, ``graph`` or ``generic``) and why."""
+        """One line: which epoch runs this trainer (``fused``, ``cuda-graph`` or ``generic``) and why."""
         if isinstance(self.fused, FusedEpoch):
             return f"epoch: fused (compiled collect and update; env kernel {self.fused.env_kernel.describe()})"
         if self.fused is not None:
-            return "epoch: graph (the collect and the update captured in one CUDA graph)"
+            return f"epoch: {self.fused.kind} (the collect and the update captured in one CUDA graph)"
         if self.device.type == "cpu":
             why = fused_problem(self.cfg, self.env, self.policy, self.device) or "its kernels could not be built here"
             return f"epoch: generic (torch ops; the fused epoch does not apply: {why})"

@@ -88,7 +88,7 @@ def test_cli_bench_prints_table_and_writes_json(tmp_path, capsys):
         (["--num-envs", "0"], "--num-envs: must be integers >= 1"),
         (["--repeats", "0"], "--repeats: must be an integer >= 1"),
         (["--json", "/nonexistent-dir/x.json"], "--json: directory /nonexistent-dir does not exist"),
-        (["--env-kernel", "cpp", "--env", "Acrobot-v1"], "--env-kernel: 'cpp' exists for the native"),
+        (["--env-kernel", "cpp", "--device", "cuda"], "--env-kernel: 'cpp' is a CPU kernel"),
     ],
 )
 def test_cli_bench_bad_input_is_one_line(argv, words, capsys):

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from fastpg.envs import TorchCartPole, make_env, native_env_ids, resolve_backend
+from fastpg.envs import TorchCartPole, kernel_env_ids, make_env, native_env_ids, resolve_backend
 from fastpg.errors import ConfigError
 
 RTOL = 1e-10
@@ -188,15 +188,16 @@ def test_fused_cartpole_resets_seeds_and_refusals(n):
     assert torch.equal(a, run(5)) and not torch.equal(a, run(6))
 
 
-def test_fused_is_refused_where_it_does_not_exist():
-    with pytest.raises(
-        ConfigError, match="env_kernel: 'cpp' exists for the native \\(backend torch\\) CartPole-v1, CartPole-v0 only"
-    ):
-        make_env("Acrobot-v1", 2, kernel="cpp")
+def test_the_compiled_kernel_is_refused_where_it_does_not_exist():
+    ids = "CartPole-v1, CartPole-v0, Acrobot-v1, MountainCar-v0, MountainCarContinuous-v0, Pendulum-v1"
+    assert set(kernel_env_ids("cpp")) == set(ids.split(", ")) == set(native_env_ids())  # every native env
+    with pytest.raises(ConfigError, match="env_kernel: 'cpp' exists for the native \\(backend torch\\) .* only; got"):
+        make_env("Acrobot-v1", 2, backend="sync", kernel="cpp")
     with pytest.raises(ConfigError, match="only; got CartPole-v1 with backend sync"):
         make_env("CartPole-v1", 2, backend="sync", kernel="cpp")
-    with pytest.raises(ValueError, match="kernel must be one of torch for Acrobot-v1"):
-        make_env("Acrobot-v1", 2).set_kernel("cpp")
+    with pytest.raises(ValueError, match="kernel must be one of torch, cpp for Acrobot-v1, got 'numba'"):
+        make_env("Acrobot-v1", 2).set_kernel("numba")
+    assert make_env("Acrobot-v1", 2, kernel="cpp").kernel == "cpp"
 
 
 def test_trainer_with_the_fused_kernel_matches_its_config():

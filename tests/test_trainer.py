@@ -36,7 +36,13 @@ def test_smoke_train_cartpole_in_process(tmp_path, capsys):
     captured = capsys.readouterr()
     out, err = captured.out.strip().splitlines(), captured.err.strip().splitlines()
     assert len(out) == 1 and json.loads(out[0])["epochs"] == 2  # stdout: the summary alone
-    assert err[0].startswith("epoch     1 |") and err[1].startswith("epoch     2 |")  # progress on stderr
+    notices = [line for line in err if line.startswith("fastpg: ")]  # a kernel build's, the epoch's, the result
+    assert any(
+        line.startswith("fastpg: epoch: fused (compiled collect and update; env kernel cartpole") for line in notices
+    )
+    assert notices[-1].startswith("fastpg: stopped (max_epochs) after")
+    progress = [line for line in err if not line.startswith("fastpg: ")]
+    assert progress[0].startswith("epoch     1 |") and progress[1].startswith("epoch     2 |")  # progress on stderr
     lines = [json.loads(line) for line in path.read_text().splitlines()]
     assert len(lines) == 4 and lines[0]["header"] is True and lines[-1]["summary"] is True
     header = lines[0]

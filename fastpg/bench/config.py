@@ -42,7 +42,7 @@ class BenchConfig:
     activation: Activation = "relu"
     """Policy hidden-layer activation."""
     env_kernel: EnvKernel = "torch"
-    """Native CartPole step on CPU: torch ops or the fused C++ kernel."""
+    """Native env step on CPU: torch ops or the env kernel's compiled step."""
     fused: Fused = "auto"
     """The fast epoch where it applies (fused C++ on CPU, a CUDA graph on a GPU; see fastpg train
     --help); off measures the generic torch path."""

@@ -1,6 +1,6 @@
 """The generic batch: every member's epoch as one torch program, for any env and device.
 
-Where the fused epoch does not apply (other envs, Box actions, the value baseline, CUDA), the
+Where the fused epoch does not apply (gymnasium backends, other policies or activations, CUDA), the
 members still run as one program over K x N env copies (``fastpg.population.stacking``):
 
 - **collect**: ``fastpg.rollout.collect`` over one env of all members' copies, with one batched
