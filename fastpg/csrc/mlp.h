@@ -38,6 +38,13 @@ enum Activation : int64_t { kRelu = 0, kTanh = 1 };
 #endif
 
 static constexpr int64_t kLanes = 16;
+// Outputs per pass of the forward's inner loop: 4 x 4 partial sums fill 16 of AVX-512's 32
+// registers; with 16 (AVX2: a vec16 is two of them) one output at a time.
+#if defined(__AVX512F__)
+static constexpr int kOutBlock = 4;
+#else
+static constexpr int kOutBlock = 1;
+#endif
 typedef float vec16 __attribute__((vector_size(kLanes * sizeof(float))));
 
 inline vec16 vload(const float* p) {
@@ -145,29 +152,46 @@ struct Mlp {
   int64_t scratch() const { return static_cast<int64_t>(layers()) * widest; }
 
   // x [in0] -> logits [A]; layer l's output (after the activation) into h + l * widest, the last
-  // layer's into logits. Four partial sums per output break the chain of dependent FMAs.
+  // layer's into logits. Four partial sums per output break the chain of dependent FMAs; outputs
+  // are computed kOutBlock at a time so that each input vector loaded serves all of them (the
+  // sums of each output are the same, in the same order, as one output at a time).
   MLP_MATH void forward(const vec16* x, vec16* h, vec16* logits) const {
     const vec16* cur = x;
     for (size_t l = 0; l < layers(); ++l) {
       const bool last = l + 1 == layers();
       vec16* y = last ? logits : h + l * widest;
-      const int64_t n_in = in[l];
-      for (int64_t j = 0; j < out[l]; ++j) {
-        const float* wj = w[l] + j * n_in;
-        vec16 a0 = splat(b[l][j]), a1 = {}, a2 = {}, a3 = {};
-        int64_t k = 0;
-        for (; k + 4 <= n_in; k += 4) {
-          a0 += wj[k] * cur[k];
-          a1 += wj[k + 1] * cur[k + 1];
-          a2 += wj[k + 2] * cur[k + 2];
-          a3 += wj[k + 3] * cur[k + 3];
-        }
-        for (; k < n_in; ++k) a0 += wj[k] * cur[k];
-        const vec16 z = (a0 + a1) + (a2 + a3);
-        y[j] = last ? z : activate(act, z);
-      }
+      int64_t j = 0;
+      for (; j + kOutBlock <= out[l]; j += kOutBlock) outputs<kOutBlock>(l, j, cur, y);
+      for (; j < out[l]; ++j) outputs<1>(l, j, cur, y);
+      if (!last)
+        for (j = 0; j < out[l]; ++j) y[j] = activate(act, y[j]);
       cur = y;
     }
+  }
+
+ private:
+  // Outputs [j0, j0 + R) of layer l from its input vectors cur into y, before the activation.
+  template <int R>
+  MLP_MATH __attribute__((always_inline)) inline void outputs(size_t l, int64_t j0, const vec16* cur,
+                                                              vec16* y) const {
+    const int64_t n_in = in[l];
+    const float* wl = w[l] + j0 * n_in;
+    vec16 a[R][4];
+    for (int r = 0; r < R; ++r) a[r][0] = splat(b[l][j0 + r]), a[r][1] = a[r][2] = a[r][3] = vec16{};
+    int64_t k = 0;
+    for (; k + 4 <= n_in; k += 4) {
+      const vec16 c0 = cur[k], c1 = cur[k + 1], c2 = cur[k + 2], c3 = cur[k + 3];
+      for (int r = 0; r < R; ++r) {
+        const float* wj = wl + r * n_in + k;
+        a[r][0] += wj[0] * c0;
+        a[r][1] += wj[1] * c1;
+        a[r][2] += wj[2] * c2;
+        a[r][3] += wj[3] * c3;
+      }
+    }
+    for (; k < n_in; ++k)
+      for (int r = 0; r < R; ++r) a[r][0] += wl[r * n_in + k] * cur[k];
+    for (int r = 0; r < R; ++r) y[j0 + r] = (a[r][0] + a[r][1]) + (a[r][2] + a[r][3]);
   }
 };
 
