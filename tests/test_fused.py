@@ -10,7 +10,7 @@ from fastpg import Config, Trainer
 from fastpg.envs import EnvInfo, TorchCartPole, make_env
 from fastpg.errors import KernelBuildError, NonFiniteError
 from fastpg.fused import FusedEpoch, fused_problem
-from fastpg.policy import MLPPolicy
+from fastpg.policy import LOG_STD_MAX, LOG_STD_MIN, MLPPolicy
 from fastpg.update import reinforce_update
 
 SMALL = dict(num_envs=8, num_steps=64, device="cpu", eval_episodes=0, quiet=True)
@@ -381,6 +381,25 @@ def test_fused_gaussian_sampling_has_the_policy_distribution():
     ecdf = torch.arange(1, n + 1, dtype=torch.float64) / n
     cdf = 0.5 * (1 + torch.erf(z.sort().values / m.sqrt(2)))
     assert (ecdf - cdf).abs().max().item() < 1.63 / m.sqrt(n)  # KS at the 1% level
+
+
+@pytest.mark.parametrize("num_envs", [5, 32])  # N * dim not a multiple of 16: a draw per step; else one per epoch
+def test_fused_gaussian_noise_is_the_generic_paths_draws(num_envs):
+    """The normals behind the fused collect's Box actions are the draws the generic path makes,
+    [N, dim] per step from the trainer's generator, in that order (one [T, N dim] draw where
+    N dim is a multiple of 16 gives the same numbers), and the generator ends where it would."""
+    cfg = Config.for_env("Pendulum-v1", **{**SMALL, "num_envs": num_envs, "num_steps": 50})
+    with Trainer(cfg) as tr:
+        assert isinstance(tr.fused, FusedEpoch)
+        reference = torch.Generator().set_state(tr.generator.get_state())
+        want = torch.stack([torch.empty(num_envs, 1).normal_(generator=reference) for _ in range(cfg.num_steps)])
+        tr.collect()
+        with torch.no_grad():
+            mean = tr.policy.net(tr.buf["obs"])
+            std = tr.policy.log_std.clamp(LOG_STD_MIN, LOG_STD_MAX).exp()
+        got = (tr.buf["action"] - mean) / std
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-4)
+        assert torch.equal(tr.generator.get_state(), reference.get_state())
 
 
 def test_the_fused_path_runs_every_native_env_and_the_value_baseline():

@@ -145,12 +145,16 @@ void collect_impl(const Mlp& mlp, const Gaussian* gauss, at::Generator& policy_g
   const int64_t A = mlp.num_actions(), per = kBox ? AD : draws_per_action(A);
   // This epoch's draws, as the torch-op path makes them step by step: Discrete, the policy's
   // uniforms [T, N * per] (one serial draw is T draws in turn); Box, standard normals [N, dim]
-  // each step (torch's normal_ is not serial across calls); and where every copy draws a reset
-  // state every step, the reset states [T, D, N] (env's generator). A shard draws for all the
-  // copies (shard.total) and reads its own columns, from shard.lo.
+  // each step; and where every copy draws a reset state every step, the reset states [T, D, N]
+  // (env's generator). A shard draws for all the copies (shard.total) and reads its own columns,
+  // from shard.lo. torch's normal_ draws a tensor's uniforms in order and turns each 16 of them
+  // into normals, redrawing the last 16 where the size is not a multiple of 16: so where N * dim
+  // is one, one [T, N * dim] draw is the T draws in turn, and else each step draws its own.
   const int64_t NT = shard.total, lo = shard.lo;
-  torch::Tensor u_all = kBox ? torch::empty({NT * per}, torch::kFloat32) : torch::empty({T_, NT * per}, torch::kFloat32);
+  const bool normals_per_step = kBox && (NT * per) % 16 != 0;
+  torch::Tensor u_all = torch::empty({normals_per_step ? 1 : T_, NT * per}, torch::kFloat32);
   if (!kBox) fill_uniform(u_all, 0.0, 1.0, policy_gen);
+  if (kBox && !normals_per_step) u_all.normal_(0.0, 1.0, policy_gen);
   torch::Tensor fresh_all = select ? E::reset(env_gen, T_, NT, dtype).contiguous() : torch::Tensor();
   std::vector<int64_t> done_idx;
   // Env copies in blocks of 16 (one per lane of the policy's forward pass), blocks in parallel.
@@ -162,8 +166,8 @@ void collect_impl(const Mlp& mlp, const Gaussian* gauss, at::Generator& policy_g
     // Python's signal handlers run here, in the thread that holds the GIL: a KeyboardInterrupt from
     // a second Ctrl-C (fastpg.interrupts) ends a long epoch at once instead of after it.
     if (main_thread && PyErr_CheckSignals() != 0) throw pybind11::error_already_set();
-    if (kBox) u_all.normal_(0.0, 1.0, policy_gen);
-    const float* u = u_all.data_ptr<float>() + ((kBox ? 0 : t * NT) + lo) * per;
+    if (normals_per_step) u_all.normal_(0.0, 1.0, policy_gen);
+    const float* u = u_all.data_ptr<float>() + ((normals_per_step ? 0 : t * NT) + lo) * per;
     const T* fresh = select ? fresh_all.data_ptr<T>() + t * D * NT + lo : nullptr;
     const int64_t row = t * N;
     at::parallel_for(0, blocks, grain, [&](int64_t begin, int64_t end) {
