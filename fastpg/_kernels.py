@@ -7,8 +7,9 @@ epoch's collect (env step, MLP forward, sampling, storage writes) or the update'
 
 The module is compiled with ``torch.utils.cpp_extension.load`` (a C++ compiler and ninja are
 needed; one to two minutes on 2 cores) for this machine's CPU (``-march=native``; the name carries a
-digest of the CPU's flags and of the sources, so a shared cache never hands one CPU's build to
-another, and a changed source is a new build) and cached by
+digest of the CPU's flags and of the sources and their directory, so a shared cache never hands
+one CPU's build to another, a changed source is a new build, and two checkouts do not rebuild
+each other's) and cached by
 torch under ``~/.cache/torch_extensions`` (``TORCH_EXTENSIONS_DIR``), so later processes load it in
 well under a second. A message on stderr says when a build starts. While building, the Python
 environment's ``bin`` directory is put on ``PATH`` so that the ``ninja`` installed with fastpg is
@@ -59,13 +60,15 @@ def kernels() -> ModuleType:
 
 
 def _digest() -> str:
-    """Of this CPU's flags, the compiler flags and the sources: a new name (and build directory) for each."""
+    """Of this CPU's flags, the compiler flags, the sources and where they are: a new name (and
+    build directory) for each. (torch rebuilds a module whose build directory was last built from
+    other paths, so two checkouts sharing one cache would rebuild at every alternation.)"""
     try:
         with open("/proc/cpuinfo") as f:
             flags = next((line for line in f if line.startswith("flags")), "")
     except OSError:
         flags = ""
-    h = hashlib.sha1((platform.machine() + flags + " ".join(_CFLAGS + _LDFLAGS)).encode())
+    h = hashlib.sha1((platform.machine() + flags + " ".join(_CFLAGS + _LDFLAGS) + str(SOURCE_DIR)).encode())
     for path in sorted(SOURCE_DIR.iterdir()):
         h.update(path.read_bytes())
     return h.hexdigest()[:12]

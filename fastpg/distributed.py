@@ -49,9 +49,9 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from tensordict import TensorDict
 from torch import Tensor, nn
 
+from fastpg._lazy_compiler import TensorDict
 from fastpg.errors import ConfigError, DistributedError
 from fastpg.preflight import resolve_device
 

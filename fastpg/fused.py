@@ -33,9 +33,9 @@ from types import ModuleType
 from typing import Any, NamedTuple
 
 import torch
-from tensordict import TensorDict
 from torch import Tensor, nn
 
+from fastpg._lazy_compiler import TensorDict
 from fastpg.config import Config
 from fastpg.envs import BatchedEnv, NativeEnv
 from fastpg.errors import KernelBuildError
@@ -125,6 +125,7 @@ class FusedEpoch:
         self.names = [n for n, _ in policy.named_parameters()]
         assert len(self.names) == len(self.params), "MLPPolicy's parameters are log_std, net and value_net"
         self.grads = [torch.zeros_like(p) for p in self.params]
+        self._fresh_adam_state: torch.optim.Optimizer | None = None  # adam_job created its state
         n_policy = 2 * len(linears)
         self.log_std_grad = self.grads[0] if self.box else None
         self.policy_grads = self.grads[self.box : self.box + n_policy]
@@ -268,7 +269,10 @@ class FusedEpoch:
         calls per update (a third of a default epoch's time on the 2-core CPU). It applies to the
         trainer's own ``torch.optim.Adam`` on these parameters, in its defaults' form (no weight
         decay, amsgrad, maximize, foreach, fused, capturable or differentiable; float lr and betas;
-        no step hooks), from its second step on (the first creates its state)."""
+        no step hooks). Before the first step the state is created here as ``Adam.step`` creates
+        it (a zero step count and zero moments; removed again by ``finish_update`` if the update
+        is skipped), so ``optimizer.step()``, which imports torch's compiler (about a second,
+        ``fastpg._lazy_compiler``), is not called at all."""
         if type(optimizer) is not torch.optim.Adam or len(optimizer.param_groups) != 1:
             return None
         group = optimizer.param_groups[0]
@@ -279,8 +283,20 @@ class FusedEpoch:
         if not plain or not all(type(x) is float for x in scalars) or _has_step_hooks(optimizer):
             return None
         params = group["params"]
+        if len(params) != len(self.params) or any(a is not b for a, b in zip(params, self.params)):
+            return None
         states = [optimizer.state.get(p) for p in params]
-        if len(params) != len(self.params) or any(a is not b for a, b in zip(params, self.params)) or not all(states):
+        if not any(states):  # torch/optim/adam.py, Adam._init_group, neither capturable nor fused
+            step_dtype = torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
+            for p in params:
+                optimizer.state[p] = {
+                    "step": torch.tensor(0.0, dtype=step_dtype),
+                    "exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
+                    "exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format),
+                }
+            states = [optimizer.state[p] for p in params]
+            self._fresh_adam_state = optimizer
+        elif not all(states):
             return None
         return (
             self.params, self.grads, [st["exp_avg"] for st in states], [st["exp_avg_sq"] for st in states],
@@ -299,6 +315,10 @@ class FusedEpoch:
             p.grad = None if bad else g
         if bad is None and apply and args[16] is None:
             optimizer.step()
+        fresh, self._fresh_adam_state = self._fresh_adam_state, None
+        if bad is not None and fresh is optimizer:  # skipped: no step, so no state (as Adam.step leaves it)
+            for p in self.params:
+                optimizer.state.pop(p, None)
         values = [loss, policy_loss, value_loss, entropy, grad_norm, mask_frac, float(bad is not None)]
         keys = ("loss", "policy_loss", "value_loss", "entropy", "grad_norm", "mask_frac", "skipped")
         return dict(zip(keys, torch.tensor(values, dtype=torch.float64).unbind())), bad

@@ -24,9 +24,9 @@ from __future__ import annotations
 import math
 
 import torch
-from tensordict import TensorDict
 from torch import Tensor, nn
 
+from fastpg._lazy_compiler import TensorDict
 from fastpg.config import Config
 from fastpg.envs import BatchedEnv, NativeEnv
 from fastpg.loss import reinforce_loss

@@ -217,9 +217,9 @@ def machine_info(device: torch.device) -> dict[str, Any]:
     """Versions, CPU, GPU, thread count and date: what a reader needs to compare figures."""
     import gymnasium
     import numpy
-    import tensordict
 
     from fastpg import __version__
+    from fastpg._lazy_compiler import tensordict
 
     return {
         "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

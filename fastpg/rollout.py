@@ -6,9 +6,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from tensordict import TensorDict
 from torch import Tensor, nn
 
+from fastpg._lazy_compiler import TensorDict
 from fastpg.envs.base import BatchedEnv, action_clipper
 from fastpg.policy import MLPPolicy, Rows, SamplingPolicy, sample_action
 

@@ -23,8 +23,8 @@ same tensors (``data_ptr()`` never changes).
 from __future__ import annotations
 
 import torch
-from tensordict import TensorDict
 
+from fastpg._lazy_compiler import TensorDict
 from fastpg.envs.base import EnvInfo
 
 __all__ = ["allocate_storage"]

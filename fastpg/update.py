@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
-from tensordict import TensorDict
 from torch import Tensor, nn
 
+from fastpg._lazy_compiler import TensorDict
 from fastpg.config import Config
 from fastpg.loss import SumAcross, advantage, batch_sum, reinforce_loss
 from fastpg.returns import episode_complete_mask, reward_to_go

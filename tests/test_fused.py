@@ -225,9 +225,19 @@ def test_fused_update_skips_a_nonfinite_update_as_the_generic_one_does():
             tr.epoch()
 
 
+def test_a_skipped_first_update_leaves_no_optimizer_state_as_the_generic_one():
+    for fused in ("auto", "off"):
+        with Trainer(Config(**SMALL, fused=fused)) as tr:
+            with torch.no_grad():
+                tr.policy.net[2].bias[0] = math.inf
+            assert tr.epoch()["update_skipped"] is True
+            assert tr.optimizer.state_dict()["state"] == {}, fused
+
+
 def test_the_kernels_adam_step_is_torchs_bit_for_bit(monkeypatch):
-    """From its second step on the kernel takes Adam's step: parameters and optimizer state equal,
-    bit for bit, those of ``optimizer.step()`` (the kernel's step refused: the run in Python)."""
+    """The kernel takes Adam's step, the first included (it creates the state as ``Adam.step``
+    does): parameters and optimizer state equal, bit for bit, those of ``optimizer.step()`` (the
+    kernel's step refused: the run in Python)."""
     cfg = Config(**SMALL, seed=4, max_epochs=5, max_grad_norm=0.5)
     runs = []
     for kernel_adam in (True, False):
@@ -247,9 +257,9 @@ def test_the_kernels_adam_step_is_torchs_bit_for_bit(monkeypatch):
             state = [v.clone() for st in tr.optimizer.state.values() for v in st.values()]
             runs.append((metrics, [p.detach().clone() for p in tr.policy.parameters()], state, python_steps))
     (m_k, p_k, s_k, steps_k), (m_p, p_p, s_p, steps_p) = runs
-    assert steps_k == 1 and steps_p == 5  # the kernel took steps 2 to 5
-    assert m_k == m_p
-    assert all(torch.equal(a, b) for a, b in zip(p_k + s_k, p_p + s_p))
+    assert steps_k == 0 and steps_p == 5  # the kernel took every step
+    assert m_k == m_p and len(s_k) == len(s_p) == 3 * len(p_k)
+    assert all(torch.equal(a, b) and a.dtype == b.dtype for a, b in zip(p_k + s_k, p_p + s_p))
 
 
 def test_the_kernel_leaves_other_optimizers_to_their_own_step():

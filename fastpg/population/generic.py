@@ -23,9 +23,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from tensordict import TensorDict
 from torch import Tensor
 
+from fastpg._lazy_compiler import TensorDict
 from fastpg.evaluation import episode_summary, play_first_episodes
 from fastpg.policy import MLPPolicy
 from fastpg.population.engines import EvalRequest, UpdateResult
