@@ -52,7 +52,8 @@ CHECKPOINT_NAME = "checkpoint.pt"
 LOCK_NAME = ".fastpg.lock"
 TEMP_PREFIX = ".checkpoint-"
 # Fields a resumed run may change: budgets, target, learning rate, outputs, logging, the
-# evaluation and the non-finite guard. Everything else continues as saved (see resumed_config).
+# evaluation, the non-finite guard and the thread count (which never changes results).
+# Everything else continues as saved (see resumed_config).
 RESUME_CHANGEABLE = (
     "max_env_steps",
     "max_epochs",
@@ -62,6 +63,7 @@ RESUME_CHANGEABLE = (
     "eval_episodes",
     "eval_deterministic",
     "max_bad_updates",
+    "threads",
 )
 
 

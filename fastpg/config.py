@@ -134,6 +134,10 @@ class Config:
     """Seed for the environments, the policy initialization and action sampling."""
     device: str = "auto"
     """Training device: auto (cuda if available, else cpu), cpu, cuda or cuda:N."""
+    threads: int | None = None
+    """CPU threads of the run's epochs (default: by a measured rule, at most torch's default: a
+    thread per 2M multiply-adds of the update, so small runs use one). The choice and why are in
+    the metrics header and the start notice (docs/threads.md)."""
     metrics_file: Path | None = None
     """Write one JSON object per epoch, then a summary object, to this file (JSON Lines; flushed
     every line). An existing file is refused unless --overwrite, and appended to with --resume."""
@@ -376,6 +380,7 @@ def _validate(c: Config) -> None:
     for name in ("num_envs", "num_steps", "max_env_steps", "checkpoint_every", "max_bad_updates"):
         _check_int(c, name, 1)
     _check_int(c, "max_epochs", 1, optional=True)
+    _check_int(c, "threads", 1, optional=True)
     _check_int(c, "eval_episodes", 0)
     _check_int(c, "seed", 0, 2**32, high_text="2**32")
     _check_real(c, "target_return", optional=True)

@@ -239,18 +239,27 @@ def machine_info(device: torch.device) -> dict[str, Any]:
 
 
 def run_header(
-    config: dict[str, Any], device: torch.device, *, resumed_at_epoch: int | None = None, processes: int = 1
+    config: dict[str, Any],
+    device: torch.device,
+    *,
+    resumed_at_epoch: int | None = None,
+    processes: int = 1,
+    placement: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The record that makes a metrics file describe itself: the whole config, the versions, the
-    device, the machine (rank 0's), the date and the number of processes of a data-parallel run (a
-    resumed run adds one, with the epoch it continues from)."""
-    return {
+    device, the machine (rank 0's), the date, the number of processes of a data-parallel run (a
+    resumed run adds one, with the epoch it continues from) and, where known, the device and the
+    threads of the run's epochs with the reasons (``fastpg.placement``)."""
+    header = {
         "header": True,
         "resumed_at_epoch": resumed_at_epoch,
         "processes": processes,
         "config": config,
         "machine": machine_info(device),
     }
+    if placement is not None:
+        header["placement"] = placement
+    return header
 
 
 class TensorBoardSink:

@@ -35,7 +35,8 @@ from fastpg.envs import resolve_backend
 from fastpg.errors import ConfigError, EnvWorkerError, OutputError
 from fastpg.interrupts import StopOnSignals, signal_of
 from fastpg.metrics import ConsoleProgress, JsonlSink, TensorBoardSink, final_line, jsonable, rounded, run_header
-from fastpg.preflight import check_config, resolve_device
+from fastpg.placement import placement_record
+from fastpg.preflight import check_config
 from fastpg.trainer import Trainer
 
 __all__ = ["train", "check_outputs", "trim_metrics"]
@@ -116,16 +117,23 @@ def _train(cfg: Config, policy: nn.Module | None, group: Group | None, *, writes
             trim_metrics(cfg.metrics_file, state["epoch"])
         resumed_at = state["epoch"] if state is not None else None
         processes = group.world_size if group is not None else 1
-        device = group.device if group is not None else resolve_device(cfg.device)
-        header = run_header(cfg.to_dict(), device, resumed_at_epoch=resumed_at, processes=processes)
         sinks: list[JsonlSink | TensorBoardSink] = []
-        if cfg.metrics_file is not None:
-            jsonl = JsonlSink(cfg.metrics_file, append=cfg.resume is not None and not cfg.overwrite)
-            sinks.append(stack.enter_context(jsonl))
-            jsonl.write(header)  # the file describes itself (config, versions, machine, date)
-        if cfg.tensorboard is not None:
-            sinks.append(stack.enter_context(TensorBoardSink(cfg.tensorboard, header)))
-        summary, failure = _run(cfg, policy, state, Checkpoints(ckpt_dir, writes), sinks, group)
+
+        def open_outputs(trainer: Trainer) -> None:
+            """The metrics file and TensorBoard, each starting with the header (once the trainer
+            exists: the header says which threads its epochs use, and why)."""
+            header = run_header(
+                cfg.to_dict(), trainer.device, resumed_at_epoch=resumed_at, processes=processes,
+                placement=placement_record(trainer.device_choice, trainer.thread_choice),
+            )  # fmt: skip
+            if cfg.metrics_file is not None:
+                jsonl = JsonlSink(cfg.metrics_file, append=cfg.resume is not None and not cfg.overwrite)
+                sinks.append(stack.enter_context(jsonl))
+                jsonl.write(header)  # the file describes itself (config, versions, machine, date)
+            if cfg.tensorboard is not None:
+                sinks.append(stack.enter_context(TensorBoardSink(cfg.tensorboard, header)))
+
+        summary, failure = _run(cfg, policy, state, Checkpoints(ckpt_dir, writes), sinks, group, open_outputs)
         if not writes:
             return summary
         unwritten = None
@@ -161,19 +169,24 @@ def _run(
     ckpt: Checkpoints,
     sinks: list[JsonlSink | TensorBoardSink],
     group: Group | None,
+    open_outputs: Callable[[Trainer], None],
 ) -> tuple[dict[str, Any], EnvWorkerError | None]:
     """The epochs, the checkpoints and the final evaluation; returns the summary, and the env
     failure that ended the run if one did (after the checkpoint of the last whole epoch). In a
     data-parallel run an env failure on any rank ends the job at once (no checkpoint: the last
-    one stands)."""
+    one stands). ``open_outputs(trainer)`` fills ``sinks`` once the trainer exists."""
     progress = None if cfg.quiet else ConsoleProgress(cfg.progress_interval_s, budget=_budget_share(cfg))
     failure = None
     with Trainer(cfg, policy=policy, group=group) as trainer, StopOnSignals() as signals:
         if state is not None:
             trainer.load_state_dict(state, source=str(cfg.resume / CHECKPOINT_NAME))
         start_epoch = trainer.counters.epoch
+        open_outputs(trainer)
         if not cfg.quiet and (group is None or group.rank == 0):
-            print(f"fastpg: {trainer.epoch_notice()}", file=sys.stderr, flush=True)
+            if cfg.device == "auto" and trainer.device_choice.reason != "auto: no CUDA device":
+                print(f"fastpg: device {trainer.device} ({trainer.device_choice.reason})", file=sys.stderr, flush=True)
+            n = trainer.threads
+            print(f"fastpg: {trainer.epoch_notice()}; {n} thread{'s' if n > 1 else ''}", file=sys.stderr, flush=True)
         ckpt_path = None
         try:
             for metrics in trainer.run(should_stop=signals.requested):

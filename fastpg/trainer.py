@@ -40,6 +40,7 @@ from fastpg.evaluation import EVAL_SEED_OFFSET, TargetCheck, evaluate, evaluatio
 from fastpg.fused import FusedEpoch, KernelCall, fused_problem
 from fastpg.graph import GraphedEpoch, graph_problem
 from fastpg.metrics import EpisodeWindow, PhaseTimer
+from fastpg.placement import DeviceChoice, choose_device, choose_threads, threads
 from fastpg.policy import MLPPolicy
 from fastpg.preflight import (
     check_config,
@@ -113,6 +114,12 @@ class Trainer:
             ``evaluate``, ``state_dict`` and ``load_state_dict`` are collectives).
         fast_epoch: False never builds a fast epoch (the generic path runs; a population that
             batches its members' epochs itself asks for this).
+        device: the device chosen by the caller (``fastpg.placement.DeviceChoice``; a population
+            chooses one for all its members); default: ``cfg.device``, ``auto`` by the measured
+            rule of ``fastpg.placement.choose_device`` (``device_choice`` says which and why).
+
+    The CPU threads of its calls follow ``cfg.threads`` or the measured rule of
+    ``fastpg.placement.choose_threads`` (``thread_choice``, ``threads``), set around each call.
 
     Where a fast path applies (``cfg.fused``: the fused C++ epoch of ``fastpg.fused`` on CPU, the
     CUDA-graph epoch of ``fastpg.graph`` on a GPU), ``collect`` and ``update`` run it
@@ -133,12 +140,18 @@ class Trainer:
         eval_env: BatchedEnv | Callable[[int], BatchedEnv] | None = None,
         group: Group | None = None,
         fast_epoch: bool = True,
+        device: DeviceChoice | None = None,
     ):
         if env is not None:
             check_env_interface(env)
         check_config(cfg, env=env)
         self.cfg = cfg
-        self.device = group.device if group is not None else resolve_device(cfg.device)
+        if device is None and group is not None:
+            device = DeviceChoice(group.device, "data-parallel: the rank's device")
+        elif device is None and env is not None:
+            device = DeviceChoice(resolve_device(cfg.device), "--device (the trainer was given its env)")
+        self.device_choice = device if device is not None else choose_device(cfg)
+        self.device = self.device_choice.device
         self.group = group
         self.shard = group.shard(cfg.num_envs) if group is not None else None
         num_envs = self.shard.size if self.shard is not None else cfg.num_envs  # the env copies stepped here
@@ -165,6 +178,11 @@ class Trainer:
                 self.fused = FusedEpoch.create(cfg, self.env, self.policy, self.device)
             if fast_epoch and self.fused is None and group is None:
                 self.fused = GraphedEpoch.create(cfg, self, self.device)
+            # The CPU threads of this trainer's calls (set around each, then put back).
+            self.thread_choice = choose_threads(
+                cfg, self.policy, fused=isinstance(self.fused, FusedEpoch), device=self.device
+            )
+            self.threads = self.thread_choice.count
         except BaseException:
             self.env.close()
             raise
@@ -199,11 +217,12 @@ class Trainer:
     # -- the straight line ---------------------------------------------------------------------
     def collect(self) -> None:
         """Fill the storage with T steps of every env (no gradients)."""
-        if self.fused is not None:
-            self.carry = self.fused.collect(self.buf, self.carry, self.generator)
-        else:
-            rows = (self.shard.lo, self.shard.total) if self.shard is not None else None
-            self.carry = collect(self.env, self.policy, self.buf, self.carry, self.generator, rows=rows)
+        with threads(self.threads):
+            if self.fused is not None:
+                self.carry = self.fused.collect(self.buf, self.carry, self.generator)
+            else:
+                rows = (self.shard.lo, self.shard.total) if self.shard is not None else None
+                self.carry = collect(self.env, self.policy, self.buf, self.carry, self.generator, rows=rows)
 
     def update(self, *, apply: bool = True, bad_data: str | None = None) -> dict[str, torch.Tensor]:
         """Returns, loss and one optimizer step over the stored epoch; returns detached stats.
@@ -217,14 +236,15 @@ class Trainer:
         apply = apply and bad_data is None
         # Data-parallel runs sum the update across the ranks (the CUDA graph is a one-process path).
         across = {"sum_across": self._sum_across} if self.group is not None else {}
-        if self.fused is not None:
-            stats, bad = self.fused.update(
-                self.optimizer, self.buf, self.settings, apply=apply, last_obs=self.carry.obs, **across
-            )
-        else:
-            stats, bad = reinforce_update(
-                self.policy, self.optimizer, self.buf, self.carry.obs, self.settings, apply=apply, **across
-            )
+        with threads(self.threads):
+            if self.fused is not None:
+                stats, bad = self.fused.update(
+                    self.optimizer, self.buf, self.settings, apply=apply, last_obs=self.carry.obs, **across
+                )
+            else:
+                stats, bad = reinforce_update(
+                    self.policy, self.optimizer, self.buf, self.carry.obs, self.settings, apply=apply, **across
+                )
         return self.record_update(stats, bad, bad_data)
 
     def record_update(
@@ -388,7 +408,7 @@ class Trainer:
         return self._evaluate_here(num_episodes, deterministic, seed)
 
     def _evaluate_here(self, num_episodes: int, deterministic: bool, seed: int | None) -> dict[str, float]:
-        with self.evaluation(num_episodes, deterministic=deterministic, seed=seed) as ev:
+        with threads(self.threads), self.evaluation(num_episodes, deterministic=deterministic, seed=seed) as ev:
             return ev.run()
 
     def evaluation(self, num_episodes: int, *, deterministic: bool = False, seed: int | None = None) -> Evaluation:

@@ -26,9 +26,10 @@ from fastpg.checkpoint import check_compatible
 from fastpg.config import Config
 from fastpg.errors import ConfigError, NonFiniteError
 from fastpg.metrics import PhaseTimer
+from fastpg.placement import choose_device
 from fastpg.population.engines import Engine, EvalRequest, FusedBatch
 from fastpg.population.spec import Population
-from fastpg.preflight import check_config, resolve_device
+from fastpg.preflight import check_config
 from fastpg.trainer import Trainer
 
 __all__ = ["PopulationTrainer", "MemberMetrics"]
@@ -54,14 +55,15 @@ class PopulationTrainer:
         if not self.numbers or any(not 0 <= i < len(pop) for i in self.numbers):
             raise ConfigError("members", f"member numbers must lie in [0, {len(pop)}), got {self.numbers!r}")
         check_config(pop.base, members=len(self.numbers))
-        self.device = resolve_device(pop.base.device)
+        self.device_choice = choose_device(pop.base, members=len(self.numbers))
+        self.device = self.device_choice.device
         # The fused epoch on CPU batches the members' own kernels; elsewhere the generic batch (no
         # per-member CUDA graph: one batched program serves all members).
         fast = self.device.type == "cpu"
         self.members: list[Trainer] = []
         try:
             for i in self.numbers:
-                self.members.append(Trainer(pop.members[i], fast_epoch=fast))
+                self.members.append(Trainer(pop.members[i], fast_epoch=fast, device=self.device_choice))
             self.engine: Engine = _engine(self.members)
         except BaseException:
             self.close()
