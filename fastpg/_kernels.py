@@ -19,6 +19,7 @@ found; ``PATH`` is restored afterwards.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import platform
 import re
@@ -82,14 +83,25 @@ def _load(name: str, sources: list[Path], includes: list[Path], what: str) -> Mo
     """Build (or load from torch's cache) the extension ``name`` from ``sources``."""
     from torch.utils.cpp_extension import _get_build_directory, load
 
-    if not (Path(_get_build_directory(name, verbose=False)) / f"{name}.so").exists():
+    built = (Path(_get_build_directory(name, verbose=False)) / f"{name}.so").exists()
+    if not built:
+        compiler = os.environ.get("CXX", "c++")  # what torch's build runs
+        if shutil.which(compiler) is None:
+            named = f"{compiler!r} is not found" + (" (CXX)" if "CXX" in os.environ else "")
+            raise KernelBuildError(
+                f"could not build {what}: no C++ compiler ({named}); install one (g++ or clang++, e.g. apt "
+                "install g++), or run the generic torch path (--fused off, --env-kernel torch)"
+            )
         print(f"fastpg: compiling {what} for this machine (first use only; 1-2 minutes)...",
               file=sys.stderr, flush=True)  # fmt: skip
     old_path = os.environ.get("PATH", "")
     bin_dir = os.path.dirname(sys.executable)
+    torch_log = logging.getLogger("torch.utils.cpp_extension")
+    level = torch_log.level
     try:
         if shutil.which("ninja") is None and os.path.exists(os.path.join(bin_dir, "ninja")):
             os.environ["PATH"] = bin_dir + os.pathsep + old_path
+        torch_log.setLevel(logging.ERROR)  # its compiler-compatibility box: fastpg says what failed, in one line
         return load(
             name=name,
             sources=[str(s) for s in sources],
@@ -106,6 +118,7 @@ def _load(name: str, sources: list[Path], includes: list[Path], what: str) -> Mo
         ) from e
     finally:
         os.environ["PATH"] = old_path
+        torch_log.setLevel(level)
 
 
 _env_modules: dict[tuple[str, str, str], ModuleType] = {}

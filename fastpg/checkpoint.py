@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import io
 import os
 import re
 import tempfile
@@ -112,6 +113,12 @@ def save_checkpoint(state: dict[str, Any], directory: str | Path) -> Path:
     removed and the previous checkpoint is left as it was."""
     directory = Path(directory)
     path = directory / CHECKPOINT_NAME
+    problem = _unloadable_entry(state, "state")
+    if problem is not None:
+        raise TypeError(
+            f"save_checkpoint: {problem}, which a checkpoint cannot hold: torch.load(weights_only=True) would "
+            "refuse the file (a checkpoint holds tensors, numbers, strings, None, and lists, tuples and dicts of them)"
+        )
     tmp = None
     try:
         directory.mkdir(parents=True, exist_ok=True)
@@ -127,9 +134,9 @@ def save_checkpoint(state: dict[str, Any], directory: str | Path) -> Path:
             os.fsync(dir_fd)  # the rename itself is durable
         finally:
             os.close(dir_fd)
-    except OSError as e:
+    except (OSError, RuntimeError) as e:  # torch's zip writer says a full disk as RuntimeError
         kept = "the previous checkpoint is intact" if path.exists() else "no checkpoint was written"
-        raise OutputError(f"could not write the checkpoint {path} ({e.strerror or e}); {kept}") from e
+        raise OutputError(f"could not write the checkpoint {path} ({_write_problem(e)}); {kept}") from e
     finally:
         if tmp is not None:
             with contextlib.suppress(OSError):
@@ -192,6 +199,49 @@ def load_checkpoint(directory: str | Path) -> dict[str, Any]:
     if not isinstance(state.get("config"), dict):
         raise ConfigError("resume", f"{path} is not a valid fastpg checkpoint: 'config' is missing or not a dict")
     return state
+
+
+_PLAIN = (type(None), bool, int, float, str)
+
+
+def _unloadable_entry(obj: Any, where: str) -> str | None:
+    """The first entry of ``obj`` (named from ``where``, as Python would index it) that the
+    weights-only loader refuses, as ``"state['a'][0] is a <type>"``, or None. Tensors, plain
+    values, lists, tuples and dicts are walked; anything else is tried alone through a save and a
+    weights-only load (torch.Size, dtypes, devices pass; functions, modules, arbitrary objects do
+    not)."""
+    if type(obj) in (torch.Tensor, torch.nn.Parameter) or isinstance(obj, _PLAIN):
+        return None
+    if isinstance(obj, dict):
+        for key, value in obj.items():
+            if not isinstance(key, _PLAIN):
+                return f"{where} has a key {key!r} of type {type(key).__name__}"
+            problem = _unloadable_entry(value, f"{where}[{key!r}]")
+            if problem is not None:
+                return problem
+        return None
+    if isinstance(obj, (list, tuple)):
+        return next((p for i, v in enumerate(obj) if (p := _unloadable_entry(v, f"{where}[{i}]"))), None)
+    buffer = io.BytesIO()
+    try:
+        torch.save(obj, buffer)
+        buffer.seek(0)
+        torch.load(buffer, weights_only=True)
+    except Exception:
+        return f"{where} is a {type(obj).__module__}.{type(obj).__qualname__}"
+    return None
+
+
+def _write_problem(e: OSError | RuntimeError) -> str:
+    """What stopped a checkpoint write, in a few words: the OS's reason, or the first line of
+    torch's (its zip writer reports a short write, a full disk, as ``[enforce fail at
+    inline_container.cc:...] . unexpected pos ...``)."""
+    if isinstance(e, OSError):
+        return str(e.strerror or e)
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    if "inline_container" in first or "unexpected pos" in first:
+        return f"the file could not be written in full, a full disk? (torch: {first[:160]})"
+    return f"{type(e).__name__}: {first[:200]}"
 
 
 def _load_problem(e: Exception) -> str:

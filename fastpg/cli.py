@@ -18,6 +18,7 @@ import json
 import os
 import sys
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -305,8 +306,21 @@ def _versions() -> str:
     return f"fastpg {__version__} (torch {of('torch')}, gymnasium {of('gymnasium')}, Python {python})"
 
 
+def _warnings_in_one_line() -> None:
+    """Say every warning as one line on stderr (``fastpg: warning: ...``), without the source
+    line Python prints under it: for ``fastpg`` run as a program, which owns its process."""
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        print(f"fastpg: warning: {message}", file=sys.stderr if file is None else file, flush=True)
+
+    warnings.showwarning = show
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``fastpg`` console script; returns the exit code."""
+    """Entry point of the ``fastpg`` console script; returns the exit code. Run as a program (no
+    ``argv`` given), warnings are said in one line each."""
+    if argv is None:
+        _warnings_in_one_line()
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(_USAGE, end="")

@@ -150,6 +150,10 @@ def reinforce_loss(
         (loss, parts): a 0-dim loss; parts are detached 0-dim ``policy_loss, value_loss, entropy``.
     """
     _check_same("adv", adv, "log_prob", log_prob)
+    if not isinstance(count, Tensor) or count.numel() != 1:
+        got = f"shape {tuple(count.shape)}" if isinstance(count, Tensor) else type(count).__name__
+        raise ValueError(f"count must be a 0-dim tensor (the entries in the loss), got {got}")
+    count = count.reshape(())
     policy_loss = -(adv * log_prob).sum() / count
     loss = policy_loss
     zero = torch.zeros((), dtype=log_prob.dtype, device=log_prob.device)
@@ -158,6 +162,7 @@ def reinforce_loss(
         if ret is None:
             raise ValueError("reinforce_loss: value needs ret (the value loss compares them)")
         _check_same("value", value, "log_prob", log_prob)
+        _check_same("ret", ret, "log_prob", log_prob)
         value_loss = 0.5 * ((value - ret.detach()) ** 2).sum() / count
         loss = loss + value_coef * value_loss
     if entropy is not None:

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from fastpg._lazy_compiler import TensorDict
-from fastpg.envs.base import BatchedEnv, action_clipper
+from fastpg.envs.base import BatchedEnv, action_clipper, check_reset, check_step
 from fastpg.policy import MLPPolicy, Rows, SamplingPolicy, sample_action
 
 __all__ = [
@@ -42,6 +42,7 @@ class Carry:
 def init_carry(env: BatchedEnv, seed: int | None) -> Carry:
     """Reset ``env`` with ``seed`` and return a fresh carry (copies the first observation)."""
     first = env.reset(seed=seed)
+    check_reset(env, first)
     return Carry(
         obs=first.clone(),
         episode_return=torch.zeros(env.num_envs, dtype=torch.float32, device=first.device),
@@ -81,6 +82,8 @@ def collect(
             a = act(obs[t], generator)
             action[t].copy_(a)
             step = env.step(to_env(a))
+            if t == 0:  # an env that breaks the contract is named here, not by a broadcasting error
+                check_step(env, step)
             reward[t].copy_(step.reward)
             done[t].copy_(step.done)
             terminated[t].copy_(step.terminated)

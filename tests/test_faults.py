@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -21,7 +22,7 @@ from faulty_envs import FaultyEnv
 from processes import alive, children
 from test_reliability import _cli, _epochs, _start_training
 
-from fastpg import Config, ConfigError, EnvWorkerError, GymVectorEnv, Trainer
+from fastpg import Config, ConfigError, EnvWorkerError, GymVectorEnv, Trainer, UnsupportedEnvError
 from fastpg.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from fastpg.cli import main
 
@@ -54,6 +55,27 @@ def test_an_env_failure_ends_in_one_line_after_checkpoint_and_summary(tmp_path, 
     # the fault comes at the copy's 40th step: two whole epochs of 16 steps before it are kept
     assert summary["epochs"] == 2 and load_checkpoint(ckpt)["epoch"] == 2 and len(_epochs(metrics)) == 2
     assert json.loads(metrics.read_text().splitlines()[-1])["summary"]
+
+
+@pytest.mark.parametrize("at, only, num_envs", [(1, None, 4), (1, 1, 4), (2, None, 8), (5, 0, 2)])
+def test_async_workers_that_die_inside_step_end_in_one_line(at, only, num_envs):
+    """Workers that exit inside ``step`` (the first step, one of them or all): the documented line
+    and exit 1, in a real process (warnings and tracebacks reach stderr), nothing else on stderr:
+    no EOFError or EBADF from the dead workers' pipes, no warning from closing the env."""
+    kwargs = {"fault": "die", "at": at} if only is None else {"fault": "die", "at": at, "only_seed": only}
+    code = (
+        f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+        "import gymnasium as gym, faulty_envs\n"
+        f"gym.register('DieNow-v0', entry_point=faulty_envs.FaultyEnv, kwargs={kwargs!r})\n"
+        "from fastpg.cli import main\n"
+        f"sys.exit(main(['train', '--env', 'DieNow-v0', '--backend', 'async', '--num-envs', '{num_envs}', "
+        "'--num-steps', '16', '--quiet', '--eval-episodes', '0', '--max-epochs', '4']))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    err = proc.stderr.strip().splitlines()
+    assert proc.returncode == 1 and len(err) == 1, proc.stderr
+    assert re.fullmatch(r"fastpg: error: env DieNow-v0: step failed in async workers? [0-9, ]+: the worker process died "
+                        r"\(exit code 3\)", err[0]), err  # fmt: skip
 
 
 def test_a_vector_env_built_by_the_user_fails_in_one_line():
@@ -174,9 +196,25 @@ def test_a_kernel_that_cannot_be_built_ends_in_one_line(tmp_path):
     env = {**os.environ, "CXX": str(tmp_path / "no-compiler"), "TORCH_EXTENSIONS_DIR": str(tmp_path / "ext")}
     cmd = [sys.executable, "-m", "fastpg.cli", "train", "--env-kernel", "cpp", "--device", "cpu", "--max-epochs", "1"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
-    last = proc.stderr.strip().splitlines()[-1]
-    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
-    assert last.startswith("fastpg: error: could not build fastpg's C++ kernels")
+    err = proc.stderr.strip().splitlines()
+    assert proc.returncode == 1 and len(err) == 1, proc.stderr  # no torch warning box, no traceback
+    assert err[0].startswith("fastpg: error: could not build fastpg's C++ kernels: no C++ compiler (")
+    assert "install one (g++ or clang++" in err[0] and "--fused off" in err[0]
+
+
+def test_a_compiler_that_fails_leaves_one_warning_line_and_the_generic_path(tmp_path):
+    """A compiler that is there but fails (the fused epoch falls back): torch's compatibility box is
+    not shown, the fallback is one warning line, then the generic path trains."""
+    failing = tmp_path / "c++"
+    failing.write_text("#!/bin/sh\nexit 1\n")
+    failing.chmod(0o755)
+    env = {**os.environ, "CXX": str(failing), "TORCH_EXTENSIONS_DIR": str(tmp_path / "ext")}
+    cmd = [sys.executable, "-m", "fastpg.cli", "train", "--device", "cpu", "--max-epochs", "1", "--eval-episodes", "0"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
+    notes = [line for line in proc.stderr.splitlines() if not line.startswith("epoch ")]
+    assert proc.returncode == 0, proc.stderr
+    assert notes[0].startswith("fastpg: compiling") and notes[1].startswith("fastpg: warning: could not build")
+    assert notes[2].startswith("fastpg: epoch: generic") and len(notes) == 4, notes  # and the final line
 
 
 # -- the Python API --------------------------------------------------------------------------------------
@@ -187,6 +225,70 @@ def test_an_object_that_is_not_an_env_is_refused_by_name():
         ConfigError, match=r"^env: the env given \(object\) is not a fastpg BatchedEnv: it has no num_envs"
     ):
         Trainer(Config(quiet=True), env=object())
+
+
+class _MisshapenEnv:
+    """A user's BatchedEnv of 3 copies (obs_shape (4,)) that returns one field wrong: ``where`` is
+    ``"reset"`` or ``"step"``, ``field`` the Step field, ``value`` what it returns instead."""
+
+    def __init__(self, where: str, field: str, value):
+        from fastpg.envs import EnvInfo
+
+        self.num_envs, self.device = 3, torch.device("cpu")
+        self.info = EnvInfo(env_id="Mine-v0", obs_shape=(4,), discrete=True, num_actions=2, action_shape=())
+        self.where, self.field, self.value = where, field, value
+
+    def reset(self, seed=None):
+        return self.value if self.where == "reset" else torch.zeros(3, 4)
+
+    def step(self, action):
+        from fastpg.envs import Step
+
+        fields = dict(obs=torch.zeros(3, 4), reward=torch.ones(3), done=torch.zeros(3, dtype=torch.bool),
+                      valid=torch.ones(3, dtype=torch.bool), terminated=torch.zeros(3, dtype=torch.bool))  # fmt: skip
+        if self.where == "step":
+            fields[self.field] = self.value
+        return Step(**fields)
+
+    def close(self):
+        pass
+
+
+@pytest.mark.parametrize(
+    "where, field, value, message",
+    [
+        (
+            "reset",
+            "obs",
+            torch.zeros(3, 5),
+            r"reset returned obs of shape \[3, 5\], but its EnvInfo and num_envs say \[3, 4\]",
+        ),
+        (
+            "reset",
+            "obs",
+            torch.zeros(2, 4),
+            r"reset returned obs of shape \[2, 4\], but .* say \[3, 4\] \(N = 3 copies",
+        ),
+        ("reset", "obs", np.zeros((3, 4)), r"reset returned obs as ndarray, not a torch tensor of shape \[3, 4\]"),
+        ("step", "obs", torch.zeros(4), r"step returned obs of shape \[4\], but .* say \[3, 4\]"),
+        ("step", "reward", torch.ones(3, 1), r"step returned reward of shape \[3, 1\], but .* say \[3\]"),
+        ("step", "done", torch.zeros(3), r"step returned done of dtype torch.float32, expected torch.bool"),
+        (
+            "step",
+            "obs",
+            torch.zeros(3, 4, dtype=torch.int64),
+            r"step returned obs of dtype torch.int64, expected a floating",
+        ),
+    ],
+)
+def test_an_env_that_returns_the_wrong_shapes_is_named_in_one_line(where, field, value, message):
+    """A user's env whose first reset or step does not match its EnvInfo is refused naming the
+    env, the field and both shapes (not a broadcasting error from inside collect)."""
+    with pytest.raises(UnsupportedEnvError, match=f"^env Mine-v0: {message}"):
+        with Trainer(
+            Config(num_envs=3, num_steps=4, quiet=True, eval_episodes=0), env=_MisshapenEnv(where, field, value)
+        ) as tr:
+            tr.epoch()
 
 
 class _TensorPolicy(torch.nn.Module):

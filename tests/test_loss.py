@@ -102,6 +102,18 @@ def test_loss_errors_name_the_shapes():
         reinforce_loss(x, torch.zeros(2), torch.tensor(1.0))
     with pytest.raises(ValueError, match="value needs ret"):
         reinforce_loss(x, x, torch.tensor(1.0), value=x)
+    # issue 23: shapes that would broadcast silently ([8, 1] against [8] gives an [8, 8] loss)
+    with pytest.raises(ValueError, match=r"adv has shape \(2,\) but log_prob has \(8, 1\)"):
+        reinforce_loss(torch.zeros(8, 1), torch.zeros(2), torch.tensor(1.0))
+    with pytest.raises(ValueError, match=r"adv has shape \(8,\) but log_prob has \(8, 1\)"):
+        reinforce_loss(torch.zeros(8, 1), torch.zeros(8), torch.tensor(1.0))
+    with pytest.raises(ValueError, match=r"ret has shape \(3, 1\) but log_prob has \(3,\)"):
+        reinforce_loss(x, x, torch.tensor(1.0), value=x, ret=torch.zeros(3, 1))
+    with pytest.raises(ValueError, match=r"count must be a 0-dim tensor \(the entries in the loss\), got shape \(3,\)"):
+        reinforce_loss(x, x, torch.ones(3))
+    with pytest.raises(ValueError, match="count must be a 0-dim tensor .*, got int"):
+        reinforce_loss(x, x, 3)
+    assert reinforce_loss(x, x, torch.ones(1))[0].dim() == 0  # a one-element count is its number
     m = torch.ones(3, 2, dtype=torch.bool)
     with pytest.raises(ValueError, match="baseline must be none, mean or value"):
         reinforce_loss_reference(m.float(), m.float(), m, baseline="median")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -346,6 +347,58 @@ def test_full_disk_on_a_checkpoint_keeps_the_previous_one(tmp_path, capsys, monk
         "the previous checkpoint is intact"
     ]
     assert load_checkpoint(ckpt)["epoch"] == 1 and not list(ckpt.glob(".checkpoint-*"))
+
+
+def test_a_full_disk_said_by_torchs_zip_writer_is_one_line_too(tmp_path, capsys, monkeypatch):
+    """torch's writer reports a short write as RuntimeError, not OSError (issue 23): the same line,
+    the previous checkpoint intact, no temporary file left."""
+    import fastpg.checkpoint
+
+    ckpt, real_save, saves = tmp_path / "ckpt", torch.save, []
+
+    def save(obj, f):
+        saves.append(1)
+        if len(saves) == 2:
+            f.write(b"partial")
+            raise RuntimeError(
+                "[enforce fail at inline_container.cc:603] . unexpected pos 1024 vs 960\nException raised from ..."
+            )
+        real_save(obj, f)
+
+    monkeypatch.setattr(fastpg.checkpoint.torch, "save", save)
+    args = ("train", "--checkpoint-dir", str(ckpt), "--checkpoint-every", "1", "--max-epochs", "4", "--quiet")
+    code, _, err = _cli(capsys, *args)
+    monkeypatch.undo()
+    assert code == 1 and len(err) == 1, err
+    assert err[0].startswith(f"fastpg: error: could not write the checkpoint {ckpt / CHECKPOINT_NAME} (the file could")
+    assert "unexpected pos 1024 vs 960" in err[0] and err[0].endswith("the previous checkpoint is intact")
+    assert load_checkpoint(ckpt)["epoch"] == 1 and not list(ckpt.glob(".checkpoint-*"))
+
+
+@pytest.mark.parametrize(
+    "extra, where, what",
+    [
+        ({"hook": print}, "state['extra']['hook']", "builtins.builtin_function_or_method"),
+        ({"nested": [1, (2, Path("x"))]}, "state['extra']['nested'][1][1]", "pathlib.PosixPath"),
+        ({"cfg": Config()}, "state['extra']['cfg']", "fastpg.config.Config"),
+    ],
+)
+def test_a_checkpoint_the_loader_would_refuse_is_refused_when_saved(tmp_path, extra, where, what):
+    """Writers refuse what readers refuse (issue 23): torch.save writes these, the weights-only
+    loader then refuses the file; save_checkpoint refuses them first, naming the entry, and
+    writes nothing."""
+    import io
+
+    state = {"epoch": 1, "policy": {"w": torch.zeros(2)}, "extra": extra}
+    buffer = io.BytesIO()
+    torch.save(state, buffer)  # plain torch writes it ...
+    buffer.seek(0)
+    with pytest.raises(Exception, match="Weights only load failed"):
+        torch.load(buffer, weights_only=True)  # ... and its own safe loader refuses it
+    with pytest.raises(TypeError, match=rf"^save_checkpoint: {re.escape(where)} is a {re.escape(what)}, which a"):
+        save_checkpoint(state, tmp_path / "ckpt")
+    assert not (tmp_path / "ckpt").exists()
+    save_checkpoint({"epoch": 1, "shape": torch.Size([2]), "dtype": torch.float32, "t": (1, None)}, tmp_path / "ok")
 
 
 # -- interrupts ----------------------------------------------------------------------------------------

@@ -27,12 +27,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import NamedTuple, Protocol, runtime_checkable
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
 
-__all__ = ["EnvInfo", "Step", "BatchedEnv", "Checkpointable"]
+from fastpg.errors import UnsupportedEnvError
+
+__all__ = ["EnvInfo", "Step", "BatchedEnv", "Checkpointable", "check_reset", "check_step"]
 
 
 @dataclass(frozen=True)
@@ -117,3 +119,45 @@ class Checkpointable(Protocol):
     def state_dict(self) -> dict[str, Tensor]: ...
 
     def load_state_dict(self, state: dict[str, Tensor]) -> None: ...
+
+
+def check_reset(env: BatchedEnv, obs: Tensor) -> None:
+    """Raise ``UnsupportedEnvError`` naming the env, ``obs`` and both shapes if what ``reset``
+    returned is not ``[N, *obs_shape]`` floats on the env's device (its ``EnvInfo``): said here,
+    at the first reset, instead of as a broadcasting error deep inside ``collect``."""
+    _check_field(env, "reset", "obs", obs, (env.num_envs, *env.info.obs_shape), floating=True)
+
+
+def check_step(env: BatchedEnv, step: Step) -> None:
+    """As ``check_reset``, for what ``step`` returned: a ``Step`` of ``[N, *obs_shape]`` floats and
+    ``[N]`` rewards and flags (the flags bool)."""
+    if not isinstance(step, tuple) or len(step) != len(Step._fields):
+        raise UnsupportedEnvError(
+            f"env {env.info.env_id}: step returned {type(step).__name__}, not a fastpg.envs.Step "
+            f"({', '.join(Step._fields)})"
+        )
+    n = env.num_envs
+    _check_field(env, "step", "obs", step[0], (n, *env.info.obs_shape), floating=True)
+    _check_field(env, "step", "reward", step[1], (n,), floating=True)
+    for name, value in zip(Step._fields[2:], step[2:]):
+        _check_field(env, "step", name, value, (n,), boolean=True)
+
+
+def _check_field(
+    env: BatchedEnv, call: str, name: str, value: Any, shape: tuple[int, ...], *, floating=False, boolean=False
+) -> None:
+    where = f"env {env.info.env_id}: {call} returned {name}"
+    if not isinstance(value, Tensor):
+        raise UnsupportedEnvError(f"{where} as {type(value).__name__}, not a torch tensor of shape {list(shape)}")
+    if tuple(value.shape) != shape:
+        raise UnsupportedEnvError(
+            f"{where} of shape {list(value.shape)}, but its EnvInfo and num_envs say {list(shape)} "
+            f"(N = {env.num_envs} copies of obs_shape {list(env.info.obs_shape)})"
+        )
+    if floating and not value.is_floating_point():
+        raise UnsupportedEnvError(f"{where} of dtype {value.dtype}, expected a floating-point tensor")
+    if boolean and value.dtype != torch.bool:
+        raise UnsupportedEnvError(f"{where} of dtype {value.dtype}, expected torch.bool")
+    device = torch.device(env.device)
+    if value.device.type != device.type or (device.index is not None and value.device.index != device.index):
+        raise UnsupportedEnvError(f"{where} on {value.device}, but the env says its device is {env.device}")

@@ -259,6 +259,7 @@ class GymVectorEnv:
         self.same_step_reset = mode == AutoresetMode.SAME_STEP
         self.env_id = env_id
         self._async = isinstance(vec_env, gym.vector.AsyncVectorEnv)
+        self._broken = False  # async workers stopped after a failure (_stop_workers)
         self.async_timeout_s = ASYNC_TIMEOUT_S
         # gymnasium seeds copy i with seed + i; a data-parallel shard's copies are rows lo... of the
         # whole env, so they are seeded seed + lo + i (set_shard)
@@ -319,10 +320,24 @@ class GymVectorEnv:
             cause = f"the worker process died (exit code {', '.join(map(str, codes))})"
         else:
             cause = f"{type(e).__name__}: {e}"
+        self._stop_workers()
+        return EnvWorkerError(f"env {self.env_id}: {what} failed in async {who}: {cause}")
+
+    def _stop_workers(self) -> None:
+        """Stop every async worker after a failure, quietly (the failure is said once, by the
+        caller): gymnasium's close can itself fail on the dead worker's pipe (EOFError, EBADF),
+        so the processes are terminated here and the env is marked closed."""
+        vec = self.vec_env
         with contextlib.suppress(Exception), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # gymnasium's notes on closing mid-step: said here in one line
-            vec.close(terminate=True)  # every worker process is stopped
-        return EnvWorkerError(f"env {self.env_id}: {what} failed in async {who}: {cause}")
+            vec.close(terminate=True)
+        for process in vec.processes:
+            with contextlib.suppress(Exception):
+                if process.is_alive():
+                    process.terminate()
+                process.join(timeout=1.0)
+        vec.closed = True  # nothing left to close: gymnasium's __del__ would try again and warn
+        self._broken = True
 
     def _env_error(self, what: str, e: BaseException) -> EnvWorkerError:
         """A sync or vector env's failure as one line: the env id, the copy (where known) and the
@@ -386,7 +401,7 @@ class GymVectorEnv:
     def close(self) -> None:
         """Close the envs; an env whose close raises gets a warning, not a traceback (the run's
         results are written by then)."""
-        if getattr(self.vec_env, "closed", False):
+        if getattr(self.vec_env, "closed", False) or self._broken:
             return
         try:
             self.vec_env.close(terminate=True) if self._async and self._failed_workers() else self.vec_env.close()
