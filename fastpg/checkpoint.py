@@ -1,10 +1,20 @@
-"""Checkpoints: everything a run needs to continue, written atomically, loaded without pickled code.
+"""Checkpoints: everything a run needs to continue, durable before visible, verified before loading.
 
 A checkpoint is one file, ``DIR/checkpoint.pt``, holding only tensors, numbers, strings, lists and
-dicts, so that ``torch.load(path, weights_only=True)`` reads it (a checkpoint cannot run code). It
-is written to a temporary file in the same directory, flushed and fsynced, then renamed over the
-previous one (and the directory fsynced): a crash or a kill at any moment leaves either the previous
-checkpoint or the new one, never a torn file.
+dicts, so that ``torch.load(path, weights_only=True)`` reads it (a checkpoint cannot run code);
+``save_checkpoint`` refuses anything else, naming the entry. Each write is durable before it is
+visible: the new file is written under a temporary name, flushed and fsynced, linked under its
+history name ``DIR/checkpoint-NNNNNN.pt``, renamed over ``checkpoint.pt``, and the directory is
+fsynced; only then are history files beyond the newest ``keep`` removed (``--keep-checkpoints``,
+default 2). A crash of the process or of the machine at any moment leaves the previous checkpoint
+or the new one, never a torn file under either name.
+
+Each file carries a SHA-256 of its contents (the tensors' bytes, dtypes and shapes, and every
+other value: ``state_digest``), checked when it is loaded: torch's loader does not check the zip
+archive's CRCs (pytorch/pytorch#126952), so a flipped byte inside a tensor would otherwise load as
+another value. ``load_checkpoint`` reads ``checkpoint.pt``; if it is missing, truncated or fails
+its checksum, it warns in one line and takes the newest history file that is sound (a run resumed
+from it continues bit for bit from that epoch).
 
 Contents (``FORMAT``): the config (as a dict), the counters (epoch, env steps, episodes, training
 time), the episode window, the policy's and the optimizer's state dicts, the trainer's sampling
@@ -12,17 +22,21 @@ generator, the carry (next observation, running episode totals) and the environm
 native env its state tensors, step counters and generator, which makes a resumed run bit-identical
 to an uninterrupted one on CPU. Gymnasium backends cannot hand over their environments' internal
 state as plain tensors; on resume their envs are re-seeded (``seed + epoch``) and the episodes that
-were running are dropped (documented in the README).
+were running are dropped (documented in the README). Files of format 1 (before checksums) load
+without the check.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import io
 import os
 import re
+import shutil
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +53,12 @@ except ImportError:  # Windows
 __all__ = [
     "FORMAT",
     "CHECKPOINT_NAME",
+    "KEEP_CHECKPOINTS",
     "save_checkpoint",
+    "history",
+    "clear_history",
+    "has_checkpoint",
+    "state_digest",
     "load_checkpoint",
     "check_compatible",
     "DirectoryLock",
@@ -48,8 +67,11 @@ __all__ = [
     "RESUME_CHANGEABLE",
 ]
 
-FORMAT = 1
+FORMAT = 2
+FORMATS = (1, 2)  # readable: 1 has no checksum
 CHECKPOINT_NAME = "checkpoint.pt"
+HISTORY_PREFIX = "checkpoint-"  # DIR/checkpoint-NNNNNN.pt: the newest ``keep`` checkpoints, by number
+KEEP_CHECKPOINTS = 2
 LOCK_NAME = ".fastpg.lock"
 TEMP_PREFIX = ".checkpoint-"
 # Fields a resumed run may change: budgets, target, learning rate, outputs, logging, the
@@ -106,11 +128,15 @@ def check_compatible(saved: dict[str, Any], cfg: Config, path: str | Path) -> No
         )
 
 
-def save_checkpoint(state: dict[str, Any], directory: str | Path) -> Path:
-    """Write ``state`` to ``directory/checkpoint.pt`` atomically; returns the path.
+def save_checkpoint(state: dict[str, Any], directory: str | Path, *, keep: int = KEEP_CHECKPOINTS) -> Path:
+    """Write ``state`` to ``directory/checkpoint.pt``, durable before visible (module docstring),
+    keeping the newest ``keep`` checkpoints as history; returns the path.
 
-    Raises ``OutputError`` if it cannot be written (a full disk, say): the temporary file is
-    removed and the previous checkpoint is left as it was."""
+    Raises ``TypeError`` naming the entry if ``state`` holds something the weights-only loader
+    would refuse (nothing is written), ``OutputError`` if it cannot be written (a full disk, say):
+    the temporary file is removed and the previous checkpoint is left as it was."""
+    if not isinstance(keep, int) or keep < 1:
+        raise ValueError(f"keep must be an integer >= 1, got {keep!r}")
     directory = Path(directory)
     path = directory / CHECKPOINT_NAME
     problem = _unloadable_entry(state, "state")
@@ -119,21 +145,26 @@ def save_checkpoint(state: dict[str, Any], directory: str | Path) -> Path:
             f"save_checkpoint: {problem}, which a checkpoint cannot hold: torch.load(weights_only=True) would "
             "refuse the file (a checkpoint holds tensors, numbers, strings, None, and lists, tuples and dicts of them)"
         )
+    content = {"format": FORMAT, **state}
+    content["sha256"] = state_digest(content)
     tmp = None
     try:
         directory.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=".tmp", dir=directory)
         with os.fdopen(fd, "wb") as f:
-            torch.save({"format": FORMAT, **state}, f)
+            torch.save(content, f)
             f.flush()
-            os.fsync(f.fileno())
+            os.fsync(f.fileno())  # the bytes are on disk before any name points at them
+        older = history(directory)
+        number = older[-1][0] + 1 if older else 1
+        _link(tmp, directory / f"{HISTORY_PREFIX}{number:06d}.pt")
         os.replace(tmp, path)
         tmp = None
-        dir_fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)  # the rename itself is durable
-        finally:
-            os.close(dir_fd)
+        _fsync_directory(directory)  # the names are durable
+        for _, stale in older[: max(0, len(older) + 1 - keep)]:  # only now: the new one is durable
+            stale.unlink()
+        if len(older) + 1 > keep:
+            _fsync_directory(directory)
     except (OSError, RuntimeError) as e:  # torch's zip writer says a full disk as RuntimeError
         kept = "the previous checkpoint is intact" if path.exists() else "no checkpoint was written"
         raise OutputError(f"could not write the checkpoint {path} ({_write_problem(e)}); {kept}") from e
@@ -142,6 +173,75 @@ def save_checkpoint(state: dict[str, Any], directory: str | Path) -> Path:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
     return path
+
+
+def history(directory: str | Path) -> list[tuple[int, Path]]:
+    """The history files of ``directory`` (``checkpoint-NNNNNN.pt``), oldest first, with their numbers."""
+    found = []
+    for candidate in Path(directory).glob(f"{HISTORY_PREFIX}*.pt"):
+        number = candidate.name[len(HISTORY_PREFIX) : -len(".pt")]
+        if number.isdigit():
+            found.append((int(number), candidate))
+    return sorted(found)
+
+
+def has_checkpoint(directory: str | Path) -> bool:
+    """Whether ``directory`` holds a checkpoint: ``checkpoint.pt`` or a history file."""
+    return (Path(directory) / CHECKPOINT_NAME).exists() or bool(history(directory))
+
+
+def clear_history(directory: str | Path) -> None:
+    """Remove ``directory``'s history files (a run that starts afresh with ``--overwrite``: another
+    run's checkpoints must not be taken for its own)."""
+    for _, path in history(directory):
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+def _link(source: str, name: Path) -> None:
+    """``name`` for the file ``source`` (a hard link: no second copy; a copy where links fail)."""
+    if name.exists():  # a number left by a write that failed after linking
+        name.unlink()
+    try:
+        os.link(source, name)
+    except OSError:  # a file system without hard links
+        shutil.copyfile(source, name)
+        with open(name, "rb+") as f:
+            os.fsync(f.fileno())
+
+
+def _fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def state_digest(state: Any) -> str:
+    """SHA-256 of a checkpoint's contents, its ``sha256`` entry aside: every tensor's dtype, shape
+    and bytes, every other value's type and repr, dicts in key order, walked depth first."""
+    h = hashlib.sha256()
+
+    def walk(x: Any) -> None:
+        if isinstance(x, torch.Tensor):
+            t = x.detach().to("cpu").contiguous()
+            h.update(f"T{t.dtype}{tuple(t.shape)}:".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        elif isinstance(x, dict):
+            h.update(f"D{len(x)}:".encode())
+            for key in sorted(x, key=lambda k: (type(k).__name__, repr(k))):
+                h.update(f"K{type(key).__name__}{key!r}:".encode())
+                walk(x[key])
+        elif isinstance(x, (list, tuple)):
+            h.update(f"{'L' if isinstance(x, list) else 'U'}{len(x)}:".encode())
+            for item in x:
+                walk(item)
+        else:
+            h.update(f"V{type(x).__name__}{x!r};".encode())
+
+    walk({k: v for k, v in state.items() if k != "sha256"} if isinstance(state, dict) else state)
+    return h.hexdigest()
 
 
 class DirectoryLock:
@@ -184,20 +284,57 @@ class DirectoryLock:
 
 
 def load_checkpoint(directory: str | Path) -> dict[str, Any]:
-    """Read ``directory/checkpoint.pt`` with ``weights_only=True``; clear errors if it is missing or
-    not a fastpg checkpoint (``check_state`` then holds its contents to the run that continues it)."""
-    path = Path(directory) / CHECKPOINT_NAME
-    if not path.is_file():
+    """Read ``directory``'s checkpoint with ``weights_only=True`` and check its SHA-256: the
+    newest sound one (``checkpoint.pt``, else, with a one-line warning naming what was wrong, the
+    newest history file that is sound). Clear errors if there is none or none is readable
+    (``check_state`` then holds its contents to the run that continues it)."""
+    directory = Path(directory)
+    path = directory / CHECKPOINT_NAME
+    candidates = [path, *(p for _, p in reversed(history(directory)))]
+    problems: list[str] = []
+    seen: set[tuple[int, int]] = set()
+    for candidate in candidates:
+        try:
+            stat = candidate.stat()
+        except FileNotFoundError:
+            if candidate == path and len(candidates) > 1:
+                problems.append(f"{path} is missing")
+            continue
+        if (stat.st_dev, stat.st_ino) in seen:  # checkpoint.pt is a link to the newest history file
+            continue
+        seen.add((stat.st_dev, stat.st_ino))
+        try:
+            state = _read(candidate)
+        except ConfigError as e:
+            problems.append(e.detail)
+            continue
+        if problems:
+            warnings.warn(
+                f"{'; '.join(problems)}: resuming from {candidate} (epoch {state.get('epoch', state.get('epochs'))})",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        return state
+    if not problems:
         raise ConfigError("resume", f"no checkpoint at {path}")
+    raise ConfigError("resume", "; ".join(problems) + " (no sound checkpoint left)")
+
+
+def _read(path: Path) -> dict[str, Any]:
+    """One checkpoint file, checked: readable with ``weights_only=True``, of a known format, with
+    a config, and (format 2) contents that match their SHA-256."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # unpickling errors come in several types
         raise ConfigError("resume", f"{path} is not a readable fastpg checkpoint ({_load_problem(e)})") from None
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
+    if not isinstance(state, dict) or state.get("format") not in FORMATS:
         got = state.get("format") if isinstance(state, dict) else type(state).__name__
         raise ConfigError("resume", f"{path} is not a fastpg checkpoint of format {FORMAT} (got {got!r})")
     if not isinstance(state.get("config"), dict):
         raise ConfigError("resume", f"{path} is not a valid fastpg checkpoint: 'config' is missing or not a dict")
+    if state["format"] >= 2 and state.get("sha256") != state_digest(state):
+        raise ConfigError("resume", f"{path} is corrupt: its contents do not match their SHA-256")
+    state.pop("sha256", None)
     return state
 
 

@@ -151,6 +151,10 @@ class Config:
     or --resume."""
     checkpoint_every: int = 10
     """Epochs between checkpoints (with --checkpoint-dir or --resume)."""
+    keep_checkpoints: int = 2
+    """Checkpoints kept in the directory (DIR/checkpoint-NNNNNN.pt, the newest also as
+    DIR/checkpoint.pt); older ones are removed once a new one is on disk. A resume whose newest
+    checkpoint is damaged falls back to the previous one."""
     resume: Path | None = None
     """Continue the run checkpointed in this directory, with its saved settings: budgets, target,
     learning rate, outputs, logging, evaluation and --max-bad-updates may change, nothing else.
@@ -222,6 +226,7 @@ OUTPUT_FIELDS = (
     "tensorboard",
     "checkpoint_dir",
     "checkpoint_every",
+    "keep_checkpoints",
     "resume",
     "overwrite",
     "progress_interval_s",
@@ -377,7 +382,7 @@ def _validate(c: Config) -> None:
         allowed = choices(literal)
         if getattr(c, name) not in allowed:
             _fail(name, f"must be one of {', '.join(allowed)}; got {getattr(c, name)!r}")
-    for name in ("num_envs", "num_steps", "max_env_steps", "checkpoint_every", "max_bad_updates"):
+    for name in ("num_envs", "num_steps", "max_env_steps", "checkpoint_every", "keep_checkpoints", "max_bad_updates"):
         _check_int(c, name, 1)
     _check_int(c, "max_epochs", 1, optional=True)
     _check_int(c, "threads", 1, optional=True)

@@ -254,6 +254,13 @@ def join_process_group(device: str | torch.device, timeout_s: float, backend: st
     """Initialize the default process group from torchrun's environment, whatever its size (one
     process too: a group of one checks the collectives on one GPU), and return it as a ``Group``
     on this rank's device. The caller destroys it (``dist.destroy_process_group``)."""
+    # torch's compiler is imported before the group exists. fastpg's runs do not import it
+    # (fastpg._lazy_compiler), but torch's Adam.step does, on the generic path's first update;
+    # imported then, after the group's threads exist, a rank sometimes aborted at exit
+    # ("terminate called without an active exception": 3 of 25 two-rank launches on a loaded
+    # 2-core machine, 0 of 25 with this import; benchmarks/NOTES.md).
+    import torch._dynamo  # noqa: F401
+
     here = rank_device(device, world_size)
     pinned = str(device) != "auto" and torch.device(device).index is not None  # cuda:I typed: shared by all
     name = backend_for(here, backend, _local_world_size(world_size) if pinned else 1)

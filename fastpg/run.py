@@ -26,6 +26,8 @@ from fastpg.checkpoint import (
     TEMP_PREFIX,
     DirectoryLock,
     check_compatible,
+    clear_history,
+    has_checkpoint,
     load_checkpoint,
     save_checkpoint,
 )
@@ -61,7 +63,7 @@ def check_outputs(cfg: Config) -> None:
             f"{cfg.metrics_file} already exists; pass --overwrite to replace it (or --resume DIR to append to it)",
         )
     ckpt = cfg.checkpoint_dir
-    if ckpt is not None and (ckpt / CHECKPOINT_NAME).exists():
+    if ckpt is not None and has_checkpoint(ckpt):
         if cfg.resume is None or cfg.resume.resolve() != ckpt.resolve():
             raise ConfigError(
                 "checkpoint_dir",
@@ -112,6 +114,8 @@ def _train(cfg: Config, policy: nn.Module | None, group: Group | None, *, writes
     with contextlib.ExitStack() as stack:
         if ckpt_dir is not None and writes:
             stack.enter_context(DirectoryLock(ckpt_dir))
+            if cfg.resume is None and cfg.overwrite:  # a fresh run: another run's history is not its own
+                clear_history(ckpt_dir)
         state = _resume_state(cfg)
         if state is not None and cfg.metrics_file is not None and cfg.metrics_file.exists() and not cfg.overwrite:
             trim_metrics(cfg.metrics_file, state["epoch"])
@@ -239,7 +243,9 @@ class Checkpoints:
 
     def save(self, trainer: Trainer) -> Path:
         state = trainer.state_dict()
-        return save_checkpoint(state, self.directory) if self.writes else self.directory / CHECKPOINT_NAME
+        if not self.writes:
+            return self.directory / CHECKPOINT_NAME
+        return save_checkpoint(state, self.directory, keep=trainer.cfg.keep_checkpoints)
 
 
 def trim_metrics(path: Path, epoch: int) -> int:

@@ -14,6 +14,7 @@ from fastpg.preflight import check_config
 
 # (changes, field named in the error, words the message must contain): refused by Config itself.
 BAD = [
+    (dict(keep_checkpoints=0), "keep_checkpoints", "must be an integer >= 1"),
     (dict(num_envs=0), "num_envs", "must be an integer >= 1, got 0"),
     (dict(num_steps=-1), "num_steps", "got -1"),
     (dict(max_env_steps=0), "max_env_steps", ">= 1"),

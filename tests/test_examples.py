@@ -88,10 +88,13 @@ def test_it_trains_to_its_threshold_fused():
 
 
 def test_a_kernel_that_disagrees_with_its_class_is_refused_naming_both():
-    class Wrong(PointMass):
+    class Wrong(PointMass):  # its torch version observes 3 numbers (as its EnvInfo says); the kernel 2
         def __init__(self, num_envs: int):
             super().__init__(num_envs)
-            self.info = self._make_info(3, action_bound=1.0)  # the kernel observes 2 numbers
+            self.info = self._make_info(3, action_bound=1.0)
+
+        def _observe(self, state):
+            return torch.cat([super()._observe(state), torch.zeros(state.shape[1], 1, dtype=self.dtype)], dim=1)
 
     cfg = Config(**{**CFG, "eval_episodes": 0})
     with pytest.raises(

@@ -26,7 +26,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from fastpg.checkpoint import CHECKPOINT_NAME, DirectoryLock, load_checkpoint, save_checkpoint
+from fastpg.checkpoint import CHECKPOINT_NAME, DirectoryLock, clear_history, load_checkpoint, save_checkpoint
 from fastpg.config import Config
 from fastpg.distributed import Group, process_group
 from fastpg.envs import resolve_backend
@@ -78,6 +78,8 @@ def _train(population: Population, numbers: list[int] | None, group: Group | Non
     with contextlib.ExitStack() as stack:
         if ckpt_dir is not None and writes:
             stack.enter_context(DirectoryLock(ckpt_dir))
+            if base.resume is None and base.overwrite:  # a fresh run: another run's history is not its own
+                clear_history(ckpt_dir)
         state = _resume_state(base)
         resumed_at = state["epochs"] if state is not None else None
         if writes and state is not None and base.metrics_file is not None and base.metrics_file.exists():
@@ -238,7 +240,11 @@ def _save(trainer: PopulationTrainer, group: Group | None, directory: Path, writ
     if group is not None:
         parts = group.objects(state, "the gather of the population's checkpoint")
         state = _merged_state(parts)
-    return save_checkpoint(state, directory) if writes else directory / CHECKPOINT_NAME
+    return (
+        save_checkpoint(state, directory, keep=trainer.population.base.keep_checkpoints)
+        if writes
+        else directory / CHECKPOINT_NAME
+    )
 
 
 def _merged_state(parts: list[dict[str, Any]]) -> dict[str, Any]:
