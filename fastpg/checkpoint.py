@@ -42,6 +42,7 @@ from typing import Any
 
 import torch
 
+from fastpg._crash import crash_point
 from fastpg.config import OUTPUT_FIELDS, Config
 from fastpg.errors import ConfigError, OutputError
 
@@ -64,6 +65,9 @@ __all__ = [
     "DirectoryLock",
     "check_state",
     "resumed_config",
+    "resolve_resume",
+    "restart_count",
+    "RESUME_AUTO",
     "RESUME_CHANGEABLE",
 ]
 
@@ -88,6 +92,38 @@ RESUME_CHANGEABLE = (
     "max_bad_updates",
     "threads",
 )
+
+
+RESUME_AUTO = Path("auto")  # --resume auto
+
+
+def restart_count() -> int:
+    """This job's restarts so far under torchrun (``TORCHELASTIC_RESTART_COUNT``); 0 outside it."""
+    value = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    return int(value) if value.isdigit() else 0
+
+
+def resolve_resume(cfg: Config) -> tuple[Config, bool, str | None]:
+    """The config a start runs with, whether it continues the run by itself, and a note to say.
+
+    ``--resume auto``, and a torchrun restart (``TORCHELASTIC_RESTART_COUNT`` > 0) of a run with
+    ``--checkpoint-dir``: a start continues from the checkpoint in ``checkpoint_dir`` where there is
+    one (a restart), else it starts afresh (a first start; a metrics file left by an attempt that
+    failed before its first checkpoint is replaced). An explicit ``--resume DIR`` and every other
+    start are left as they are (a first start with a checkpoint already there is refused, as ever)."""
+    restarted = restart_count() > 0 and cfg.resume is None and cfg.checkpoint_dir is not None
+    if cfg.resume != RESUME_AUTO and not restarted:
+        return cfg, False, None
+    directory = cfg.checkpoint_dir
+    if directory is not None and has_checkpoint(directory):
+        return cfg.replace(resume=directory), True, f"restart: continuing the run checkpointed in {directory}"
+    replaced = cfg.metrics_file is not None and cfg.metrics_file.exists() and not cfg.overwrite
+    note = f"restart: no checkpoint in {directory} yet: starting afresh"
+    return (
+        cfg.replace(resume=None, overwrite=cfg.overwrite or replaced),
+        False,
+        note + (f" (replacing {cfg.metrics_file})" if replaced else ""),
+    )
 
 
 def resumed_config(saved: dict[str, Any], given: Config, explicit: set[str]) -> Config:
@@ -153,6 +189,7 @@ def save_checkpoint(state: dict[str, Any], directory: str | Path, *, keep: int =
         fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=".tmp", dir=directory)
         with os.fdopen(fd, "wb") as f:
             torch.save(content, f)
+            crash_point("checkpoint-write")
             f.flush()
             os.fsync(f.fileno())  # the bytes are on disk before any name points at them
         older = history(directory)
@@ -160,6 +197,7 @@ def save_checkpoint(state: dict[str, Any], directory: str | Path, *, keep: int =
         _link(tmp, directory / f"{HISTORY_PREFIX}{number:06d}.pt")
         os.replace(tmp, path)
         tmp = None
+        crash_point("checkpoint-renamed")
         _fsync_directory(directory)  # the names are durable
         for _, stale in older[: max(0, len(older) + 1 - keep)]:  # only now: the new one is durable
             stale.unlink()
@@ -403,12 +441,16 @@ def check_state(state: dict[str, Any], live: dict[str, Any], params: list[torch.
 _NUMBER = (int, float)
 
 
+# Entries a checkpoint of an earlier fastpg may lack (their default then applies).
+_OPTIONAL = ("skipped_updates", "restarts")
+
+
 def _state_problem(state: dict[str, Any], live: dict[str, Any], params: list[torch.Tensor]) -> str | None:
-    missing = [k for k in live if k not in state]
+    missing = [k for k in live if k not in state and k not in _OPTIONAL]
     if missing:
         return f"missing {', '.join(map(repr, missing))}"
     for key, value in live.items():
-        if key in ("config", "optimizer", "window"):
+        if key in ("config", "optimizer", "window") or key not in state:
             continue
         if isinstance(value, _NUMBER) and not isinstance(value, bool):
             if not isinstance(state[key], _NUMBER) or isinstance(state[key], bool):

@@ -103,32 +103,63 @@ def _train(argv: Sequence[str]) -> int:
     argv, seeds, lists = split_population_flags(argv)
     cfg = parse_config(argv)
     typed = given_fields(argv)
-    if cfg.resume is not None:  # the saved run's settings, with the flags typed here that may change
+    from fastpg.checkpoint import resolve_resume
+
+    resolved, automatic, note = resolve_resume(cfg)  # --resume auto, a torchrun restart (a run: train() says so)
+    if resolved.resume is not None:  # the saved run's settings, with the flags typed here that may change
         from fastpg.checkpoint import load_checkpoint, resumed_config
 
-        state = load_checkpoint(cfg.resume)
+        state = load_checkpoint(resolved.resume)
         if state.get("kind") == "population":
-            if seeds is not None or lists:
-                raise ConfigError("resume", "a resumed population keeps its members; drop --seeds and the lists")
             from fastpg.population import Population, train_population
 
-            members = [resumed_config(m, cfg, typed) for m in state["population"]["members"]]
+            members = [resumed_config(m, resolved, typed) for m in state["population"]["members"]]
+            if (seeds is not None or lists) and not automatic:
+                raise ConfigError("resume", "a resumed population keeps its members; drop --seeds and the lists")
+            if seeds is not None or lists:  # the same command restarted: it must describe the saved members
+                _check_same_members(_grid(cfg, seeds, lists), members, resolved.resume)
+            if note is not None and os.environ.get("RANK", "0") == "0":
+                print(f"fastpg: {note}", file=sys.stderr, flush=True)
             return train_population(Population(tuple(members)))["exit_code"]
         cfg = resumed_config(state["config"], cfg, typed)
     elif cfg.env in ENV_DEFAULTS:  # the env's tuned settings, for the flags not typed
         cfg = dataclasses.replace(cfg, **{k: v for k, v in ENV_DEFAULTS[cfg.env].items() if k not in typed})
     if seeds is not None or lists:
-        from fastpg.population import Population, train_population
+        from fastpg.population import train_population
 
-        values = {name: [getattr(cfg, name), *(_field_value(name, v) for v in typed_values[1:])]
-                  for name, typed_values in lists.items()}  # fmt: skip
-        for name, vals in values.items():
-            if len(set(vals)) != len(vals):
-                raise ConfigError(name, f"give each value once, got {' '.join(lists[name])}")
-        return train_population(Population.grid(cfg, seeds=seeds, **values))["exit_code"]
+        if note is not None and os.environ.get("RANK", "0") == "0":
+            print(f"fastpg: {note}", file=sys.stderr, flush=True)
+        return train_population(_grid(resolve_resume(cfg)[0], seeds, lists))["exit_code"]
     from fastpg.run import train
 
     return train(cfg)["exit_code"]  # 128 + signal number after Ctrl-C / SIGTERM, else 0
+
+
+def _grid(cfg: Config, seeds: int | tuple[int, ...] | None, lists: dict[str, list[str]]):
+    """The population a command line describes: ``cfg`` with the seeds and the lists typed."""
+    from fastpg.population import Population
+
+    values = {name: [getattr(cfg, name), *(_field_value(name, v) for v in typed_values[1:])]
+              for name, typed_values in lists.items()}  # fmt: skip
+    for name, vals in values.items():
+        if len(set(vals)) != len(vals):
+            raise ConfigError(name, f"give each value once, got {' '.join(lists[name])}")
+    return Population.grid(cfg, seeds=seeds, **values)
+
+
+def _check_same_members(described, saved: list[Config], directory) -> None:
+    """A restarted population command must describe the members its checkpoint holds."""
+    from fastpg.population import VARYING_FIELDS
+
+    def key(c: Config) -> list:
+        return [getattr(c, f) for f in VARYING_FIELDS if f not in ("max_env_steps", "max_epochs", "target_return")]
+
+    if [key(c) for c in described.members] != [key(c) for c in saved]:
+        raise ConfigError(
+            "resume",
+            f"the population checkpointed in {directory} has other members ({len(saved)}) than this command "
+            f"describes ({len(described.members)}, or other settings); give the command that started it",
+        )
 
 
 def _is_value(token: str) -> bool:

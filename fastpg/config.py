@@ -157,8 +157,11 @@ class Config:
     checkpoint is damaged falls back to the previous one."""
     resume: Path | None = None
     """Continue the run checkpointed in this directory, with its saved settings: budgets, target,
-    learning rate, outputs, logging, evaluation and --max-bad-updates may change, nothing else.
-    Checkpoints go on being written there (unless --checkpoint-dir names another directory)."""
+    learning rate, outputs, logging, evaluation, --max-bad-updates and --threads may change,
+    nothing else. Checkpoints go on being written there (unless --checkpoint-dir names another
+    directory). auto: continue from --checkpoint-dir's checkpoint where there is one, else start
+    afresh: the same command serves a first start and every restart under a supervisor (torchrun
+    restarts do this without asking; a directory named auto is ./auto)."""
     overwrite: bool = False
     """Allow replacing an existing metrics file or checkpoint."""
     max_bad_updates: int = 5
@@ -409,6 +412,8 @@ def _validate(c: Config) -> None:
             _fail(name, f"must be a path (str or pathlib.Path) or unset, got {v!r}")
     if not isinstance(c.device, str):
         _fail("device", f"must be auto, cpu, cuda or cuda:N; got {c.device!r}")
+    if c.resume == Path("auto") and c.checkpoint_dir is None:
+        _fail("resume", "auto continues the run whose checkpoints are in --checkpoint-dir; give --checkpoint-dir DIR")
     if c.unfinished == "bootstrap" and c.baseline != "value":
         _fail("unfinished", f"'bootstrap' needs a value network (--baseline value), got baseline={c.baseline!r}")
     if c.env_kernel == "cpp" and c.device.startswith("cuda"):

@@ -52,6 +52,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from fastpg._lazy_compiler import TensorDict
+from fastpg.checkpoint import restart_count
 from fastpg.errors import ConfigError, DistributedError
 from fastpg.preflight import resolve_device
 
@@ -259,16 +260,22 @@ def join_process_group(device: str | torch.device, timeout_s: float, backend: st
     # imported then, after the group's threads exist, a rank sometimes aborted at exit
     # ("terminate called without an active exception": 3 of 25 two-rank launches on a loaded
     # 2-core machine, 0 of 25 with this import; benchmarks/NOTES.md).
-    import torch._dynamo  # noqa: F401
+    import torch._dynamo
 
     here = rank_device(device, world_size)
     pinned = str(device) != "auto" and torch.device(device).index is not None  # cuda:I typed: shared by all
     name = backend_for(here, backend, _local_world_size(world_size) if pinned else 1)
     if here.type == "cuda":
         torch.cuda.set_device(here)  # NCCL's object collectives run on the current device
+    timeout = datetime.timedelta(seconds=timeout_s)
     try:
+        # torchrun's store outlives a restart (--max-restarts) and still holds the addresses the
+        # dead attempt's processes published; each attempt takes its own keys, or the new
+        # processes dial the old, closed ports (seen: "connectFullMesh ... Connection refused").
+        store, rank, size = next(dist.rendezvous("env://", timeout=timeout))
+        store = dist.PrefixStore(f"fastpg/attempt-{restart_count()}", store)
         dist.init_process_group(
-            name, timeout=datetime.timedelta(seconds=timeout_s), device_id=here if name == "nccl" else None
+            name, store=store, rank=rank, world_size=size, timeout=timeout, device_id=here if name == "nccl" else None
         )
     except (RuntimeError, ValueError) as e:
         raise DistributedError(f"could not join the process group of this launch ({name}): {e}") from e

@@ -29,6 +29,7 @@ from fastpg.checkpoint import (
     clear_history,
     has_checkpoint,
     load_checkpoint,
+    resolve_resume,
     save_checkpoint,
 )
 from fastpg.config import Config
@@ -98,16 +99,22 @@ def train(cfg: Config, *, policy: nn.Module | None = None) -> dict[str, Any]:
     alone writes the metrics, progress, checkpoints and summary (the others return it quietly).
     """
     check_config(cfg)
+    cfg, continued, note = resolve_resume(cfg)
     with process_group(cfg.device, cfg.dist_timeout_s, cfg.dist_backend) as group:
         if group is None or group.rank == 0:
-            return _train(cfg, policy, group)
+            if note is not None:  # said even when quiet: a restart is an event, as a warning is
+                print(f"fastpg: {note}", file=sys.stderr, flush=True)
+            return _train(cfg, policy, group, continued=continued)
         # The other ranks: the same run, writing nothing (rank 0 writes the whole run's files).
         quiet = cfg.replace(metrics_file=None, tensorboard=None, quiet=True)
-        return _train(quiet, policy, group, writes=False)
+        return _train(quiet, policy, group, writes=False, continued=continued)
 
 
-def _train(cfg: Config, policy: nn.Module | None, group: Group | None, *, writes: bool = True) -> dict[str, Any]:
-    """``train`` in this process (``writes``: the outputs are this process's to write)."""
+def _train(
+    cfg: Config, policy: nn.Module | None, group: Group | None, *, writes: bool = True, continued: bool = False
+) -> dict[str, Any]:
+    """``train`` in this process (``writes``: the outputs are this process's to write;
+    ``continued``: the start continues the run by itself after a failure, a restart)."""
     if writes:
         check_outputs(cfg)
     ckpt_dir = _checkpoint_directory(cfg)
@@ -137,6 +144,8 @@ def _train(cfg: Config, policy: nn.Module | None, group: Group | None, *, writes
             if cfg.tensorboard is not None:
                 sinks.append(stack.enter_context(TensorBoardSink(cfg.tensorboard, header)))
 
+        if continued and state is not None:
+            state = {**state, "restarts": int(state.get("restarts", 0)) + 1}
         summary, failure = _run(cfg, policy, state, Checkpoints(ckpt_dir, writes), sinks, group, open_outputs)
         if not writes:
             return summary
@@ -344,6 +353,7 @@ def _summary(
         "skipped_updates": c.skipped_updates,
         "target_checks": trainer.target.checks,
         "resumed_from": str(cfg.resume) if cfg.resume is not None else None,
+        "restarts": c.restarts,  # times this run continued by itself after a failure (--resume auto, torchrun)
         "checkpoint": str(checkpoint) if checkpoint is not None else None,
         "exit_code": exit_code,
         **evaluation,

@@ -31,6 +31,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
+from fastpg._crash import crash_point
 from fastpg.checkpoint import check_state
 from fastpg.config import Config
 from fastpg.distributed import Group
@@ -79,6 +80,7 @@ class Counters:
     episodes: int = 0
     wall_s: float = 0.0  # training time: collect + update, evaluation excluded
     skipped_updates: int = 0  # updates skipped for non-finite values
+    restarts: int = 0  # times the run was restarted after a failure and continued (fastpg.run)
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> Counters:
@@ -90,6 +92,7 @@ class Counters:
             episodes=int(state["episodes"]),
             wall_s=float(state["wall_s"]),
             skipped_updates=int(state.get("skipped_updates", 0)),
+            restarts=int(state.get("restarts", 0)),
         )
 
 
@@ -283,6 +286,7 @@ class Trainer:
         with timer("collect"):
             self.collect()
             data = self.collected()  # one host sync
+        crash_point("epoch")  # the reliability tests' kill point (fastpg._crash; nothing otherwise)
         confirmed = self.target(self.window, self._evaluate_for_target)
         # STORAGE -> RETURNS -> LOSS -> OPTIMIZER
         with timer("update"):

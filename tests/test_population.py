@@ -464,3 +464,92 @@ def test_the_fused_batch_reads_each_members_epoch_as_the_trainer_does():
         assert got[0].returns and got[1].nonfinite_envs == 1 and got[1].bad_data == want[1].bad_data
         for g, w in zip(got, want):
             assert (g.returns, g.lengths, int(g.valid_steps)) == (w.returns, w.lengths, int(w.valid_steps))
+
+
+# -- the reliability guarantees of a single run, for a population (issue 23) --------------------------
+
+
+def test_a_population_killed_and_restarted_with_resume_auto_continues_bit_for_bit(tmp_path):
+    """SIGKILL mid-epoch, then the same command (--resume auto): the population continues from
+    its checkpoint, every member's epochs as in an uninterrupted run."""
+    import os
+    import subprocess
+    import sys
+
+    timing = TIMING | {"stop_reason"}
+    whole, part, ckpt = tmp_path / "whole.jsonl", tmp_path / "part.jsonl", tmp_path / "ckpt"
+    grid = [sys.executable, "-m", "fastpg", "train", "--seeds", "2", *FLAGS, "--max-epochs", "6"]
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE")}
+    assert subprocess.run([*grid, "--metrics-file", str(whole)], env=env, capture_output=True).returncode == 0
+    again = [*grid, "--metrics-file", str(part), "--checkpoint-dir", str(ckpt), "--checkpoint-every", "2",
+             "--resume", "auto"]  # fmt: skip
+    crash = {**env, "FASTPG_CRASH_AT": f"epoch:5:0:{tmp_path / 'crashed'}"}  # mid-epoch 5
+    assert subprocess.run(again, env=crash, capture_output=True).returncode == -9
+    done = subprocess.run(again, env=crash, capture_output=True, text=True)
+    assert done.returncode == 0 and "restart: continuing the run checkpointed in" in done.stderr, done.stderr[-2000:]
+    (_, a, _), (_, b, _) = _records(whole), _records(part)
+    assert [{k: v for k, v in r.items() if k not in timing} for r in a] == [
+        {k: v for k, v in r.items() if k not in timing} for r in b
+    ]
+
+
+def test_a_full_disk_while_a_population_checkpoints_keeps_the_previous_one(tmp_path, capsys, monkeypatch):
+    import errno
+
+    import fastpg.checkpoint
+    from fastpg import load_checkpoint
+    from fastpg.cli import main
+
+    ckpt, real_save, saves = tmp_path / "ckpt", torch.save, []
+
+    def save(obj, f):
+        saves.append(1)
+        if len(saves) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_save(obj, f)
+
+    monkeypatch.setattr(fastpg.checkpoint.torch, "save", save)
+    code = main(["train", "--seeds", "2", *FLAGS, "--max-epochs", "4", "--checkpoint-dir", str(ckpt),
+                 "--checkpoint-every", "1"])  # fmt: skip
+    monkeypatch.undo()
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("fastpg: error")]
+    assert code == 1 and len(err) == 1 and "No space left on device" in err[0], err
+    assert err[0].endswith("the previous checkpoint is intact")
+    assert load_checkpoint(ckpt)["epochs"] == 1 and not list(ckpt.glob(".checkpoint-*"))
+
+
+def test_sigterm_stops_a_population_after_the_epoch_with_a_checkpoint(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from fastpg import load_checkpoint
+
+    metrics, ckpt = tmp_path / "m.jsonl", tmp_path / "ckpt"
+    cmd = [sys.executable, "-m", "fastpg", "train", "--seeds", "2", *FLAGS, "--max-epochs", "100000",
+           "--metrics-file", str(metrics), "--checkpoint-dir", str(ckpt)]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (metrics.exists() and metrics.read_text().count("\n") >= 5):
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err[-2000:]
+    summary = [line for line in out.splitlines() if line.startswith("{")]
+    assert len(summary) == 1 and "SIGTERM" in summary[0]
+    state = load_checkpoint(ckpt)
+    assert state["kind"] == "population" and state["epochs"] >= 2
+
+
+def test_resume_auto_refuses_a_population_command_that_describes_other_members(tmp_path, capsys):
+    from fastpg.cli import main
+
+    ckpt = tmp_path / "ckpt"
+    base = ["train", *FLAGS, "--max-epochs", "2", "--checkpoint-dir", str(ckpt), "--resume", "auto"]
+    assert main([*base, "--seeds", "2"]) == 0
+    capsys.readouterr()
+    assert main([*base, "--seeds", "3"]) == 2
+    err = capsys.readouterr().err
+    assert "has other members (2) than this command describes (3" in err and "give the command that started it" in err

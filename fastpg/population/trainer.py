@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from fastpg._crash import crash_point
 from fastpg.checkpoint import check_compatible
 from fastpg.config import Config
 from fastpg.errors import ConfigError, NonFiniteError
@@ -94,6 +95,7 @@ class PopulationTrainer:
         with timer("collect"):
             self.engine.collect(ms)
             data = self.engine.collected(ms)
+        crash_point("epoch")  # the reliability tests' kill point (fastpg._crash; nothing otherwise)
         confirmed = self._check_targets(ms)
         with timer("update"):
             applies = [not c and d.bad_data is None for c, d in zip(confirmed, data)]
