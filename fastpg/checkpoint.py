@@ -43,7 +43,7 @@ from typing import Any
 import torch
 
 from fastpg._crash import crash_point
-from fastpg.config import OUTPUT_FIELDS, Config
+from fastpg.config import OUTPUT_FIELDS, RESUME_AUTO, Config
 from fastpg.errors import ConfigError, OutputError
 
 try:
@@ -92,9 +92,6 @@ RESUME_CHANGEABLE = (
     "max_bad_updates",
     "threads",
 )
-
-
-RESUME_AUTO = Path("auto")  # --resume auto
 
 
 def restart_count() -> int:

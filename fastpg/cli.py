@@ -118,8 +118,7 @@ def _train(argv: Sequence[str]) -> int:
                 raise ConfigError("resume", "a resumed population keeps its members; drop --seeds and the lists")
             if seeds is not None or lists:  # the same command restarted: it must describe the saved members
                 _check_same_members(_grid(cfg, seeds, lists), members, resolved.resume)
-            if note is not None and os.environ.get("RANK", "0") == "0":
-                print(f"fastpg: {note}", file=sys.stderr, flush=True)
+            _say_restart(note)
             return train_population(Population(tuple(members)))["exit_code"]
         cfg = resumed_config(state["config"], cfg, typed)
     elif cfg.env in ENV_DEFAULTS:  # the env's tuned settings, for the flags not typed
@@ -127,12 +126,17 @@ def _train(argv: Sequence[str]) -> int:
     if seeds is not None or lists:
         from fastpg.population import train_population
 
-        if note is not None and os.environ.get("RANK", "0") == "0":
-            print(f"fastpg: {note}", file=sys.stderr, flush=True)
+        _say_restart(note)
         return train_population(_grid(resolve_resume(cfg)[0], seeds, lists))["exit_code"]
     from fastpg.run import train
 
     return train(cfg)["exit_code"]  # 128 + signal number after Ctrl-C / SIGTERM, else 0
+
+
+def _say_restart(note: str | None) -> None:
+    """A population's restart note (a single run's is said by ``fastpg.run.train``), by rank 0 alone."""
+    if note is not None and os.environ.get("RANK", "0") == "0":
+        print(f"fastpg: {note}", file=sys.stderr, flush=True)
 
 
 def _grid(cfg: Config, seeds: int | tuple[int, ...] | None, lists: dict[str, list[str]]):

@@ -27,6 +27,7 @@ from fastpg.errors import ConfigError
 
 __all__ = [
     "Config",
+    "RESUME_AUTO",
     "ConfigError",
     "Backend",
     "EnvDtype",
@@ -223,6 +224,9 @@ class Config:
         return cls(**values)
 
 
+# --resume auto: continue from --checkpoint-dir's checkpoint where there is one (fastpg.checkpoint.resolve_resume).
+RESUME_AUTO = Path("auto")
+
 # Fields that say where a run writes and how it reports, not what it learns.
 OUTPUT_FIELDS = (
     "metrics_file",
@@ -412,7 +416,7 @@ def _validate(c: Config) -> None:
             _fail(name, f"must be a path (str or pathlib.Path) or unset, got {v!r}")
     if not isinstance(c.device, str):
         _fail("device", f"must be auto, cpu, cuda or cuda:N; got {c.device!r}")
-    if c.resume == Path("auto") and c.checkpoint_dir is None:
+    if c.resume == RESUME_AUTO and c.checkpoint_dir is None:
         _fail("resume", "auto continues the run whose checkpoints are in --checkpoint-dir; give --checkpoint-dir DIR")
     if c.unfinished == "bootstrap" and c.baseline != "value":
         _fail("unfinished", f"'bootstrap' needs a value network (--baseline value), got baseline={c.baseline!r}")

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch.distributions import Categorical, Distribution
 
-from fastpg.config import Config
+from fastpg.config import RESUME_AUTO, Config
 from fastpg.envs import BatchedEnv, EnvInfo, NativeEnv, backend_problem, kernel_problem, resolve_backend
 from fastpg.envs.gym_vector import env_spec, probe_env_info
 from fastpg.errors import ConfigError
@@ -108,7 +108,7 @@ def _check_backend(cfg: Config) -> None:
 def _check_paths(cfg: Config) -> None:
     if cfg.metrics_file is not None:
         check_writable_file("metrics_file", cfg.metrics_file)
-    if cfg.resume is not None and cfg.resume != Path("auto") and not cfg.resume.is_dir():
+    if cfg.resume is not None and cfg.resume != RESUME_AUTO and not cfg.resume.is_dir():
         raise ConfigError("resume", f"directory {cfg.resume} does not exist")
     if cfg.tensorboard is not None:
         check_writable_dir("tensorboard", cfg.tensorboard)
