@@ -79,7 +79,8 @@ KEEP_CHECKPOINTS = 2
 LOCK_NAME = ".fastpg.lock"
 TEMP_PREFIX = ".checkpoint-"
 # Fields a resumed run may change: budgets, target, learning rate, outputs, logging, the
-# evaluation, the non-finite guard and the thread count (which never changes results).
+# evaluation, the non-finite guard, the thread count and the pool's worker count (which never
+# change results).
 # Everything else continues as saved (see resumed_config).
 RESUME_CHANGEABLE = (
     "max_env_steps",
@@ -91,6 +92,7 @@ RESUME_CHANGEABLE = (
     "eval_deterministic",
     "max_bad_updates",
     "threads",
+    "pool_workers",
 )
 
 

@@ -42,7 +42,7 @@ __all__ = [
     "BASELINES",
 ]
 
-Backend = Literal["auto", "torch", "vector", "sync", "async"]
+Backend = Literal["auto", "torch", "vector", "pool", "sync", "async"]
 EnvDtype = Literal["float32", "float64"]
 EnvKernel = Literal["torch", "cpp"]
 Activation = Literal["tanh", "relu", "elu", "gelu", "silu"]
@@ -70,8 +70,14 @@ class Config:
     """Gymnasium environment id (any registered id with Discrete or Box actions)."""
     backend: Backend = "auto"
     """How to step the env: torch (native, on the training device), vector (gymnasium's own
-    vectorized env), sync (SyncVectorEnv), async (AsyncVectorEnv, one process per env), or auto
-    (the fastest available, in that order)."""
+    vectorized env), pool (W worker processes, each stepping a share of the copies, through
+    shared memory: every core for MuJoCo, Box2D and other envs stepped in Python or C), sync
+    (SyncVectorEnv, one process), async (AsyncVectorEnv, one process per copy), or auto (torch,
+    then vector, then pool where the env's step is slow enough to gain from it, else sync;
+    docs/backends.md)."""
+    pool_workers: int | None = None
+    """W: worker processes of --backend pool (default: the usable cores, shared among the
+    processes of a torchrun launch on this machine, at most N)."""
     env_dtype: EnvDtype = "float32"
     """Float dtype of a native torch env's state and arithmetic (backend torch only; gymnasium
     backends compute in numpy and hand over float32 observations)."""
@@ -280,6 +286,7 @@ _INT_FIELDS = (
     "num_steps",
     "max_env_steps",
     "max_epochs",
+    "pool_workers",
     "seed",
     "checkpoint_every",
     "max_bad_updates",
@@ -393,6 +400,9 @@ def _validate(c: Config) -> None:
         _check_int(c, name, 1)
     _check_int(c, "max_epochs", 1, optional=True)
     _check_int(c, "threads", 1, optional=True)
+    _check_int(c, "pool_workers", 1, optional=True)
+    if c.pool_workers is not None and c.pool_workers > c.num_envs:
+        _fail("pool_workers", f"must be at most --num-envs ({c.num_envs}); got {c.pool_workers}")
     _check_int(c, "eval_episodes", 0)
     _check_int(c, "seed", 0, 2**32, high_text="2**32")
     _check_real(c, "target_return", optional=True)

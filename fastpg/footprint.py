@@ -24,6 +24,9 @@ __all__ = ["Part", "footprint", "format_bytes"]
 _STEP_BYTES = 4 * 3 + 3 + 8
 # Resident memory of one async worker process (it imports torch and gymnasium): measured ~95 MB.
 ASYNC_WORKER_BYTES = 100 * 2**20
+# Resident memory a forked pool worker writes to (its envs and heap; the rest is shared with the
+# trainer's process until written).
+POOL_WORKER_BYTES = 30 * 2**20
 # A gymnasium env object in a sync vector env (CartPole-like: the env, its wrappers, its RNG).
 SYNC_ENV_BYTES = 20 * 2**10
 
@@ -66,6 +69,15 @@ def footprint(cfg: Config, info: EnvInfo, *, backend: str, fused: bool, slice_ro
         parts.append(Part("async worker processes", N * ASYNC_WORKER_BYTES, ("num_envs",)))
     elif backend == "sync":
         parts.append(Part("sync env copies", N * SYNC_ENV_BYTES, ("num_envs",)))
+    elif backend == "pool":  # forked: a worker's own pages are what it writes (its envs, its heap)
+        workers = cfg.pool_workers or 1
+        parts.append(
+            Part(
+                "pool workers and env copies",
+                (workers - 1) * POOL_WORKER_BYTES + N * SYNC_ENV_BYTES,
+                ("num_envs", "pool_workers"),
+            )
+        )
     # parameters, gradients and Adam's two moments
     parts.append(Part("policy and optimizer", 16 * params, ("hidden_sizes",)))
     rows = min(slice_rows, T * N)  # forward activations, kept for the backward, and their gradients

@@ -94,7 +94,7 @@ def _check_backend(cfg: Config) -> None:
     problem = backend_problem(cfg.env, cfg.backend)
     if problem:
         raise ConfigError("backend", problem)
-    backend = resolve_backend(cfg.env, cfg.backend)
+    backend = resolve_backend(cfg.env, cfg.backend, cfg.num_envs)
     problem = kernel_problem(cfg.env, backend, cfg.env_kernel, resolve_device(cfg.device))
     if problem:
         raise ConfigError("env_kernel", problem)
@@ -133,7 +133,7 @@ def _check_memory(cfg: Config, members: int = 1, env: BatchedEnv | None = None) 
         return
     info = probe_env_info(cfg.env) if env is None else env.info
     if env is None:
-        backend = resolve_backend(cfg.env, cfg.backend)
+        backend = resolve_backend(cfg.env, cfg.backend, cfg.num_envs)
     else:
         backend = "torch" if isinstance(env, NativeEnv) else "sync"
     fused = device.type == "cpu" and backend == "torch" and cfg.fused == "auto"

@@ -333,7 +333,7 @@ def _summary(
     summary = {
         "summary": True,
         "env": cfg.env,
-        "backend": resolve_backend(cfg.env, cfg.backend),
+        "backend": resolve_backend(cfg.env, cfg.backend, cfg.num_envs),
         "device": str(trainer.device),
         "epoch": trainer.fused.kind if trainer.fused is not None else "generic",
         "seed": cfg.seed,

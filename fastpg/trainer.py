@@ -41,7 +41,7 @@ from fastpg.evaluation import EVAL_SEED_OFFSET, TargetCheck, evaluate, evaluatio
 from fastpg.fused import FusedEpoch, KernelCall, fused_problem
 from fastpg.graph import GraphedEpoch, graph_problem
 from fastpg.metrics import EpisodeWindow, PhaseTimer
-from fastpg.placement import DeviceChoice, choose_device, choose_threads, threads
+from fastpg.placement import DeviceChoice, choose_device, choose_threads, collect_threads, threads
 from fastpg.policy import MLPPolicy
 from fastpg.preflight import (
     check_config,
@@ -220,7 +220,7 @@ class Trainer:
     # -- the straight line ---------------------------------------------------------------------
     def collect(self) -> None:
         """Fill the storage with T steps of every env (no gradients)."""
-        with threads(self.threads):
+        with threads(collect_threads(self.threads, self.env)):
             if self.fused is not None:
                 self.carry = self.fused.collect(self.buf, self.carry, self.generator)
             else:
@@ -550,7 +550,8 @@ class Evaluation:
 
     def run(self) -> dict[str, float]:
         if self.call is None:
-            return self._play()
+            with threads(collect_threads(torch.get_num_threads(), self.env)):
+                return self._play()
         return self.call.run()
 
     def close(self) -> None:

@@ -14,6 +14,7 @@ action back to the host waits for the stream, which has by then finished the ear
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import itertools
 import multiprocessing
@@ -43,7 +44,7 @@ __all__ = [
     "EnvWorkerError",
 ]
 
-_MODES = {"vector": "vector_entry_point", "sync": "sync", "async": "async"}
+_MODES = {"vector": "vector_entry_point", "sync": "sync", "async": "async", "pool": None}
 # An AsyncVectorEnv step or reset that takes longer than this is taken for a hung or dead worker.
 ASYNC_TIMEOUT_S = 60.0
 
@@ -215,11 +216,16 @@ def probe_env_info(env_id: str) -> EnvInfo:
             warnings.warn(f"env {env_id}: close failed: {type(e).__name__}: {e}", RuntimeWarning, stacklevel=3)
 
 
-def make_gym_vector_env(env_id: str, backend: str, num_envs: int, device: torch.device | str = "cpu") -> GymVectorEnv:
-    """Build ``num_envs`` copies of ``env_id`` with a gymnasium backend (vector, sync or async)."""
+def make_gym_vector_env(
+    env_id: str, backend: str, num_envs: int, device: torch.device | str = "cpu", *, workers: int | None = None
+) -> GymVectorEnv:
+    """Build ``num_envs`` copies of ``env_id`` with a gymnasium backend (vector, sync or async), or
+    fastpg's worker pool (``pool``: ``workers`` processes, default ``default_pool_workers``)."""
     if backend not in _MODES:
         raise ValueError(f"backend must be one of {', '.join(_MODES)}, got {backend!r}")
     probe_env_info(env_id)  # refuse an env that cannot be built, or its spaces, before any worker starts
+    if backend == "pool":
+        return GymVectorEnv(_make_pool(env_id, num_envs, workers), device=device, env_id=env_id)
     kwargs = {}
     if backend != "vector":
         # The adapter copies every array into torch at once, so gymnasium need not copy first.
@@ -241,6 +247,56 @@ def make_gym_vector_env(env_id: str, backend: str, num_envs: int, device: torch.
     return GymVectorEnv(vec, device=device, env_id=env_id)
 
 
+@functools.cache
+def step_cost_s(env_id: str, steps: int = 40) -> float:
+    """Seconds one step of one copy of ``env_id`` takes here: the median of ``steps`` steps with
+    random actions (seeded) after a reset, resetting where an episode ends. Measured once per id
+    and process (a MuJoCo env: ~10 ms with its construction)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        env = gym.make(env_id)
+    try:
+        env.reset(seed=0)
+        env.action_space.seed(0)
+        times = []
+        for _ in range(steps):
+            action = env.action_space.sample()
+            start = time.perf_counter()
+            _, _, terminated, truncated, _ = env.step(action)
+            times.append(time.perf_counter() - start)
+            if terminated or truncated:
+                env.reset()
+        return sorted(times)[len(times) // 2]
+    finally:
+        with contextlib.suppress(Exception):
+            env.close()
+
+
+def default_pool_workers(num_envs: int) -> int:
+    """The pool's default W: the usable cores, shared among the processes a torchrun launch runs on
+    this machine (``LOCAL_WORLD_SIZE``), at least 1 and at most ``num_envs``."""
+    from fastpg.placement import usable_cores
+
+    local = os.environ.get("LOCAL_WORLD_SIZE", "")
+    processes = int(local) if local.isdigit() and int(local) > 0 else 1
+    return max(1, min(num_envs, usable_cores() // processes))
+
+
+def _make_pool(env_id: str, num_envs: int, workers: int | None) -> gym.vector.VectorEnv:
+    from fastpg.envs.pool import PoolVectorEnv
+
+    workers = min(num_envs, workers or default_pool_workers(num_envs))
+    try:
+        return PoolVectorEnv(env_id, num_envs, workers)
+    except EnvWorkerError:
+        raise
+    except OSError as e:  # fork refused: a process or memory limit
+        raise EnvWorkerError(
+            f"env {env_id}: could not start {workers} pool worker processes ({e.strerror or e}); "
+            "lower --pool-workers or use --backend sync"
+        ) from e
+
+
 class GymVectorEnv:
     """A gymnasium ``VectorEnv`` behind the torch ``BatchedEnv`` interface (see ``envs.base``)."""
 
@@ -259,6 +315,9 @@ class GymVectorEnv:
         self.same_step_reset = mode == AutoresetMode.SAME_STEP
         self.env_id = env_id
         self._async = isinstance(vec_env, gym.vector.AsyncVectorEnv)
+        # Processes stepping the copies beside the trainer's (the pool's workers): the trainer's
+        # torch threads yield them the cores while it collects (fastpg.placement.collect_threads).
+        self.worker_processes = len(getattr(vec_env, "processes", ())) if not self._async else 0
         self._broken = False  # async workers stopped after a failure (_stop_workers)
         self.async_timeout_s = ASYNC_TIMEOUT_S
         # gymnasium seeds copy i with seed + i; a data-parallel shard's copies are rows lo... of the
@@ -365,6 +424,8 @@ class GymVectorEnv:
         else:
             try:
                 obs, _ = self.vec_env.reset(seed=seed)
+            except EnvWorkerError:  # the pool's own one line; it has stopped its workers
+                raise
             except Exception as e:
                 raise self._env_error("reset", e) from e
         self._prev_done = np.zeros(self.num_envs, dtype=bool)
@@ -381,6 +442,8 @@ class GymVectorEnv:
         else:
             try:
                 obs, reward, terminated, truncated, _ = self.vec_env.step(self._action(action))
+            except EnvWorkerError:  # the pool's own one line; it has stopped its workers
+                raise
             except Exception as e:
                 raise self._env_error("step", e) from e
         # Flag logic in numpy: on N-element arrays it costs a fraction of a torch op.

@@ -361,7 +361,7 @@ def population_summary(
         "summary": True,
         "population": True,
         "env": base.env,
-        "backend": resolve_backend(base.env, base.backend),
+        "backend": resolve_backend(base.env, base.backend, base.num_envs),
         "device": device,
         "epoch": kind,
         "processes": processes,
