@@ -79,7 +79,7 @@ class TrainedPolicy:
     def __init__(self, module: MLPPolicy, config: Config, info: EnvInfo, device: torch.device):
         self.module = module.eval()
         self.config, self.info, self.device = config, info, device
-        self._clip = action_clipper(info, device)
+        self._clip = action_clipper(info, device, getattr(module, "action_bound", "clip"))
 
     def act(
         self, obs: Tensor | np.ndarray, *, deterministic: bool = False, generator: torch.Generator | None = None

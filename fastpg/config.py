@@ -49,6 +49,9 @@ Activation = Literal["tanh", "relu", "elu", "gelu", "silu"]
 Baseline = Literal["none", "mean", "value"]
 Unfinished = Literal["mask", "bootstrap"]
 Fused = Literal["auto", "off"]
+LrSchedule = Literal["constant", "linear"]
+Init = Literal["default", "orthogonal"]
+ActionBound = Literal["clip", "tanh"]
 DistBackend = Literal["auto", "nccl", "gloo"]
 
 
@@ -137,6 +140,24 @@ class Config:
     """Clip the global gradient norm to this value (0 = no clipping; the norm is still reported)."""
     log_std_init: float | None = None
     """Box actions only: initial log standard deviation of the Gaussian policy (default 0.0)."""
+    action_bound: ActionBound = "clip"
+    """Box actions only: how the Gaussian sample reaches the env's bounds: clip (clipped to them)
+    or tanh (squashed: low + (tanh(a) + 1) (high - low) / 2). Either way the stored action and
+    its log-probability are the raw sample's (the bound is part of the env, as the policy sees it)."""
+    obs_norm: bool = False
+    """Normalize observations with the running mean and variance of every valid step collected so
+    far (updated once per epoch, after the update; clipped to +-10), which MuJoCo tasks need. The
+    statistics are part of the policy: saved in checkpoints, applied by evaluate, load_policy,
+    fastpg eval and video."""
+    lr_schedule: LrSchedule = "constant"
+    """Learning rate over training: constant, or linear (from --lr down to 0 at the end of the
+    budget: --max-env-steps, or --max-epochs where that ends first)."""
+    init: Init = "default"
+    """Initial weights: default (torch's Linear init) or orthogonal (gain sqrt(2) for hidden
+    layers, 1 for the output layers; biases 0), as Tianshou's and CleanRL's MuJoCo settings use."""
+    last_layer_scale: float = 1.0
+    """Multiplies the policy network's output-layer weights at initialization (0.01: near-uniform
+    logits, or Gaussian means near 0, at the start, as Tianshou's MuJoCo REINFORCE)."""
     seed: int = 0
     """Seed for the environments, the policy initialization and action sampling."""
     device: str = "auto"
@@ -300,9 +321,10 @@ _FLOAT_FIELDS = (
     "value_coef",
     "max_grad_norm",
     "log_std_init",
+    "last_layer_scale",
     "progress_interval_s",
 )
-_BOOL_FIELDS = ("normalize_returns", "overwrite", "eval_deterministic", "quiet")
+_BOOL_FIELDS = ("normalize_returns", "obs_norm", "overwrite", "eval_deterministic", "quiet")
 _PATH_FIELDS = ("metrics_file", "tensorboard", "checkpoint_dir", "resume")
 _CHOICE_FIELDS = {
     "backend": Backend,
@@ -312,6 +334,9 @@ _CHOICE_FIELDS = {
     "activation": Activation,
     "baseline": Baseline,
     "unfinished": Unfinished,
+    "lr_schedule": LrSchedule,
+    "init": Init,
+    "action_bound": ActionBound,
     "dist_backend": DistBackend,
 }
 
@@ -412,6 +437,7 @@ def _validate(c: Config) -> None:
         _check_real(c, name, 0.0)
     _check_real(c, "dist_timeout_s", 0.0, low_open=True)
     _check_real(c, "log_std_init", optional=True)
+    _check_real(c, "last_layer_scale", 0.0, low_open=True)
     if c.hidden_sizes == ():
         _fail("hidden_sizes", "no widths given; give at least one (e.g. 64 64), or 0 alone for a linear policy")
     linear = c.hidden_sizes == (0,)

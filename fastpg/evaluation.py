@@ -65,20 +65,25 @@ def evaluate(
                 dist = policy(o)
                 return mode_action(dist) if deterministic else sample_action(dist, generator)
 
-            ret, length, running = play_first_episodes(env, obs, act, limit)
+            ret, length, running = play_first_episodes(env, obs, act, limit, getattr(policy, "action_bound", "clip"))
     finally:
         policy.train(was_training)
     return episode_summary(ret, length, running)
 
 
 def play_first_episodes(
-    env: BatchedEnv, obs: torch.Tensor, act: Callable[[torch.Tensor], torch.Tensor], limit: int
+    env: BatchedEnv,
+    obs: torch.Tensor,
+    act: Callable[[torch.Tensor], torch.Tensor],
+    limit: int,
+    bound: str = "clip",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Step ``env`` from observation ``obs`` with actions ``act(obs)`` until every copy has finished
     its first episode, or ``limit`` steps (+1: a NEXT_STEP env may not have started yet); returns
-    each copy's return, length (valid steps) and whether it is still running ``[N]``."""
+    each copy's return, length (valid steps) and whether it is still running ``[N]``. ``bound``:
+    how Box actions reach the env (``action_clipper``)."""
     N = env.num_envs
-    to_env = action_clipper(env.info, obs.device)
+    to_env = action_clipper(env.info, obs.device, bound)
     ret = torch.zeros(N, device=obs.device)
     length = torch.zeros(N, dtype=torch.int64, device=obs.device)
     running = torch.ones(N, dtype=torch.bool, device=obs.device)

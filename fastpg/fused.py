@@ -90,6 +90,10 @@ def fused_problem(cfg: Config, env: BatchedEnv, policy: nn.Module, device: torch
         return "it needs flat observations and actions"
     if policy.activation not in FUSED_ACTIVATIONS:
         return f"activation {policy.activation!r} is not one of {', '.join(FUSED_ACTIVATIONS)}"
+    if policy.obs_normalizer is not None:
+        return "observation normalization (--obs-norm) runs on the generic path"
+    if policy.action_bound != "clip" and not policy.discrete:
+        return f"action bound {policy.action_bound!r} runs on the generic path (the kernels clip)"
     if (policy.value_net is not None) != (cfg.baseline == "value"):
         return "a value head is trained with baseline value only (and baseline value needs one)"
     return None

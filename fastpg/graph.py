@@ -52,6 +52,8 @@ def graph_problem(cfg: Config, env: BatchedEnv, policy: nn.Module, device: torch
         return "it needs a native env (backend torch)"
     if type(policy) is not MLPPolicy or not policy.discrete or policy.value_net is not None:
         return "it needs the built-in MLPPolicy with Discrete actions and no value head"
+    if policy.obs_normalizer is not None:
+        return "observation normalization (--obs-norm) runs on the generic path"
     if cfg.baseline == "value" or cfg.unfinished != "mask":
         return "baseline value and unfinished bootstrap need the value network (generic path)"
     if not hasattr(torch.cuda.CUDAGraph, "register_generator_state"):

@@ -36,6 +36,7 @@ from torch.distributions import Categorical, Distribution, Independent, Normal
 
 from fastpg.config import Config
 from fastpg.envs.base import EnvInfo
+from fastpg.normalization import ObsNormalizer
 
 __all__ = [
     "MLPPolicy",
@@ -141,9 +142,15 @@ class MLPPolicy(nn.Module):
         *,
         value_head: bool = False,
         log_std_init: float = 0.0,
+        obs_norm: bool = False,
+        init: str = "default",
+        last_layer_scale: float = 1.0,
+        action_bound: str = "clip",
     ):
         super().__init__()
         self.activation = activation
+        # Box actions: how a sample reaches the env's bounds (fastpg.envs.base.action_clipper)
+        self.action_bound = action_bound
         self.obs_ndim = len(info.obs_shape)
         obs_dim = math.prod(info.obs_shape)
         self.discrete = info.discrete
@@ -153,6 +160,14 @@ class MLPPolicy(nn.Module):
         if not self.discrete:
             self.log_std = nn.Parameter(torch.full((out,), float(log_std_init)))
         self.value_net = mlp([obs_dim, *hidden_sizes, 1], activation) if value_head else None
+        self.obs_normalizer = ObsNormalizer(obs_dim) if obs_norm else None
+        if init == "orthogonal":
+            for net in (self.net, self.value_net):
+                if net is not None:
+                    _orthogonal(net)
+        if last_layer_scale != 1.0:
+            with torch.no_grad():
+                self.net[-1].weight.mul_(last_layer_scale)
 
     @classmethod
     def from_config(cls, cfg: Config, info: EnvInfo) -> MLPPolicy:
@@ -165,10 +180,16 @@ class MLPPolicy(nn.Module):
                 cfg.activation,
                 value_head=cfg.baseline == "value",
                 log_std_init=0.0 if cfg.log_std_init is None else cfg.log_std_init,
+                obs_norm=cfg.obs_norm,
+                init=cfg.init,
+                last_layer_scale=cfg.last_layer_scale,
+                action_bound=cfg.action_bound,
             )
 
     def _flat(self, obs: Tensor) -> Tensor:
-        return obs.flatten(-self.obs_ndim) if self.obs_ndim != 1 else obs
+        """Observations as the networks take them: flattened, and normalized where ``obs_norm``."""
+        flat = obs.flatten(-self.obs_ndim) if self.obs_ndim != 1 else obs
+        return flat if self.obs_normalizer is None else self.obs_normalizer(flat)
 
     def forward(self, obs: Tensor) -> Distribution:
         """obs: [*B, *obs_shape] -> distribution with batch shape B."""
@@ -205,6 +226,14 @@ class MLPPolicy(nn.Module):
         if self.value_net is None:
             raise RuntimeError("this policy was built without a value head (value_head=False)")
         return self.value_net(self._flat(obs)).squeeze(-1)
+
+
+def _orthogonal(net: nn.Sequential) -> None:
+    """Orthogonal weights (gain sqrt(2) for hidden layers, 1 for the output layer), zero biases."""
+    linears = [m for m in net if isinstance(m, nn.Linear)]
+    for i, layer in enumerate(linears):
+        nn.init.orthogonal_(layer.weight, gain=1.0 if i == len(linears) - 1 else math.sqrt(2))
+        nn.init.zeros_(layer.bias)
 
 
 # (lo, total): a batch that is rows [lo, lo + B) of a batch of ``total`` split over processes.

@@ -283,6 +283,11 @@ def check_env(cfg: Config, env: BatchedEnv, device: torch.device, num_envs: int 
         raise ConfigError("num_envs", f"is {cfg.num_envs} but the env given has {env.num_envs} copies")
     if torch.device(env.device) != device:
         raise ConfigError("device", f"is {device} but the env given returns tensors on {env.device}")
+    if info.discrete and cfg.action_bound != "clip":
+        raise ConfigError(
+            "action_bound",
+            f"{cfg.action_bound!r} bounds Box actions; {cfg.env} has {info.describe_actions()} actions",
+        )
     if info.discrete and cfg.log_std_init is not None:
         raise ConfigError(
             "log_std_init",

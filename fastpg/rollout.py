@@ -75,7 +75,7 @@ def collect(
     obs, action, reward = buf["obs"], buf["action"], buf["reward"]
     done, terminated, valid = buf["done"], buf["terminated"], buf["valid"]
     act = _sampler(policy, rows)
-    to_env = action_clipper(env.info, obs.device)  # Box actions: the env gets them clipped
+    to_env = action_clipper(env.info, obs.device, getattr(policy, "action_bound", "clip"))  # Box: clipped (or squashed)
     obs[0].copy_(carry.obs)
     with torch.inference_mode():
         for t in range(T):

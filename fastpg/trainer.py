@@ -239,6 +239,7 @@ class Trainer:
         apply = apply and bad_data is None
         # Data-parallel runs sum the update across the ranks (the CUDA graph is a one-process path).
         across = {"sum_across": self._sum_across} if self.group is not None else {}
+        self._schedule_lr()
         with threads(self.threads):
             if self.fused is not None:
                 stats, bad = self.fused.update(
@@ -248,7 +249,22 @@ class Trainer:
                 stats, bad = reinforce_update(
                     self.policy, self.optimizer, self.buf, self.carry.obs, self.settings, apply=apply, **across
                 )
+            normalizer = getattr(self.policy, "obs_normalizer", None)
+            if normalizer is not None and apply and bad is None:  # after the step: the epoch acted with the old
+                normalizer.update(self.buf["obs"], self.buf["valid"], across.get("sum_across"))
         return self.record_update(stats, bad, bad_data)
+
+    def _schedule_lr(self) -> None:  # also called by fastpg.population for its members
+        """``lr_schedule="linear"``: the learning rate of this update, ``lr`` times the share of
+        the budget left (env steps, or epochs where ``max_epochs`` ends sooner), from the counters,
+        so a resumed run continues the same schedule."""
+        if self.cfg.lr_schedule != "linear":
+            return
+        done = self.counters.env_steps / self.cfg.max_env_steps
+        if self.cfg.max_epochs is not None:
+            done = max(done, self.counters.epoch / self.cfg.max_epochs)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.cfg.lr * max(0.0, 1.0 - done)
 
     def record_update(
         self, stats: dict[str, Tensor], bad: str | None, bad_data: str | None = None

@@ -231,10 +231,8 @@ def test_a_run_with_the_pool_collects_with_one_torch_thread(monkeypatch):
     assert seen == [1]
 
 
-mujoco = pytest.importorskip("mujoco", reason="MuJoCo envs need the mujoco extra: pip install 'fastpg-rl[mujoco]'")
-
-
 def test_halfcheetah_through_the_pool_is_sync_exactly():
+    pytest.importorskip("mujoco", reason="MuJoCo envs need the mujoco extra: pip install 'fastpg-rl[mujoco]'")
     g = torch.Generator().manual_seed(0)
     actions = [2 * torch.rand(4, 6, generator=g) - 1 for _ in range(30)]
     results = []

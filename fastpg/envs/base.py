@@ -66,15 +66,22 @@ class EnvInfo:
         return f"Box(shape={self.action_shape})"
 
 
-def action_clipper(info: EnvInfo, device: torch.device | str) -> Callable[[Tensor], Tensor]:
+def action_clipper(info: EnvInfo, device: torch.device | str, bound: str = "clip") -> Callable[[Tensor], Tensor]:
     """The one rule for every backend: a Box action reaches the env clipped to the action space's
     bounds (the policy's sample itself, stored for the loss, is not clipped: its log-probability is
     the policy's); Discrete actions pass as they are. Without it a native env would score the
     unclipped sample (MountainCarContinuous's ``-0.1 a^2``) where gymnasium's backends score the
-    clipped one, and ``auto`` would optimize another objective than ``sync``."""
+    clipped one, and ``auto`` would optimize another objective than ``sync``.
+
+    ``bound="tanh"`` (``Config.action_bound``) squashes instead: ``low + (tanh(a) + 1) (high - low) / 2``
+    (Tianshou's MuJoCo setting); the stored sample and its log-probability are still the raw ones."""
     if info.discrete or info.action_low is None or info.action_high is None:
         return lambda action: action
     low, high = info.action_low.flatten(), info.action_high.flatten()  # CPU tensors: no device sync
+    if bound == "tanh":
+        low, high = info.action_low.to(device), info.action_high.to(device)
+        half = (high - low) / 2
+        return lambda action: torch.addcmul(low + half, torch.tanh(action), half)
     if bool((low == low[0]).all()) and bool((high == high[0]).all()):
         # The same bounds for every dimension (every native env): Python floats, so the clip needs
         # no tensor on the device (nothing to copy, which on CUDA would synchronize).

@@ -176,7 +176,9 @@ class GenericBatch:
                                      deterministic=requests[0].deterministic)  # fmt: skip
             limit = envs.info.max_episode_steps or 100_000
             with torch.inference_mode():
-                ret, length, running = play_first_episodes(envs, torch.cat(first), sampler.act, limit)
+                ret, length, running = play_first_episodes(
+                    envs, torch.cat(first), sampler.act, limit, sampler.action_bound
+                )
             n = envs.per_member
             cols = [slice(k * n, (k + 1) * n) for k in range(len(requests))]
             return [episode_summary(ret[c], length[c], running[c]) for c in cols]

@@ -121,6 +121,7 @@ class StackedSampler:
                  *, deterministic: bool = False):  # fmt: skip
         self.policy, self.params, self.generators = policy, params, list(generators)
         self.deterministic = deterministic
+        self.action_bound = policy.action_bound  # how the collector hands Box actions to the env
 
     def act(self, obs: Tensor, generator: torch.Generator | None = None) -> Tensor:
         K = len(self.generators)
