@@ -102,6 +102,18 @@ def _assert_metrics_match(one: list[dict], two: list[dict]) -> None:
         {"num_envs": 16, "num_steps": 32, "max_epochs": 3, "baseline": "value", "unfinished": "bootstrap"},
         # gymnasium's SyncVectorEnv: each rank's copies seeded as the one process seeds them
         {"num_envs": 8, "num_steps": 32, "max_epochs": 3, "backend": "sync"},
+        # what MuJoCo runs use: observation statistics summed across ranks, the schedule, the bound
+        {
+            "env": "Pendulum-v1",
+            "num_envs": 8,
+            "num_steps": 50,
+            "max_epochs": 3,
+            "obs_norm": True,
+            "lr_schedule": "linear",
+            "action_bound": "tanh",
+            "init": "orthogonal",
+            "last_layer_scale": 0.01,
+        },
         # the fused epoch on every rank (compiled collect and update), against one fused process
         {"num_envs": 32, "num_steps": 64, "max_epochs": 4, "fused": "auto", "baseline": "mean"},
         {"num_envs": 1024, "num_steps": 16, "max_epochs": 3, "fused": "auto", "env": "Acrobot-v1"},
@@ -123,6 +135,7 @@ def _assert_metrics_match(one: list[dict], two: list[dict]) -> None:
         "draw-done-resets",
         "value-baseline",
         "gymnasium-sync",
+        "mujoco-options",
         "fused",
         "fused-draw-done",
         "cuda-gloo",

@@ -91,8 +91,16 @@ def test_fused_members_of_every_kind_are_their_single_runs_bit_for_bit(base):
         Config(**SMALL, fused="off", max_epochs=4),
         Config(**{**SMALL, "env": "Pendulum-v1", "num_steps": 50}, baseline="value", max_epochs=3, fused="off"),
         Config(**SMALL, backend="sync", max_epochs=3, unfinished="bootstrap", baseline="value"),
+        Config(
+            **{**SMALL, "env": "Pendulum-v1", "num_steps": 50},
+            max_epochs=3,
+            action_bound="tanh",
+            lr_schedule="linear",
+            init="orthogonal",
+            last_layer_scale=0.01,
+        ),  # fmt: skip
     ],
-    ids=["cartpole-generic", "pendulum-value", "gym-sync-bootstrap"],
+    ids=["cartpole-generic", "pendulum-value", "gym-sync-bootstrap", "pendulum-tanh-linear-lr"],
 )
 def test_generic_members_are_their_single_runs_within_float_tolerance(base):
     pop = Population.grid(base, seeds=2, lr=[0.01, 0.001], max_grad_norm=[0.0, 0.5])
