@@ -44,7 +44,7 @@ BAD = [
     (dict(seed=-1), "seed", "[0, 2**32)"),
     (dict(seed=True), "seed", "integer"),
     (dict(eval_episodes=-5), "eval_episodes", ">= 0"),
-    (dict(backend="gpu"), "backend", "auto, torch, vector, sync, async"),
+    (dict(backend="gpu"), "backend", "auto, torch, vector, pool, sync, async"),
     (dict(env=""), "env", "must be a gymnasium environment id"),
     (dict(env_dtype="float16"), "env_dtype", "float32, float64"),
     (dict(env_kernel="numba"), "env_kernel", "torch, cpp"),
