@@ -32,6 +32,7 @@ __all__ = [
     "machine_info",
     "run_header",
     "TensorBoardSink",
+    "WandbSink",
 ]
 
 
@@ -288,6 +289,53 @@ class TensorBoardSink:
         self._writer.close()
 
     def __enter__(self) -> TensorBoardSink:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class WandbSink:
+    """Every numeric per-epoch metric logged to Weights & Biases (``train/<name>``, with
+    ``env_steps`` as the step), the config as the run's config, the header's machine and placement,
+    and the summary as the run's summary. Needs the ``wandb`` package (the wandb extra); with
+    ``WANDB_MODE=offline`` it writes the run under ``WANDB_DIR`` (default ``./wandb``) and needs no
+    network (``wandb sync`` uploads it later). A context manager; the run is finished on close."""
+
+    def __init__(self, project: str, header: dict[str, Any], *, name: str | None = None, group: str | None = None):
+        import wandb
+
+        config = dict(header.get("config", {}))
+        config["machine"] = header.get("machine")
+        if header.get("placement") is not None:
+            config["placement"] = header["placement"]
+        self._run = wandb.init(
+            project=project,
+            name=name,
+            group=group,
+            config=config,
+            reinit="create_new",  # a population's members: one run each, open together
+        )
+        self._run.define_metric("train/*", step_metric="env_steps")
+
+    def write(self, record: dict[str, Any]) -> None:
+        if record.get("summary"):
+            self._run.summary.update({k: jsonable(v) for k, v in record.items() if k != "summary"})
+            return
+        values = {
+            f"train/{key}": value
+            for key, value in record.items()
+            if isinstance(value, (int, float))
+            and not isinstance(value, bool)
+            and key != "env_steps"
+            and math.isfinite(value)
+        }
+        self._run.log({"env_steps": record["env_steps"], **values})
+
+    def close(self) -> None:
+        self._run.finish()
+
+    def __enter__(self) -> WandbSink:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -186,9 +186,13 @@ class MLPPolicy(nn.Module):
                 action_bound=cfg.action_bound,
             )
 
+    def flatten(self, obs: Tensor) -> Tensor:
+        """Observations [*B, *obs_shape] flattened past the batch dimensions (not normalized)."""
+        return obs.flatten(-self.obs_ndim) if self.obs_ndim != 1 else obs
+
     def _flat(self, obs: Tensor) -> Tensor:
         """Observations as the networks take them: flattened, and normalized where ``obs_norm``."""
-        flat = obs.flatten(-self.obs_ndim) if self.obs_ndim != 1 else obs
+        flat = self.flatten(obs)
         return flat if self.obs_normalizer is None else self.obs_normalizer(flat)
 
     def forward(self, obs: Tensor) -> Distribution:

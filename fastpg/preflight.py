@@ -118,6 +118,11 @@ def _check_paths(cfg: Config) -> None:
             raise ConfigError(
                 "tensorboard", "needs the tensorboard package (the tensorboard extra: pip install -e '.[tensorboard]')"
             ) from None
+    if cfg.wandb is not None:
+        try:
+            import wandb  # noqa: F401
+        except ImportError:
+            raise ConfigError("wandb", "needs the wandb package (the wandb extra: pip install -e '.[wandb]')") from None
     if cfg.checkpoint_dir is not None:
         check_writable_dir("checkpoint_dir", cfg.checkpoint_dir)
     elif cfg.resume is not None:  # checkpoints go back into the resumed directory

@@ -37,7 +37,16 @@ from fastpg.distributed import Group, process_group
 from fastpg.envs import resolve_backend
 from fastpg.errors import ConfigError, EnvWorkerError, OutputError
 from fastpg.interrupts import StopOnSignals, signal_of
-from fastpg.metrics import ConsoleProgress, JsonlSink, TensorBoardSink, final_line, jsonable, rounded, run_header
+from fastpg.metrics import (
+    ConsoleProgress,
+    JsonlSink,
+    TensorBoardSink,
+    WandbSink,
+    final_line,
+    jsonable,
+    rounded,
+    run_header,
+)
 from fastpg.placement import placement_record
 from fastpg.preflight import check_config
 from fastpg.trainer import Trainer
@@ -106,7 +115,7 @@ def train(cfg: Config, *, policy: nn.Module | None = None) -> dict[str, Any]:
                 print(f"fastpg: {note}", file=sys.stderr, flush=True)
             return _train(cfg, policy, group, continued=continued)
         # The other ranks: the same run, writing nothing (rank 0 writes the whole run's files).
-        quiet = cfg.replace(metrics_file=None, tensorboard=None, quiet=True)
+        quiet = cfg.replace(metrics_file=None, tensorboard=None, wandb=None, quiet=True)
         return _train(quiet, policy, group, writes=False, continued=continued)
 
 
@@ -128,7 +137,7 @@ def _train(
             trim_metrics(cfg.metrics_file, state["epoch"])
         resumed_at = state["epoch"] if state is not None else None
         processes = group.world_size if group is not None else 1
-        sinks: list[JsonlSink | TensorBoardSink] = []
+        sinks: list[JsonlSink | TensorBoardSink | WandbSink] = []
 
         def open_outputs(trainer: Trainer) -> None:
             """The metrics file and TensorBoard, each starting with the header (once the trainer
@@ -143,6 +152,8 @@ def _train(
                 jsonl.write(header)  # the file describes itself (config, versions, machine, date)
             if cfg.tensorboard is not None:
                 sinks.append(stack.enter_context(TensorBoardSink(cfg.tensorboard, header)))
+            if cfg.wandb is not None:
+                sinks.append(stack.enter_context(WandbSink(cfg.wandb, header, name=f"{cfg.env}-seed{cfg.seed}")))
 
         if continued and state is not None:
             state = {**state, "restarts": int(state.get("restarts", 0)) + 1}
@@ -180,7 +191,7 @@ def _run(
     policy: nn.Module | None,
     state: dict[str, Any] | None,
     ckpt: Checkpoints,
-    sinks: list[JsonlSink | TensorBoardSink],
+    sinks: list[JsonlSink | TensorBoardSink | WandbSink],
     group: Group | None,
     open_outputs: Callable[[Trainer], None],
 ) -> tuple[dict[str, Any], EnvWorkerError | None]:

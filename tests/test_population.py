@@ -98,9 +98,10 @@ def test_fused_members_of_every_kind_are_their_single_runs_bit_for_bit(base):
             lr_schedule="linear",
             init="orthogonal",
             last_layer_scale=0.01,
+            obs_norm=True,
         ),  # fmt: skip
     ],
-    ids=["cartpole-generic", "pendulum-value", "gym-sync-bootstrap", "pendulum-tanh-linear-lr"],
+    ids=["cartpole-generic", "pendulum-value", "gym-sync-bootstrap", "pendulum-mujoco-options"],
 )
 def test_generic_members_are_their_single_runs_within_float_tolerance(base):
     pop = Population.grid(base, seeds=2, lr=[0.01, 0.001], max_grad_norm=[0.0, 0.5])

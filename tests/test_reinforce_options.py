@@ -15,7 +15,6 @@ from fastpg import Config, ConfigError, Trainer, load_policy, train
 from fastpg.checkpoint import load_checkpoint
 from fastpg.envs.base import action_clipper
 from fastpg.normalization import OBS_CLIP, ObsNormalizer, running_moments_reference
-from fastpg.population import Population
 
 PENDULUM = dict(env="Pendulum-v1", num_envs=8, num_steps=50, eval_episodes=0, quiet=True)
 
@@ -87,11 +86,6 @@ def test_the_fused_epoch_leaves_normalization_and_tanh_to_the_generic_path():
     for opts, why in (({"obs_norm": True}, "--obs-norm"), ({"action_bound": "tanh"}, "action bound 'tanh'")):
         with Trainer(Config(**PENDULUM, max_epochs=1, **opts)) as tr:
             assert tr.fused is None and why in tr.epoch_notice()
-
-
-def test_populations_refuse_obs_norm_in_one_line():
-    with pytest.raises(ConfigError, match="obs_norm: is not supported in populations yet"):
-        Population.grid(Config(**PENDULUM, obs_norm=True), seeds=2)
 
 
 # -- learning-rate schedule ----------------------------------------------------------------------------

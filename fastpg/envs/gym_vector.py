@@ -175,12 +175,12 @@ def env_spec(env_id: str) -> gym.envs.registration.EnvSpec:
 
 # What to install when gymnasium says a dependency is missing (the words of its message -> the advice).
 _INSTALL_HINTS = (
-    ("box2d", "pip install box2d"),
+    ("box2d", "pip install 'fastpg-rl[box2d]'"),
     (
         "gymnasium-robotics",
-        "the -v2/-v3 MuJoCo ids left gymnasium; use -v5 ids: pip install 'gymnasium[mujoco]'",
+        "the -v2/-v3 MuJoCo ids left gymnasium; use -v5 ids: pip install 'fastpg-rl[mujoco]'",
     ),
-    ("mujoco", "pip install 'gymnasium[mujoco]'"),
+    ("mujoco", "pip install 'fastpg-rl[mujoco]'"),
     ("jax", "pip install 'gymnasium[jax]'"),
 )
 

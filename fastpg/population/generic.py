@@ -32,6 +32,7 @@ from fastpg.population.engines import EvalRequest, UpdateResult
 from fastpg.population.stacking import (
     StackedEnvs,
     StackedSampler,
+    member_inputs,
     stacked_distribution,
     stacked_forward,
     stacked_parameters,
@@ -78,7 +79,7 @@ class GenericBatch:
         envs, buf = self._layout(members)
         policy = members[0].policy
         params = stacked_parameters([m.policy for m in members])
-        sampler = StackedSampler(policy, params, [m.generator for m in members])
+        sampler = StackedSampler(policy, params, [m.generator for m in members], policies=[m.policy for m in members])
         carry = Carry(*(torch.cat([getattr(m.carry, f) for m in members]) for f in Carry.__dataclass_fields__))
         collect(envs, sampler, buf, carry)
         envs.scatter()
@@ -97,13 +98,15 @@ class GenericBatch:
         policy: MLPPolicy = first.policy
         T, N = buf.batch_size[0], buf.batch_size[1] // K
         params = stacked_parameters([m.policy for m in members], requires_grad=True)
-        obs = policy._flat(buf["obs"]).reshape(T, K, N, -1).transpose(0, 1).reshape(K, T * N, -1)  # member-major
+        obs = policy.flatten(buf["obs"]).reshape(T, K, N, -1).transpose(0, 1).reshape(K, T * N, -1)  # member-major
+        obs = member_inputs([m.policy for m in members], obs)
         per = _MemberColumns(T, K, N)
         device, dtype = buf["reward"].device, buf["reward"].dtype
         gamma = torch.tensor([m.settings.gamma for m in members], dtype=dtype, device=device).repeat_interleave(N)
         bootstrap = None
         if s.unfinished == "bootstrap":
-            last = policy._flat(torch.cat([m.carry.obs for m in members]).float()).reshape(K, N, -1)
+            last = policy.flatten(torch.cat([m.carry.obs for m in members]).float()).reshape(K, N, -1)
+            last = member_inputs([m.policy for m in members], last)
             with torch.no_grad():
                 bootstrap = stacked_forward(policy.value_net, params, "value_net", last).reshape(K * N)
         ret = reward_to_go(buf["reward"], buf["done"], gamma, bootstrap=bootstrap, out=buf["ret"])
@@ -129,6 +132,8 @@ class GenericBatch:
                 p.grad = grads[name][k] if some and bad[k] is None else None
             if bad[k] is None and apply:
                 m.optimizer.step()
+                if m.policy.obs_normalizer is not None:  # after the step, as Trainer.update
+                    m.policy.obs_normalizer.update(m.buf["obs"], m.buf["valid"])
             stats = {key: parts[key][k] for key in ("loss", "policy_loss", "value_loss", "entropy")}
             stats.update(
                 grad_norm=norm[k].detach(),
@@ -173,7 +178,8 @@ class GenericBatch:
             policy = requests[0].member.policy
             params = stacked_parameters([r.member.policy for r in requests])
             sampler = StackedSampler(policy, params, [e.generator for e in evaluations],
-                                     deterministic=requests[0].deterministic)  # fmt: skip
+                                     deterministic=requests[0].deterministic,
+                                     policies=[r.member.policy for r in requests])  # fmt: skip
             limit = envs.info.max_episode_steps or 100_000
             with torch.inference_mode():
                 ret, length, running = play_first_episodes(

@@ -23,6 +23,7 @@ import contextlib
 import json
 import math
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,7 @@ from fastpg.distributed import Group, process_group
 from fastpg.envs import resolve_backend
 from fastpg.errors import ConfigError, EnvWorkerError, OutputError
 from fastpg.interrupts import StopOnSignals, signal_of
-from fastpg.metrics import JsonlSink, TensorBoardSink, format_si, jsonable, rounded, run_header
+from fastpg.metrics import JsonlSink, TensorBoardSink, WandbSink, format_si, jsonable, rounded, run_header
 from fastpg.population.progress import PopulationProgress
 from fastpg.population.spec import Population
 from fastpg.population.trainer import PopulationTrainer
@@ -126,22 +127,23 @@ def population_header(
 
 
 class _Sinks:
-    """The metrics file (every member's records) and one TensorBoard run per member."""
+    """The metrics file (every member's records) and, per member, its TensorBoard and W&B runs."""
 
-    def __init__(self, jsonl: list[JsonlSink], boards: dict[int, TensorBoardSink]):
+    def __init__(self, jsonl: list[JsonlSink], boards: dict[int, list[TensorBoardSink | WandbSink]]):
         self.jsonl, self.boards = jsonl, boards
 
     def write(self, number: int, metrics: dict[str, Any]) -> None:
         for sink in self.jsonl:
             sink.write(metrics)
-        if number in self.boards:
-            self.boards[number].write(metrics)
+        for board in self.boards.get(number, ()):
+            board.write(metrics)
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         for sink in self.jsonl:
             sink.write(summary)
-        for board in self.boards.values():
-            board.write(summary)
+        for boards in self.boards.values():
+            for board in boards:
+                board.write(summary)
 
 
 def _open_sinks(population: Population, header: dict[str, Any], stack: contextlib.ExitStack) -> _Sinks:
@@ -151,11 +153,16 @@ def _open_sinks(population: Population, header: dict[str, Any], stack: contextli
         sink = stack.enter_context(JsonlSink(base.metrics_file, append=base.resume is not None and not base.overwrite))
         sink.write(header)
         jsonl.append(sink)
-    boards = {}
-    if base.tensorboard is not None:
-        for i in range(len(population)):
-            member_header = {**header, "member": i, "config": population.members[i].to_dict()}
-            boards[i] = stack.enter_context(TensorBoardSink(Path(base.tensorboard) / f"member_{i:03d}", member_header))
+    boards: dict[int, list[TensorBoardSink | WandbSink]] = {i: [] for i in range(len(population))}
+    group = f"{base.env}-population-{time.strftime('%Y%m%d-%H%M%S')}"
+    for i in range(len(population)):
+        member_header = {**header, "member": i, "config": population.members[i].to_dict()}
+        if base.tensorboard is not None:
+            board = TensorBoardSink(Path(base.tensorboard) / f"member_{i:03d}", member_header)
+            boards[i].append(stack.enter_context(board))
+        if base.wandb is not None:
+            run = WandbSink(base.wandb, member_header, name=f"{group}-member{i:03d}", group=group)
+            boards[i].append(stack.enter_context(run))
     return _Sinks(jsonl, boards)
 
 

@@ -85,10 +85,6 @@ class Population:
             if not isinstance(m, Config):
                 raise ConfigError("members", f"member {i} is {type(m).__name__}, expected a fastpg.Config")
         _check_shared(members)
-        if members[0].obs_norm:
-            raise ConfigError(
-                "obs_norm", "is not supported in populations yet (each member would need its own statistics)"
-            )
         seen: dict[str, int] = {}
         for i, m in enumerate(members):
             key = json.dumps(_varying_values(m), sort_keys=True)

@@ -24,9 +24,17 @@ from torch.distributions import Distribution
 
 from fastpg.envs import BatchedEnv, NativeEnv, make_env
 from fastpg.envs.base import Step
+from fastpg.normalization import OBS_CLIP
 from fastpg.policy import MLPPolicy, gumbel_choice, gumbel_shape, mode_action
 
-__all__ = ["StackedEnvs", "stacked_parameters", "stacked_forward", "StackedSampler", "stacked_distribution"]
+__all__ = [
+    "StackedEnvs",
+    "stacked_parameters",
+    "stacked_forward",
+    "StackedSampler",
+    "stacked_distribution",
+    "member_inputs",
+]
 
 
 class StackedEnvs:
@@ -111,6 +119,16 @@ def stacked_distribution(policy: MLPPolicy, params: dict[str, Tensor], x: Tensor
     return policy.distribution(out, log_std), out
 
 
+def member_inputs(policies: Sequence[MLPPolicy], x: Tensor) -> Tensor:
+    """Flattened observations ``x`` [K, B, D] of K members as their networks take them: member k's
+    rows normalized with member k's statistics where ``obs_norm`` (``MLPPolicy._flat``, batched)."""
+    if policies[0].obs_normalizer is None:
+        return x
+    shift = torch.stack([p.obs_normalizer.shift for p in policies]).unsqueeze(1)
+    scale = torch.stack([p.obs_normalizer.scale for p in policies]).unsqueeze(1)
+    return ((x - shift) * scale).clamp_(-OBS_CLIP, OBS_CLIP)
+
+
 class StackedSampler:
     """``act(obs)`` over K members' copies (obs ``[K N, *obs_shape]``): one batched forward of the
     members' policies (``params``, stacked), each member's draws from ``generators[k]``, as many
@@ -118,14 +136,15 @@ class StackedSampler:
     single run up to the rounding of the batched matrix products)."""
 
     def __init__(self, policy: MLPPolicy, params: dict[str, Tensor], generators: Sequence[torch.Generator],
-                 *, deterministic: bool = False):  # fmt: skip
+                 *, deterministic: bool = False, policies: Sequence[MLPPolicy] | None = None):  # fmt: skip
         self.policy, self.params, self.generators = policy, params, list(generators)
+        self.policies = list(policies) if policies is not None else [policy] * len(self.generators)
         self.deterministic = deterministic
         self.action_bound = policy.action_bound  # how the collector hands Box actions to the env
 
     def act(self, obs: Tensor, generator: torch.Generator | None = None) -> Tensor:
         K = len(self.generators)
-        x = self.policy._flat(obs).reshape(K, obs.shape[0] // K, -1)
+        x = member_inputs(self.policies, self.policy.flatten(obs).reshape(K, obs.shape[0] // K, -1))
         if self.deterministic:
             return mode_action(stacked_distribution(self.policy, self.params, x)[0]).flatten(0, 1)
         out = stacked_forward(self.policy.net, self.params, "net", x)
