@@ -210,7 +210,12 @@ def _run(
             if cfg.device == "auto" and trainer.device_choice.reason != "auto: no CUDA device":
                 print(f"fastpg: device {trainer.device} ({trainer.device_choice.reason})", file=sys.stderr, flush=True)
             n = trainer.threads
-            print(f"fastpg: {trainer.epoch_notice()}; {n} thread{'s' if n > 1 else ''}", file=sys.stderr, flush=True)
+            line = f"fastpg: {trainer.epoch_notice()}; {n} thread{'s' if n > 1 else ''}"
+            workers = getattr(trainer.env, "worker_processes", 0)
+            if workers:  # --backend pool: who steps the copies, and the collect's one torch thread
+                line += f"; backend pool: the trainer and {workers} worker process{'es' if workers > 1 else ''} step"
+                line += f" the {trainer.env.num_envs} copies (1 torch thread while collecting)"
+            print(line, file=sys.stderr, flush=True)
         ckpt_path = None
         try:
             for metrics in trainer.run(should_stop=signals.requested):

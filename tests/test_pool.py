@@ -184,6 +184,14 @@ def test_a_failing_pool_run_ends_in_one_line_after_checkpoint_and_summary(tmp_pa
     assert load_checkpoint(ckpt)["epoch"] == 2
 
 
+def test_the_start_notice_says_who_steps_the_copies(capsys):
+    code, _, err = _cli(capsys, "train", "--backend", "pool", "--pool-workers", "3", "--num-envs", "6",
+                        "--num-steps", "8", "--max-epochs", "1", "--eval-episodes", "0")  # fmt: skip
+    assert code == 0
+    assert any(line.endswith("; backend pool: the trainer and 2 worker processes step the 6 copies (1 torch thread "
+                             "while collecting)") for line in err), err  # fmt: skip
+
+
 def test_pool_workers_is_checked():
     with pytest.raises(ConfigError, match=r"pool_workers: must be at most --num-envs \(4\); got 5"):
         Config(num_envs=4, pool_workers=5)
