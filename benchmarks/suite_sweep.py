@@ -49,6 +49,7 @@ CANDIDATES: dict[str, dict[str, list[str]]] = {
         "gamma0.999": ["--gamma", "0.999"],
         "6M": ["--max-env-steps", "6000000"],
         "N32": ["--num-envs", "32"],
+        "N64": ["--num-envs", "64"],
     },
     "BipedalWalker-v3": {"shipped": []},
 }
