@@ -1,16 +1,18 @@
-"""``PoolVectorEnv``: N copies of a gymnasium env stepped by W worker processes, through shared memory.
+"""``PoolVectorEnv``: N copies of a gymnasium env stepped by W processes, through shared memory.
 
 gymnasium's ``AsyncVectorEnv`` runs one process per copy and pays a pipe round trip (with pickled
 arrays) per copy per step: on MuJoCo at N = 16 on 2 cores it is 5x slower than ``SyncVectorEnv``.
-The pool runs W processes (default: the usable cores, at most N), each holding a
-``SyncVectorEnv`` over a contiguous share of the copies. A step is:
+The pool splits the copies into W contiguous shares (default W: the usable cores, at most N), each
+a ``SyncVectorEnv``: the first in the trainer's own process, the others in W - 1 forked worker
+processes. A step is:
 
 1. the trainer writes all N actions into one shared array,
 2. one byte goes down each worker's pipe,
-3. each worker steps its share and writes observations, rewards and flags into shared arrays,
+3. every process steps its share and writes observations, rewards and flags into shared arrays,
 4. one byte comes back from each worker.
 
-So a step costs one round trip per worker, not per copy, and no array is pickled.
+So a step costs one round trip per worker, not per copy, and no array is pickled. A process
+waiting for the next byte polls for ``SPIN_S`` before it sleeps (see ``_receive``).
 
 Semantics are those of ``sync`` exactly: copy i (of the whole env) is reset with ``seed + i``,
 each share autoresets NEXT_STEP as ``SyncVectorEnv`` does, and the arrays are the same numbers, so
@@ -21,7 +23,8 @@ error; one that dies (its pipe closes) or does not answer within ``timeout_s`` i
 every worker is then stopped and the env marked closed, and the trainer's error is one line. The
 workers ignore SIGINT and leave the launcher's process group (a signal to the group reaches the
 trainer alone, which ends the run cleanly and closes them), and a worker whose trainer dies sees
-its pipe close and exits: no orphans.
+its pipe close and exits: no orphans. The trainer's own share is as guarded as ``sync``: a copy
+there that raises is named; one that kills its process ends the run.
 """
 
 from __future__ import annotations
@@ -70,8 +73,6 @@ def shares(num_envs: int, workers: int) -> list[tuple[int, int]]:
 
 class _SharedArrays:
     """The step's arrays in shared memory (one ``RawArray`` each), seen as numpy arrays."""
-
-    FIELDS = ("obs", "action", "reward", "terminated", "truncated")
 
     def __init__(self, ctx, num_envs: int, obs_space: gym.Space, action_space: gym.Space):
         self.layout = {
