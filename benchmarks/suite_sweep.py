@@ -38,6 +38,8 @@ CANDIDATES: dict[str, dict[str, list[str]]] = {
         "log-std-0": ["--log-std-init", "0"],
         "N64": ["--num-envs", "64"],
         "log-std-0-N32": ["--log-std-init", "0", "--num-envs", "32"],
+        "gamma0.995": ["--gamma", "0.995"],
+        "lr2e-3": ["--lr", "2e-3"],
     },
     "Hopper-v5": {"shipped": [], "gamma0.995": ["--gamma", "0.995"]},
     "Walker2d-v5": {"shipped": []},

@@ -319,8 +319,11 @@ ENV_DEFAULTS: dict[str, dict[str, Any]] = {
     "Hopper-v5": dict(_CONTROL, max_env_steps=3_000_000),
     "Walker2d-v5": dict(_CONTROL, max_env_steps=3_000_000),
     # a perfect 1000 (the spec's threshold is 950) within 1M steps: lr 3e-3 (lr 1e-3: 919 at 1M,
-    # seed 0), N = 32 (the steadiest of N 16/32, lr 1e-2, clipping, log-std 0 on seeds 1 and 2)
-    "InvertedPendulum-v5": dict(_CONTROL, num_envs=32, lr=3e-3, max_env_steps=1_000_000, target_return=1000.0),
+    # seed 0), N = 32 (the steadiest of N 16/32/64, lr 1e-2, clipping, log-std 0), gamma 0.995
+    # (median 975 of 3 seeds against 941 with 0.99)
+    "InvertedPendulum-v5": dict(
+        _CONTROL, num_envs=32, lr=3e-3, gamma=0.995, max_env_steps=1_000_000, target_return=1000.0
+    ),
     # Box2D (the box2d extra)
     "BipedalWalker-v3": dict(_CONTROL, max_env_steps=5_000_000),
     # _CONTROL without its Box-only settings, N = 32, lr 3e-3. No entropy bonus matters: with
