@@ -56,7 +56,16 @@ from fastpg.checkpoint import restart_count
 from fastpg.errors import ConfigError, DistributedError
 from fastpg.preflight import resolve_device
 
-__all__ = ["Shard", "Group", "launched_world_size", "process_group", "join_process_group", "rank_device", "backend_for"]
+__all__ = [
+    "Shard",
+    "Group",
+    "launched_world_size",
+    "local_world_size",
+    "process_group",
+    "join_process_group",
+    "rank_device",
+    "backend_for",
+]
 
 
 def launched_world_size() -> int:
@@ -264,7 +273,7 @@ def join_process_group(device: str | torch.device, timeout_s: float, backend: st
 
     here = rank_device(device, world_size)
     pinned = str(device) != "auto" and torch.device(device).index is not None  # cuda:I typed: shared by all
-    name = backend_for(here, backend, _local_world_size(world_size) if pinned else 1)
+    name = backend_for(here, backend, local_world_size(world_size) if pinned else 1)
     if here.type == "cuda":
         torch.cuda.set_device(here)  # NCCL's object collectives run on the current device
     timeout = datetime.timedelta(seconds=timeout_s)
@@ -282,7 +291,7 @@ def join_process_group(device: str | torch.device, timeout_s: float, backend: st
     return Group(here)
 
 
-def _local_world_size(world_size: int) -> int:
+def local_world_size(world_size: int) -> int:
     """Processes of this launch on this machine (torchrun's ``LOCAL_WORLD_SIZE``)."""
     local = os.environ.get("LOCAL_WORLD_SIZE", "")
     return int(local) if local.isdigit() else world_size
@@ -296,7 +305,7 @@ def rank_device(device: str | torch.device, world_size: int) -> torch.device:
     dev = resolve_device(str(device))
     if dev.type != "cuda" or dev.index is not None:
         return dev
-    local, count = _local_world_size(world_size), torch.cuda.device_count()
+    local, count = local_world_size(world_size), torch.cuda.device_count()
     if local > count:
         raise ConfigError(
             "device",

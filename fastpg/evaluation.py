@@ -29,7 +29,7 @@ EVAL_SEED_OFFSET = 1_000_003  # evaluation envs are seeded apart from the traini
 def evaluation_env(cfg: Config, device: torch.device, num_episodes: int) -> BatchedEnv:
     """``num_episodes`` copies of the config's env (async ids are stepped with sync here: no need
     for a worker process per evaluation episode)."""
-    backend = "sync" if resolve_backend(cfg.env, cfg.backend, num_episodes) == "async" else None
+    backend = "sync" if resolve_backend(cfg.env, cfg.backend) == "async" else None
     return env_from_config(cfg, device, num_episodes, backend=backend)
 
 

@@ -70,7 +70,9 @@ def footprint(cfg: Config, info: EnvInfo, *, backend: str, fused: bool, slice_ro
     elif backend == "sync":
         parts.append(Part("sync env copies", N * SYNC_ENV_BYTES, ("num_envs",)))
     elif backend == "pool":  # forked: a worker's own pages are what it writes (its envs, its heap)
-        workers = cfg.pool_workers or 1
+        from fastpg.envs.gym_vector import default_pool_workers
+
+        workers = min(N, cfg.pool_workers or default_pool_workers(N))
         parts.append(
             Part(
                 "pool workers and env copies",

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from fastpg.loss import SumAcross
 
-__all__ = ["ObsNormalizer", "running_moments_reference", "OBS_CLIP"]
+__all__ = ["ObsNormalizer", "normalized", "running_moments_reference", "OBS_CLIP"]
 
 OBS_CLIP = 10.0  # normalized observations are clipped to [-10, 10] (Tianshou, SB3's VecNormalize)
 _EPS = 1e-8
@@ -52,7 +52,7 @@ class ObsNormalizer(nn.Module):
         self.register_buffer("scale", torch.ones(dim))
 
     def forward(self, x: Tensor) -> Tensor:
-        return ((x - self.shift) * self.scale).clamp_(-OBS_CLIP, OBS_CLIP)
+        return normalized(x, self.shift, self.scale)
 
     @torch.no_grad()
     def update(self, x: Tensor, mask: Tensor, sum_across: SumAcross | None = None) -> None:
@@ -80,6 +80,12 @@ class ObsNormalizer(nn.Module):
         self.count.copy_(count)
         self.shift.copy_(self.mean)
         self.scale.copy_((self.var + _EPS).rsqrt())
+
+
+def normalized(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
+    """``(x - shift) * scale``, clipped to ``[-OBS_CLIP, OBS_CLIP]`` (``shift`` and ``scale``
+    broadcast against ``x``: one normalizer's, or K members' stacked)."""
+    return ((x - shift) * scale).clamp_(-OBS_CLIP, OBS_CLIP)
 
 
 def running_moments_reference(batches: list[Tensor]) -> tuple[Tensor, Tensor]:

@@ -98,7 +98,7 @@ def choose_device(cfg: Config, *, members: int = 1) -> DeviceChoice:
     from fastpg.policy import MLPPolicy
 
     cuda = torch.device("cuda")
-    if resolve_backend(cfg.env, cfg.backend, cfg.num_envs) != "torch":
+    if resolve_backend(cfg.env, cfg.backend) != "torch":
         return DeviceChoice(cuda, "auto: CUDA is available (the fused CPU epoch needs a native env)")
     env = make_env(cfg.env, 1, device=cpu)
     try:

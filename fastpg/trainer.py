@@ -40,6 +40,7 @@ from fastpg.errors import ConfigError, NonFiniteError
 from fastpg.evaluation import EVAL_SEED_OFFSET, TargetCheck, evaluate, evaluation_env
 from fastpg.fused import FusedEpoch, KernelCall, fused_problem
 from fastpg.graph import GraphedEpoch, graph_problem
+from fastpg.loss import SumAcross
 from fastpg.metrics import EpisodeWindow, PhaseTimer
 from fastpg.placement import DeviceChoice, choose_device, choose_threads, collect_threads, threads
 from fastpg.policy import MLPPolicy
@@ -239,7 +240,7 @@ class Trainer:
         apply = apply and bad_data is None
         # Data-parallel runs sum the update across the ranks (the CUDA graph is a one-process path).
         across = {"sum_across": self._sum_across} if self.group is not None else {}
-        self._schedule_lr()
+        self.schedule_lr()
         with threads(self.threads):
             if self.fused is not None:
                 stats, bad = self.fused.update(
@@ -249,12 +250,19 @@ class Trainer:
                 stats, bad = reinforce_update(
                     self.policy, self.optimizer, self.buf, self.carry.obs, self.settings, apply=apply, **across
                 )
-            normalizer = getattr(self.policy, "obs_normalizer", None)
-            if normalizer is not None and apply and bad is None:  # after the step: the epoch acted with the old
-                normalizer.update(self.buf["obs"], self.buf["valid"], across.get("sum_across"))
+            if apply and bad is None:
+                self.merge_observations(**across)
         return self.record_update(stats, bad, bad_data)
 
-    def _schedule_lr(self) -> None:  # also called by fastpg.population for its members
+    def merge_observations(self, sum_across: SumAcross | None = None) -> None:
+        """``obs_norm``: merge the epoch's valid observations into the policy's statistics, after
+        its update step (the epoch acted and was differentiated with the statistics before it).
+        Called by ``update``, and by a population for each member whose step it applied."""
+        normalizer = getattr(self.policy, "obs_normalizer", None)
+        if normalizer is not None:
+            normalizer.update(self.buf["obs"], self.buf["valid"], sum_across)
+
+    def schedule_lr(self) -> None:
         """``lr_schedule="linear"``: the learning rate of this update, ``lr`` times the share of
         the budget left (env steps, or epochs where ``max_epochs`` ends sooner), from the counters,
         so a resumed run continues the same schedule."""

@@ -275,11 +275,10 @@ def step_cost_s(env_id: str, steps: int = 40) -> float:
 def default_pool_workers(num_envs: int) -> int:
     """The pool's default W: the usable cores, shared among the processes a torchrun launch runs on
     this machine (``LOCAL_WORLD_SIZE``), at least 1 and at most ``num_envs``."""
+    from fastpg.distributed import local_world_size
     from fastpg.placement import usable_cores
 
-    local = os.environ.get("LOCAL_WORLD_SIZE", "")
-    processes = int(local) if local.isdigit() and int(local) > 0 else 1
-    return max(1, min(num_envs, usable_cores() // processes))
+    return max(1, min(num_envs, usable_cores() // max(1, local_world_size(1))))
 
 
 def _make_pool(env_id: str, num_envs: int, workers: int | None) -> gym.vector.VectorEnv:
@@ -288,8 +287,6 @@ def _make_pool(env_id: str, num_envs: int, workers: int | None) -> gym.vector.Ve
     workers = min(num_envs, workers or default_pool_workers(num_envs))
     try:
         return PoolVectorEnv(env_id, num_envs, workers)
-    except EnvWorkerError:
-        raise
     except OSError as e:  # fork refused: a process or memory limit
         raise EnvWorkerError(
             f"env {env_id}: could not start {workers} pool worker processes ({e.strerror or e}); "
@@ -317,7 +314,7 @@ class GymVectorEnv:
         self._async = isinstance(vec_env, gym.vector.AsyncVectorEnv)
         # Processes stepping the copies beside the trainer's (the pool's workers): the trainer's
         # torch threads yield them the cores while it collects (fastpg.placement.collect_threads).
-        self.worker_processes = len(getattr(vec_env, "processes", ())) if not self._async else 0
+        self.worker_processes = getattr(vec_env, "worker_processes", 0)
         self._broken = False  # async workers stopped after a failure (_stop_workers)
         self.async_timeout_s = ASYNC_TIMEOUT_S
         # gymnasium seeds copy i with seed + i; a data-parallel shard's copies are rows lo... of the

@@ -99,8 +99,8 @@ class _SharedArrays:
 class _Share:
     """Copies ``lo..hi-1`` as a ``SyncVectorEnv``, writing what they return into the shared arrays."""
 
-    def __init__(self, env_id: str, lo: int, hi: int, arrays: _SharedArrays):
-        self.lo = lo
+    def __init__(self, env_id: str, lo: int, hi: int):
+        self.lo, self.hi = lo, hi
         self.vec = gym.make_vec(
             env_id,
             num_envs=hi - lo,
@@ -108,7 +108,11 @@ class _Share:
             vector_kwargs={"copy": False},
             wrappers=[_name_copies()],  # a copy's failure names it (index within the share)
         )
-        self.view = {name: a[lo:hi] for name, a in arrays.views().items()}
+        self.view: dict[str, np.ndarray] = {}
+
+    def attach(self, arrays: _SharedArrays) -> None:
+        """Read actions from, and write results into, this share's rows of ``arrays``."""
+        self.view = {name: a[self.lo : self.hi] for name, a in arrays.views().items()}
 
     def step(self) -> None:
         v = self.view
@@ -152,7 +156,8 @@ def _worker(
     with contextlib.suppress(OSError):
         os.setpgid(0, 0)  # out of the launcher's process group (see the module docstring)
     try:
-        share = _Share(env_id, lo, hi, arrays)
+        share = _Share(env_id, lo, hi)
+        share.attach(arrays)
     except Exception as e:
         conn.send_bytes(_ERROR + pickle.dumps((None, f"{type(e).__name__}: {' '.join(str(e).split())}")))
         return
@@ -212,20 +217,16 @@ class PoolVectorEnv(gym.vector.VectorEnv):
         self.pipes: list[Connection] = []
         self.metadata = {"autoreset_mode": AutoresetMode.NEXT_STEP}
         ctx = multiprocessing.get_context()
-        self._own = None
-        probe = gym.make(env_id)
-        try:
-            self.single_observation_space = probe.observation_space
-            self.single_action_space = probe.action_space
-            self.spec = probe.spec
-            self.render_mode = probe.render_mode
-        finally:
-            probe.close()
+        self._own = _Share(env_id, *self.shares[0])  # built first: its spaces are the pool's
+        own = self._own.vec
+        self.single_observation_space, self.single_action_space = own.single_observation_space, own.single_action_space
+        self.spec, self.render_mode = own.spec, own.render_mode
         self.observation_space = batch_space(self.single_observation_space, num_envs)
         self.action_space = batch_space(self.single_action_space, num_envs)
         self._arrays = _SharedArrays(ctx, num_envs, self.single_observation_space, self.single_action_space)
         self._view = self._arrays.views()
-        with _workers_ignore_sigint():
+        self._own.attach(self._arrays)
+        with _workers_ignore_sigint(), self._stopped_on_failure():
             for lo, hi in self.shares[1:]:
                 parent_end, child_end = ctx.Pipe()
                 process = ctx.Process(
@@ -238,12 +239,21 @@ class PoolVectorEnv(gym.vector.VectorEnv):
                 child_end.close()
                 self.processes.append(process)
                 self.pipes.append(parent_end)
+        self._wait_all("start")
+
+    @contextlib.contextmanager
+    def _stopped_on_failure(self):
+        """Starting the workers: one that cannot start (fork refused) stops those already started."""
         try:
-            self._own = _Share(env_id, *self.shares[0], self._arrays)
-        except Exception:
+            yield
+        except BaseException:
             self._stop()
             raise
-        self._wait_all("start")
+
+    @property
+    def worker_processes(self) -> int:
+        """Processes stepping copies beside the trainer's (W - 1)."""
+        return len(self.processes)
 
     # -- commands ---------------------------------------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict | None = None):
@@ -257,16 +267,14 @@ class PoolVectorEnv(gym.vector.VectorEnv):
         return v["obs"], v["reward"], v["terminated"], v["truncated"], {}
 
     def close(self, **kwargs) -> None:
-        """Ask every worker to close its envs, close this process's share, and make sure every
-        worker has exited."""
+        """Ask every worker to close its envs, then stop the pool (``_stop``: every worker exited,
+        this process's share closed)."""
         if self.closed:
             return
         self.closed = True
         for pipe in self.pipes:
             with contextlib.suppress(Exception):
                 pipe.send_bytes(_CLOSE)
-        if self._own is not None:
-            self._own.close()
         deadline = time.monotonic() + 2.0
         for pipe in self.pipes:
             with contextlib.suppress(Exception):
@@ -333,8 +341,7 @@ class PoolVectorEnv(gym.vector.VectorEnv):
         for pipe in self.pipes:
             with contextlib.suppress(Exception):
                 pipe.close()
-        if self._own is not None:
-            self._own.close()
+        self._own.close()
 
     def __del__(self):
         with contextlib.suppress(Exception), warnings.catch_warnings():

@@ -77,9 +77,8 @@ class GenericBatch:
     # -- collect -------------------------------------------------------------------------------------
     def collect(self, members: Sequence[Trainer]) -> None:
         envs, buf = self._layout(members)
-        policy = members[0].policy
         params = stacked_parameters([m.policy for m in members])
-        sampler = StackedSampler(policy, params, [m.generator for m in members], policies=[m.policy for m in members])
+        sampler = StackedSampler([m.policy for m in members], params, [m.generator for m in members])
         carry = Carry(*(torch.cat([getattr(m.carry, f) for m in members]) for f in Carry.__dataclass_fields__))
         collect(envs, sampler, buf, carry)
         envs.scatter()
@@ -132,8 +131,7 @@ class GenericBatch:
                 p.grad = grads[name][k] if some and bad[k] is None else None
             if bad[k] is None and apply:
                 m.optimizer.step()
-                if m.policy.obs_normalizer is not None:  # after the step, as Trainer.update
-                    m.policy.obs_normalizer.update(m.buf["obs"], m.buf["valid"])
+                m.merge_observations()
             stats = {key: parts[key][k] for key in ("loss", "policy_loss", "value_loss", "entropy")}
             stats.update(
                 grad_norm=norm[k].detach(),
@@ -175,11 +173,9 @@ class GenericBatch:
                 evaluations.append(r.member.evaluation(r.num_episodes, deterministic=r.deterministic, seed=r.seed))
             first = [e.env.reset(seed=e.seed).to(torch.float32) for e in evaluations]
             envs = StackedEnvs([e.env for e in evaluations])
-            policy = requests[0].member.policy
             params = stacked_parameters([r.member.policy for r in requests])
-            sampler = StackedSampler(policy, params, [e.generator for e in evaluations],
-                                     deterministic=requests[0].deterministic,
-                                     policies=[r.member.policy for r in requests])  # fmt: skip
+            sampler = StackedSampler([r.member.policy for r in requests], params, [e.generator for e in evaluations],
+                                     deterministic=requests[0].deterministic)  # fmt: skip
             limit = envs.info.max_episode_steps or 100_000
             with torch.inference_mode():
                 ret, length, running = play_first_episodes(

@@ -24,7 +24,7 @@ from torch.distributions import Distribution
 
 from fastpg.envs import BatchedEnv, NativeEnv, make_env
 from fastpg.envs.base import Step
-from fastpg.normalization import OBS_CLIP
+from fastpg.normalization import normalized
 from fastpg.policy import MLPPolicy, gumbel_choice, gumbel_shape, mode_action
 
 __all__ = [
@@ -126,7 +126,7 @@ def member_inputs(policies: Sequence[MLPPolicy], x: Tensor) -> Tensor:
         return x
     shift = torch.stack([p.obs_normalizer.shift for p in policies]).unsqueeze(1)
     scale = torch.stack([p.obs_normalizer.scale for p in policies]).unsqueeze(1)
-    return ((x - shift) * scale).clamp_(-OBS_CLIP, OBS_CLIP)
+    return normalized(x, shift, scale)
 
 
 class StackedSampler:
@@ -135,12 +135,12 @@ class StackedSampler:
     and in the order its ``MLPPolicy.act`` draws them (so a member's actions are those of its
     single run up to the rounding of the batched matrix products)."""
 
-    def __init__(self, policy: MLPPolicy, params: dict[str, Tensor], generators: Sequence[torch.Generator],
-                 *, deterministic: bool = False, policies: Sequence[MLPPolicy] | None = None):  # fmt: skip
-        self.policy, self.params, self.generators = policy, params, list(generators)
-        self.policies = list(policies) if policies is not None else [policy] * len(self.generators)
+    def __init__(self, policies: Sequence[MLPPolicy], params: dict[str, Tensor], generators: Sequence[torch.Generator],
+                 *, deterministic: bool = False):  # fmt: skip
+        self.policies, self.params, self.generators = list(policies), params, list(generators)
+        self.policy = self.policies[0]  # the members' shared structure (sizes, activation, action space)
         self.deterministic = deterministic
-        self.action_bound = policy.action_bound  # how the collector hands Box actions to the env
+        self.action_bound = self.policy.action_bound  # how the collector hands Box actions to the env
 
     def act(self, obs: Tensor, generator: torch.Generator | None = None) -> Tensor:
         K = len(self.generators)

@@ -100,7 +100,7 @@ class PopulationTrainer:
         with timer("update"):
             applies = [not c and d.bad_data is None for c, d in zip(confirmed, data)]
             for m in ms:
-                m._schedule_lr()
+                m.schedule_lr()
             computed = self.engine.update(ms, applies)
             stats: list[dict[str, torch.Tensor] | None] = []
             for k, m, d, (st, bad) in zip(live, ms, data, computed):
