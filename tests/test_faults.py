@@ -602,3 +602,16 @@ def test_an_env_that_cannot_be_built_is_one_line_and_exit_two(env_id, said, back
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"fastpg: error: --env: could not create {env_id}"), err
     assert said in err[0]
+
+
+def test_wandb_without_its_package_is_one_line_before_anything_is_written(tmp_path, capsys, monkeypatch):
+    """--wandb where the wandb package is absent (hidden here): refused by the checks before the
+    run starts, naming the field and the extra; no metrics file is begun."""
+    from fastpg.cli import main
+
+    monkeypatch.setitem(sys.modules, "wandb", None)  # `import wandb` raises ImportError
+    metrics = tmp_path / "m.jsonl"
+    assert main(["train", "--wandb", "my-project", "--metrics-file", str(metrics), *QUICK]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["fastpg: error: --wandb: needs the wandb package (the wandb extra: pip install -e '.[wandb]')"]
+    assert not metrics.exists()
