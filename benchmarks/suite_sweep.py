@@ -40,6 +40,7 @@ CANDIDATES: dict[str, dict[str, list[str]]] = {
         "log-std-0-N32": ["--log-std-init", "0", "--num-envs", "32"],
         "gamma0.995": ["--gamma", "0.995"],
         "lr2e-3": ["--lr", "2e-3"],
+        "det-eval": ["--eval-deterministic"],
     },
     "Hopper-v5": {"shipped": [], "gamma0.995": ["--gamma", "0.995"]},
     "Walker2d-v5": {"shipped": []},
@@ -52,6 +53,8 @@ CANDIDATES: dict[str, dict[str, list[str]]] = {
         "6M": ["--max-env-steps", "6000000"],
         "N32": ["--num-envs", "32"],
         "N64": ["--num-envs", "64"],
+        "det-eval": ["--eval-deterministic"],
+        "det-eval-6M": ["--eval-deterministic", "--max-env-steps", "6000000"],
     },
     "BipedalWalker-v3": {"shipped": []},
 }

@@ -7,6 +7,8 @@ import json
 import math
 import os
 import platform
+import secrets
+import string
 import sys
 import time
 from collections import defaultdict, deque
@@ -33,6 +35,8 @@ __all__ = [
     "run_header",
     "TensorBoardSink",
     "WandbSink",
+    "wandb_run_ids",
+    "new_wandb_id",
 ]
 
 
@@ -302,7 +306,15 @@ class WandbSink:
     ``WANDB_MODE=offline`` it writes the run under ``WANDB_DIR`` (default ``./wandb``) and needs no
     network (``wandb sync`` uploads it later). A context manager; the run is finished on close."""
 
-    def __init__(self, project: str, header: dict[str, Any], *, name: str | None = None, group: str | None = None):
+    def __init__(
+        self,
+        project: str,
+        header: dict[str, Any],
+        *,
+        name: str | None = None,
+        group: str | None = None,
+        run_id: str | None = None,
+    ):
         import wandb
 
         config = dict(header.get("config", {}))
@@ -314,6 +326,8 @@ class WandbSink:
             name=name,
             group=group,
             config=config,
+            id=run_id,  # a resumed fastpg run continues its W&B run (wandb_run_ids)
+            resume="allow" if run_id is not None else None,
             reinit="create_new",  # a population's members: one run each, open together
         )
         self._run.define_metric("train/*", step_metric="env_steps")
@@ -340,3 +354,33 @@ class WandbSink:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+WANDB_IDS_FILE = "wandb-runs.json"
+
+
+def new_wandb_id() -> str:
+    """A fresh W&B run id: 8 random lowercase letters and digits, as W&B makes its own."""
+    return "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
+
+
+def wandb_run_ids(checkpoint_dir: Path | None, resumed: bool, fresh: dict[str, str]) -> dict[str, str]:
+    """The W&B run ids (and group) of a run, kept in its checkpoint directory so that a resumed
+    run logs on into the W&B runs it started (``wandb.init(id=..., resume="allow")``): those
+    saved there when ``resumed``, else ``fresh`` (``new_wandb_id()`` per run), saved
+    there for a later resume. Without a checkpoint directory nothing can resume: ``fresh``."""
+    path = None if checkpoint_dir is None else Path(checkpoint_dir) / WANDB_IDS_FILE
+    if resumed and path is not None and path.is_file():
+        with contextlib.suppress(OSError, ValueError):
+            saved = json.loads(path.read_text())
+            if isinstance(saved, dict) and all(isinstance(v, str) for v in saved.values()):
+                return {**fresh, **saved}
+    if path is not None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_text(json.dumps(fresh))
+            os.replace(tmp, path)
+        except OSError as e:
+            raise OutputError(f"checkpoint_dir: cannot write {path}: {e.strerror or e}") from e
+    return fresh

@@ -44,8 +44,10 @@ from fastpg.metrics import (
     WandbSink,
     final_line,
     jsonable,
+    new_wandb_id,
     rounded,
     run_header,
+    wandb_run_ids,
 )
 from fastpg.placement import placement_record
 from fastpg.preflight import check_config
@@ -153,7 +155,9 @@ def _train(
             if cfg.tensorboard is not None:
                 sinks.append(stack.enter_context(TensorBoardSink(cfg.tensorboard, header)))
             if cfg.wandb is not None:
-                sinks.append(stack.enter_context(WandbSink(cfg.wandb, header, name=f"{cfg.env}-seed{cfg.seed}")))
+                ids = wandb_run_ids(ckpt_dir, state is not None, {"run": new_wandb_id()})
+                run = WandbSink(cfg.wandb, header, name=f"{cfg.env}-seed{cfg.seed}", run_id=ids["run"])
+                sinks.append(stack.enter_context(run))
 
         if continued and state is not None:
             state = {**state, "restarts": int(state.get("restarts", 0)) + 1}

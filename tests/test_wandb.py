@@ -4,6 +4,7 @@ tested in W&B's offline mode (no network; the run is written under WANDB_DIR).""
 from __future__ import annotations
 
 import json
+import re
 import struct
 
 import pytest
@@ -61,6 +62,14 @@ def _records(run_dir) -> dict[str, list[dict]]:
     return out
 
 
+def _runs(wandb_dir) -> list:
+    """The offline runs' directories, once W&B's service has written them out: ``finish`` returns
+    before the service has flushed every run's log (a member's file was seen holding its header
+    alone), so the service is shut down first."""
+    wandb.teardown()
+    return sorted((wandb_dir / "wandb").glob("offline-run-*"))
+
+
 def _history(run_dir) -> list[dict]:
     return [row for row in _records(run_dir)["history"] if "env_steps" in row]
 
@@ -68,7 +77,7 @@ def _history(run_dir) -> list[dict]:
 def test_a_run_logs_every_epoch_its_config_and_its_summary(offline):
     cfg = Config(num_envs=4, num_steps=32, max_epochs=3, eval_episodes=2, quiet=True, wandb="fastpg-tests", seed=4)
     summary = train(cfg)
-    (run_dir,) = (offline / "wandb").glob("offline-run-*")
+    (run_dir,) = _runs(offline)
     rows = _history(run_dir)
     assert [r["env_steps"] for r in rows] == sorted(r["env_steps"] for r in rows) and len(rows) == 3
     assert {"train/loss", "train/entropy", "train/return_mean", "train/sps"} <= rows[0].keys()
@@ -83,8 +92,38 @@ def test_a_population_logs_one_run_per_member(offline, capsys):
     code = main(["train", "--seeds", "2", "--num-envs", "4", "--num-steps", "32", "--max-epochs", "2",
                  "--eval-episodes", "0", "--quiet", "--wandb", "fastpg-tests"])  # fmt: skip
     assert code == 0
-    runs = sorted((offline / "wandb").glob("offline-run-*"))
+    runs = _runs(offline)
     assert len(runs) == 2 and all(len(_history(r)) == 2 for r in runs)
+
+
+def _run_id(run_dir) -> str:
+    """The W&B run id in an offline run's directory name: offline-run-<date>_<time>-<id>[-<n>] (W&B
+    numbers a second directory of the same run and second)."""
+    return re.fullmatch(r"offline-run-\d{8}_\d{6}-([a-z0-9]+)(-\d+)?", run_dir.name).group(1)
+
+
+def test_a_resumed_run_logs_on_into_its_wandb_run_and_a_fresh_one_starts_another(offline, tmp_path):
+    ckpt = tmp_path / "ckpt"
+    cfg = Config(num_envs=4, num_steps=32, max_epochs=2, eval_episodes=0, quiet=True, wandb="fastpg-tests",
+                 checkpoint_dir=ckpt, seed=1)  # fmt: skip
+    train(cfg)
+    train(cfg.replace(checkpoint_dir=None, resume=ckpt, max_epochs=4))
+    first, resumed = _runs(offline)
+    assert _run_id(first) == _run_id(resumed)
+    assert [r["env_steps"] for r in _history(resumed)] == [128 * 3, 128 * 4]  # epochs 3 and 4
+    train(cfg.replace(overwrite=True))  # a fresh run in the same directory: a W&B run of its own
+    ids = {_run_id(r) for r in _runs(offline)}
+    assert len(ids) == 2
+
+
+def test_a_resumed_population_logs_on_into_its_members_runs(offline, tmp_path, capsys):
+    ckpt = tmp_path / "ckpt"
+    flags = ["--eval-episodes", "0", "--quiet", "--wandb", "fastpg-tests"]
+    start = ["train", "--seeds", "2", "--num-envs", "4", "--num-steps", "32", "--max-epochs", "1"]
+    assert main([*start, *flags, "--checkpoint-dir", str(ckpt)]) == 0
+    assert main(["train", "--resume", str(ckpt), "--max-epochs", "2", *flags]) == 0  # the members are the saved ones
+    runs = _runs(offline)
+    assert len(runs) == 4 and len({_run_id(r) for r in runs}) == 2
 
 
 def test_a_blank_project_is_refused():

@@ -33,7 +33,17 @@ from fastpg.distributed import Group, process_group
 from fastpg.envs import resolve_backend
 from fastpg.errors import ConfigError, EnvWorkerError, OutputError
 from fastpg.interrupts import StopOnSignals, signal_of
-from fastpg.metrics import JsonlSink, TensorBoardSink, WandbSink, format_si, jsonable, rounded, run_header
+from fastpg.metrics import (
+    JsonlSink,
+    TensorBoardSink,
+    WandbSink,
+    format_si,
+    jsonable,
+    new_wandb_id,
+    rounded,
+    run_header,
+    wandb_run_ids,
+)
 from fastpg.population.progress import PopulationProgress
 from fastpg.population.spec import Population
 from fastpg.population.trainer import PopulationTrainer
@@ -90,7 +100,7 @@ def _train(population: Population, numbers: list[int] | None, group: Group | Non
             trainer.load_state_dict(state, source=str(base.resume / CHECKPOINT_NAME))
         processes = group.world_size if group is not None else 1
         header = population_header(population, trainer, resumed_at, processes)
-        sinks = _open_sinks(population, header, stack) if writes else _Sinks([], {})
+        sinks = _open_sinks(population, header, stack, ckpt_dir, state is not None) if writes else _Sinks([], {})
         summary, failure = _run(population, trainer, group, sinks, ckpt_dir, writes)
         if not writes:
             return summary
@@ -146,7 +156,9 @@ class _Sinks:
                 board.write(summary)
 
 
-def _open_sinks(population: Population, header: dict[str, Any], stack: contextlib.ExitStack) -> _Sinks:
+def _open_sinks(
+    population: Population, header: dict[str, Any], stack: contextlib.ExitStack, ckpt_dir: Path | None, resumed: bool
+) -> _Sinks:
     base = population.base
     jsonl = []
     if base.metrics_file is not None:
@@ -154,14 +166,21 @@ def _open_sinks(population: Population, header: dict[str, Any], stack: contextli
         sink.write(header)
         jsonl.append(sink)
     boards: dict[int, list[TensorBoardSink | WandbSink]] = {i: [] for i in range(len(population))}
-    group = f"{base.env}-population-{time.strftime('%Y%m%d-%H%M%S')}"
+    ids: dict[str, str] = {}
+    if base.wandb is not None:  # a resumed population logs on into its members' W&B runs
+        fresh = {"group": f"{base.env}-population-{time.strftime('%Y%m%d-%H%M%S')}"}
+        fresh.update({f"member{i:03d}": new_wandb_id() for i in range(len(population))})
+        ids = wandb_run_ids(ckpt_dir, resumed, fresh)
     for i in range(len(population)):
         member_header = {**header, "member": i, "config": population.members[i].to_dict()}
         if base.tensorboard is not None:
             board = TensorBoardSink(Path(base.tensorboard) / f"member_{i:03d}", member_header)
             boards[i].append(stack.enter_context(board))
         if base.wandb is not None:
-            run = WandbSink(base.wandb, member_header, name=f"{group}-member{i:03d}", group=group)
+            group = ids["group"]
+            run = WandbSink(
+                base.wandb, member_header, name=f"{group}-member{i:03d}", group=group, run_id=ids[f"member{i:03d}"]
+            )
             boards[i].append(stack.enter_context(run))
     return _Sinks(jsonl, boards)
 
