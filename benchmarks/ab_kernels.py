@@ -6,7 +6,7 @@ Both builds are loaded into one process (the previous one from ``git show REV:fa
 drive two trainers of the same configuration through the fused epoch, epochs interleaved (ABBA), so
 that this VM's drift between processes (+-30%) cancels. Prints per configuration the median
 collect and update times and the epoch's steps/s of each, and the ratio. Configurations: the cells
-of issue 11's targets (and the defaults); name some to run only those.
+of issue 11's targets (and the defaults) and issue 21's; name some to run only those.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 from types import ModuleType
 
 from fastpg import Config, Trainer
-from fastpg._kernels import SOURCE_DIR, kernels
+from fastpg._kernels import _CFLAGS, _LDFLAGS, SOURCE_DIR, kernels
 
 CONFIGS = {
     "N8_T512_128relu": dict(num_envs=8, num_steps=512),
@@ -29,6 +29,11 @@ CONFIGS = {
     "N64_T256_128relu": dict(num_envs=64, num_steps=256),
     "N256_T128_32tanh": dict(num_envs=256, num_steps=128, hidden_sizes=(32,), activation="tanh"),
     "N16384_T128_32tanh": dict(num_envs=16384, num_steps=128, hidden_sizes=(32,), activation="tanh"),
+    # issue 21's cells: native envs on their settings (Config.for_env), the value baseline
+    "Pendulum": dict(env="Pendulum-v1"),
+    "MountainCarContinuous": dict(env="MountainCarContinuous-v0"),
+    "Acrobot": dict(env="Acrobot-v1"),
+    "CartPole_value": dict(env="CartPole-v1", baseline="value"),
 }
 
 
@@ -56,16 +61,18 @@ def build_at(rev: str) -> ModuleType:
         name=f"fastpg_kernels_ab_{commit.stdout.strip()}",
         sources=[str(src / "kernels.cpp")],
         extra_include_paths=[str(src)],
-        extra_cflags=["-O3", "-march=native", "-ffp-contract=off", "-fno-fast-math", "-Wno-psabi"],
+        extra_cflags=_CFLAGS,  # fastpg's own flags (OpenMP included: without it parallel_for is serial)
+        extra_ldflags=_LDFLAGS,
     )
 
 
 def compare(name: str, modules: dict[str, ModuleType]) -> str:
-    cfg = Config(**CONFIGS[name], target_return=1e9, quiet=True)
+    cfg = Config.for_env(**{"env": "CartPole-v1", **CONFIGS[name]}, target_return=1e9, quiet=True)
     trainers = {}
     for tag, module in modules.items():
         trainers[tag] = Trainer(cfg)
-        trainers[tag].fused.kernels = module
+        trainers[tag].fused.kernels = module  # the update
+        trainers[tag].fused.module = module  # the collect (the native envs' kernels are in this module)
     steps = cfg.num_envs * cfg.num_steps
     reps = max(3, min(40, 2_000_000 // steps))
     times: dict[str, dict[str, list[float]]] = {tag: {"collect": [], "update": []} for tag in modules}

@@ -7,7 +7,8 @@ stable-baselines3 PPO with rl-baselines3-zoo's settings.
         --json benchmarks/results/suites/<date>.json
 
 fastpg: one ``fastpg train --env ID`` process per seed (its shipped settings, ``Config.for_env``),
-the final evaluation of ``--eval-episodes`` fresh episodes sampled from the policy, the env steps
+the final evaluation of ``--eval-episodes`` fresh episodes as the settings say (the Gaussian's
+mean for the MuJoCo ids and BipedalWalker, sampled for LunarLander), the env steps
 and the whole process's wall time. PPO: ``--ppo-seeds`` runs, each given the median fastpg wall
 time of that env (``--ppo-budget-s`` overrides), trained in chunks until the budget is spent,
 then evaluated on the same number of episodes (deterministic actions, as rl-zoo evaluates; with

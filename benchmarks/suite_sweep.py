@@ -55,6 +55,9 @@ CANDIDATES: dict[str, dict[str, list[str]]] = {
         "N64": ["--num-envs", "64"],
         "det-eval": ["--eval-deterministic"],
         "det-eval-6M": ["--eval-deterministic", "--max-env-steps", "6000000"],
+        "gamma0.999-e0": ["--gamma", "0.999"],
+        "clip0.5": ["--max-grad-norm", "0.5"],
+        "T500": ["--num-steps", "500"],
     },
     "BipedalWalker-v3": {"shipped": []},
 }

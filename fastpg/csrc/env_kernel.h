@@ -156,69 +156,105 @@ void collect_impl(const Mlp& mlp, const Gaussian* gauss, at::Generator& policy_g
   if (!kBox) fill_uniform(u_all, 0.0, 1.0, policy_gen);
   if (kBox && !normals_per_step) u_all.normal_(0.0, 1.0, policy_gen);
   torch::Tensor fresh_all = select ? E::reset(env_gen, T_, NT, dtype).contiguous() : torch::Tensor();
-  std::vector<int64_t> done_idx;
-  // Env copies in blocks of 16 (one per lane of the policy's forward pass), blocks in parallel.
+  // Env copies in blocks of 16 (one per lane of the policy's forward pass).
   const int64_t blocks = (N + kLanes - 1) / kLanes;
-  const int64_t grain = std::max<int64_t>(4, 1024 / std::max<int64_t>(mlp.widest, 1));
   const int64_t scratch = act_scratch(mlp);
   std::memcpy(st.obs, carry_obs, sizeof(float) * N * O);  // obs[0]: the carried observation
-  for (int64_t t = 0; t < T_; ++t) {
-    // Python's signal handlers run here, in the thread that holds the GIL: a KeyboardInterrupt from
-    // a second Ctrl-C (fastpg.interrupts) ends a long epoch at once instead of after it.
-    if (main_thread && PyErr_CheckSignals() != 0) throw pybind11::error_already_set();
-    if (normals_per_step) u_all.normal_(0.0, 1.0, policy_gen);
+
+  // Step t of the blocks [b0, b1): the policy's actions, the env steps (with the done copies'
+  // reset where they are selected from the drawn states), the storage's entries.
+  auto step_blocks = [&](int64_t t, int64_t b0, int64_t b1, vec16* lanes) {
     const float* u = u_all.data_ptr<float>() + ((normals_per_step ? 0 : t * NT) + lo) * per;
     const T* fresh = select ? fresh_all.data_ptr<T>() + t * D * NT + lo : nullptr;
     const int64_t row = t * N;
-    at::parallel_for(0, blocks, grain, [&](int64_t begin, int64_t end) {
-      // The chunk's own scratch (thread numbers are all 0 when this runs inside a batched call).
-      std::vector<vec16> scratch_lanes(scratch);
-      vec16* lanes = scratch_lanes.data();
-      int64_t actions[kLanes];
-      float clipped[kLanes * AD];
-      for (int64_t blk = begin; blk < end; ++blk) {
-        const int64_t n0 = blk * kLanes, count = std::min(kLanes, N - n0);
-        const float* obs = st.obs + (row + n0) * O;
+    int64_t actions[kLanes];
+    float clipped[kLanes * AD];
+    for (int64_t blk = b0; blk < b1; ++blk) {
+      const int64_t n0 = blk * kLanes, count = std::min(kLanes, N - n0);
+      const float* obs = st.obs + (row + n0) * O;
+      if constexpr (kBox) {
+        gaussian_block(mlp, *gauss, obs, count, u + n0 * per, lanes, static_cast<float*>(st.action) + (row + n0) * AD,
+                       clipped);
+      } else {
+        act_block(mlp, obs, count, u + n0 * per, lanes, actions);
+      }
+      for (int64_t n = n0; n < n0 + count; ++n) {
+        const int64_t i = row + n;
+        T s[D], v[D], r;
+        for (int k = 0; k < D; ++k) s[k] = state[k * N + n];
+        bool term;
         if constexpr (kBox) {
-          gaussian_block(mlp, *gauss, obs, count, u + n0 * per, lanes,
-                         static_cast<float*>(st.action) + (row + n0) * AD, clipped);
+          term = E::step(s, static_cast<const float*>(clipped + (n - n0) * AD), elapsed[n], v, r);
         } else {
-          act_block(mlp, obs, count, u + n0 * per, lanes, actions);
+          const int64_t a = actions[n - n0];
+          static_cast<int64_t*>(st.action)[i] = a;
+          term = E::step(s, a, elapsed[n], v, r);
         }
-        for (int64_t n = n0; n < n0 + count; ++n) {
-          const int64_t i = row + n;
-          T s[D], v[D], r;
-          for (int k = 0; k < D; ++k) s[k] = state[k * N + n];
-          bool term;
-          if constexpr (kBox) {
-            term = E::step(s, static_cast<const float*>(clipped + (n - n0) * AD), elapsed[n], v, r);
-          } else {
-            const int64_t a = actions[n - n0];
-            static_cast<int64_t*>(st.action)[i] = a;
-            term = E::step(s, a, elapsed[n], v, r);
-          }
-          const int64_t el = elapsed[n] + 1;
-          const bool d = term || el >= max_steps;
-          elapsed[n] = d ? 0 : el;
-          for (int k = 0; k < D; ++k) {
-            final_state[k * N + n] = v[k];
-            state[k * N + n] = (select && d) ? fresh[k * NT + n] : v[k];
-          }
-          const float rf = static_cast<float>(r);
-          st.reward[i] = rf;
-          st.done[i] = d;
-          st.terminated[i] = term;
-          st.valid[i] = true;
-          const float ret = carry_ret[n] + rf;  // episode totals, as episode_totals_reference
-          const int64_t len = carry_len[n] + 1;
-          st.ep_return[i] = ret;
-          st.ep_length[i] = len;
-          carry_ret[n] = d ? 0.0f : ret;
-          carry_len[n] = d ? 0 : len;
+        const int64_t el = elapsed[n] + 1;
+        const bool d = term || el >= max_steps;
+        elapsed[n] = d ? 0 : el;
+        for (int k = 0; k < D; ++k) {
+          final_state[k * N + n] = v[k];
+          state[k * N + n] = (select && d) ? fresh[k * NT + n] : v[k];
         }
+        const float rf = static_cast<float>(r);
+        st.reward[i] = rf;
+        st.done[i] = d;
+        st.terminated[i] = term;
+        st.valid[i] = true;
+        const float ret = carry_ret[n] + rf;  // episode totals, as episode_totals_reference
+        const int64_t len = carry_len[n] + 1;
+        st.ep_return[i] = ret;
+        st.ep_length[i] = len;
+        carry_ret[n] = d ? 0.0f : ret;
+        carry_len[n] = d ? 0 : len;
+      }
+    }
+  };
+  // The observations of copies [n0, n1) after step t: step t + 1's, or the carry after the last.
+  auto observe_copies = [&](int64_t t, int64_t n0, int64_t n1) {
+    float* next_obs = t + 1 < T_ ? st.obs + (t * N + N) * O : carry_obs;
+    for (int64_t n = n0; n < n1; ++n) {
+      T s[D];
+      for (int f = 0; f < D; ++f) s[f] = state[f * N + n];
+      E::observe(s, next_obs + n * O);
+    }
+  };
+
+  if (select && !normals_per_step) {
+    // Every draw of the epoch is made beforehand (the policy's, the reset states), so the copies
+    // are independent for the whole epoch: each thread takes its blocks through all T steps, with
+    // no barrier between steps. The same operations on each copy as step by step: the same numbers.
+    // Python's signal handlers run in the thread that holds the GIL (a KeyboardInterrupt from a
+    // second Ctrl-C, fastpg.interrupts, ends a long epoch at once); the others then stop too.
+    std::atomic<bool> interrupted{false};
+    const auto caller = std::this_thread::get_id();
+    at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
+      std::vector<vec16> lanes(scratch);  // the chunk's own (thread numbers are all 0 in a batched call)
+      const bool checks = main_thread && std::this_thread::get_id() == caller;
+      for (int64_t t = 0; t < T_; ++t) {
+        if (checks && PyErr_CheckSignals() != 0) interrupted = true;
+        if (interrupted.load(std::memory_order_relaxed)) return;
+        step_blocks(t, b0, b1, lanes.data());
+        observe_copies(t, b0 * kLanes, std::min(b1 * kLanes, N));
       }
     });
+    if (interrupted) throw pybind11::error_already_set();
+    return;
+  }
+
+  // Step by step: the normals drawn each step, or only the done copies drawing their reset states.
+  const int64_t grain = std::max<int64_t>(4, 1024 / std::max<int64_t>(mlp.widest, 1));
+  std::vector<int64_t> done_idx;
+  for (int64_t t = 0; t < T_; ++t) {
+    if (main_thread && PyErr_CheckSignals() != 0) throw pybind11::error_already_set();
+    if (normals_per_step) u_all.normal_(0.0, 1.0, policy_gen);
+    at::parallel_for(0, blocks, grain, [&](int64_t begin, int64_t end) {
+      std::vector<vec16> lanes(scratch);  // the chunk's own (thread numbers are all 0 in a batched call)
+      step_blocks(t, begin, end, lanes.data());
+    });
     if (!select) {  // only the done copies draw a reset state, [D, k] in index order
+      const int64_t row = t * N;
       done_idx.clear();
       for (int64_t n = 0; n < N; ++n)
         if (st.done[row + n]) done_idx.push_back(n);
@@ -234,12 +270,7 @@ void collect_impl(const Mlp& mlp, const Gaussian* gauss, at::Generator& policy_g
           for (int f = 0; f < D; ++f) state[f * N + done_idx[j]] = fd[f * total + before + j];
       }
     }
-    float* next_obs = t + 1 < T_ ? st.obs + (row + N) * O : carry_obs;
-    for (int64_t n = 0; n < N; ++n) {
-      T s[D];
-      for (int f = 0; f < D; ++f) s[f] = state[f * N + n];
-      E::observe(s, next_obs + n * O);
-    }
+    observe_copies(t, 0, N);
   }
 }
 
