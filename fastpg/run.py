@@ -34,7 +34,6 @@ from fastpg.checkpoint import (
 )
 from fastpg.config import Config
 from fastpg.distributed import Group, process_group
-from fastpg.envs import resolve_backend
 from fastpg.errors import ConfigError, EnvWorkerError, OutputError
 from fastpg.interrupts import StopOnSignals, signal_of
 from fastpg.metrics import (
@@ -353,7 +352,7 @@ def _summary(
     summary = {
         "summary": True,
         "env": cfg.env,
-        "backend": resolve_backend(cfg.env, cfg.backend, cfg.num_envs),
+        "backend": trainer.backend,
         "device": str(trainer.device),
         "epoch": trainer.fused.kind if trainer.fused is not None else "generic",
         "seed": cfg.seed,

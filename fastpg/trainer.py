@@ -35,7 +35,7 @@ from fastpg._crash import crash_point
 from fastpg.checkpoint import check_state
 from fastpg.config import Config
 from fastpg.distributed import Group
-from fastpg.envs import BatchedEnv, Checkpointable, env_from_config
+from fastpg.envs import BatchedEnv, Checkpointable, env_from_config, resolve_backend
 from fastpg.errors import ConfigError, NonFiniteError
 from fastpg.evaluation import EVAL_SEED_OFFSET, TargetCheck, evaluate, evaluation_env
 from fastpg.fused import FusedEpoch, KernelCall, fused_problem
@@ -209,6 +209,12 @@ class Trainer:
             return f"epoch: generic (torch ops; the fused epoch does not apply: {why})"
         why = graph_problem(self.cfg, self.env, self.policy, self.device) if self.group is None else "data-parallel"
         return f"epoch: generic (torch ops; the CUDA graph does not apply: {why})"
+
+    @property
+    def backend(self) -> str:
+        """The backend stepping this trainer's copies: ``cfg.backend`` with ``auto`` resolved for
+        the copies stepped here (a data-parallel rank's share), as ``_make_env`` resolved it."""
+        return resolve_backend(self.cfg.env, self.cfg.backend, self.env.num_envs)
 
     def _make_env(self, num_envs: int) -> BatchedEnv:
         """The env of ``cfg``: in a data-parallel run this rank's shard of the copies, drawing

@@ -239,6 +239,50 @@ def test_a_run_with_the_pool_collects_with_one_torch_thread(monkeypatch):
     assert seen == [1]
 
 
+def test_a_population_on_pools_computes_what_it_computes_on_sync(tmp_path, capsys):
+    """Each member's per-epoch metrics identical with every member's env a pool and with sync."""
+    runs = {}
+    for backend in ("sync", "pool"):
+        log = tmp_path / f"{backend}.jsonl"
+        code, _, _ = _cli(capsys, "train", "--env", "Fault-free-v0", "--seeds", "2", "--backend", backend,
+                          "--pool-workers", "2", "--num-envs", "4", "--num-steps", "32", "--max-epochs", "3",
+                          "--eval-episodes", "2", "--quiet", "--metrics-file", str(log))  # fmt: skip
+        assert code == 0
+        runs[backend] = [json.loads(line) for line in log.read_text().splitlines()]
+    timing = re.compile(r"sps|_s$|time|wall|backend|placement|threads")
+
+    def keep(d):
+        if isinstance(d, list):
+            return [keep(x) for x in d]
+        return {k: keep(v) for k, v in d.items() if not timing.search(k)} if isinstance(d, dict) else d
+
+    epochs = [r for r in runs["pool"] if "member" in r and "epoch" in r]
+    assert len(epochs) == 6 and len(runs["sync"]) == len(runs["pool"])
+    for a, b in zip(runs["sync"][1:], runs["pool"][1:]):
+        assert keep(a) == keep(b)
+
+
+def test_a_population_starts_every_members_pool_step_before_waiting_for_any(monkeypatch):
+    """So the members' workers step together (and the collect runs on one torch thread)."""
+    from fastpg import PopulationTrainer
+
+    events = []
+    real_async, real_wait = PoolVectorEnv.step_async, PoolVectorEnv.step_wait
+    monkeypatch.setattr(PoolVectorEnv, "step_async", lambda self, a: (events.append("start"), real_async(self, a))[1])
+    monkeypatch.setattr(PoolVectorEnv, "step_wait", lambda self: (events.append("wait"), real_wait(self))[1])
+    base = Config(env="CartPole-v1", backend="pool", pool_workers=2, num_envs=4, num_steps=8, max_epochs=1,
+                  eval_episodes=0, quiet=True, threads=2)  # fmt: skip
+    with PopulationTrainer([base.replace(seed=s) for s in (0, 1, 2)]) as pop:
+        import fastpg.population.generic as generic
+
+        real_collect, seen = generic.collect, []
+        monkeypatch.setattr(generic, "collect", lambda *a: (seen.append(torch.get_num_threads()), real_collect(*a))[1])
+        events.clear()
+        pop.epoch()
+    assert seen == [1]
+    assert len(events) == 8 * 6 and all(events[i : i + 6] == ["start"] * 3 + ["wait"] * 3 for i in range(0, 48, 6))
+
+
 def test_halfcheetah_through_the_pool_is_sync_exactly():
     pytest.importorskip("mujoco", reason="MuJoCo envs need the mujoco extra: pip install 'fastpg-rl[mujoco]'")
     g = torch.Generator().manual_seed(0)

@@ -315,6 +315,8 @@ class GymVectorEnv:
         # Processes stepping the copies beside the trainer's (the pool's workers): the trainer's
         # torch threads yield them the cores while it collects (fastpg.placement.collect_threads).
         self.worker_processes = getattr(vec_env, "worker_processes", 0)
+        self._pool = hasattr(vec_env, "worker_processes")  # fastpg's pool: raises its own one-line errors
+        self._pending_action: np.ndarray | None = None  # sync and vector envs: stepped in step_wait
         self._broken = False  # async workers stopped after a failure (_stop_workers)
         self.async_timeout_s = ASYNC_TIMEOUT_S
         # gymnasium seeds copy i with seed + i; a data-parallel shard's copies are rows lo... of the
@@ -429,17 +431,39 @@ class GymVectorEnv:
         return self._obs(obs)
 
     def step(self, action: Tensor) -> Step:
+        self.step_async(action)
+        return self.step_wait()
+
+    def step_async(self, action: Tensor) -> None:
+        """Start a step with ``action``: the async backend's and the pool's workers start stepping
+        (a population steps all its members' envs this way before waiting for any); the others
+        step in ``step_wait``."""
+        action = self._action(action)
         if self._async:
             try:
                 with _failure_said_once():
-                    self.vec_env.step_async(self._action(action))
+                    self.vec_env.step_async(action)
+            except Exception as e:
+                raise self._worker_error("step", e) from e
+        elif self._pool:
+            self.vec_env.step_async(action)  # the pool's own one line on a failure
+        else:
+            self._pending_action = action
+
+    def step_wait(self) -> Step:
+        """End the step ``step_async`` started."""
+        if self._async:
+            try:
+                with _failure_said_once():
                     obs, reward, terminated, truncated, _ = self.vec_env.step_wait(timeout=self.async_timeout_s)
             except Exception as e:
                 raise self._worker_error("step", e) from e
+        elif self._pool:
+            obs, reward, terminated, truncated, _ = self.vec_env.step_wait()
         else:
             try:
-                obs, reward, terminated, truncated, _ = self.vec_env.step(self._action(action))
-            except EnvWorkerError:  # the pool's own one line; it has stopped its workers
+                obs, reward, terminated, truncated, _ = self.vec_env.step(self._pending_action)
+            except EnvWorkerError:  # a vector env's own one line
                 raise
             except Exception as e:
                 raise self._env_error("step", e) from e

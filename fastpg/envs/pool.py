@@ -277,8 +277,18 @@ class PoolVectorEnv(gym.vector.VectorEnv):
         return self._view["obs"], {}
 
     def step(self, actions):
+        self.step_async(actions)
+        return self.step_wait()
+
+    def step_async(self, actions) -> None:
+        """Start a step: the actions written, the workers told (they step while this process does
+        other work: another pool's step, say, as a population's members' pools do)."""
         np.copyto(self._view["action"], np.asarray(actions).reshape(self._view["action"].shape), casting="unsafe")
-        self._run(_STEP, "step", self._own.step)
+        self._send(_STEP, "step")
+
+    def step_wait(self):
+        """End the step ``step_async`` started: this process's share, then every worker's answer."""
+        self._finish("step", self._own.step)
         v = self._view
         return v["obs"], v["reward"], v["terminated"], v["truncated"], {}
 
@@ -302,6 +312,10 @@ class PoolVectorEnv(gym.vector.VectorEnv):
     def _run(self, message: bytes, what: str, own: Callable[[], None]) -> None:
         """Send ``message`` to every worker, do this process's share (``own``), then wait for every
         worker's answer. The first failure stops the pool and raises, naming it."""
+        self._send(message, what)
+        self._finish(what, own)
+
+    def _send(self, message: bytes, what: str) -> None:
         if self.closed:
             raise EnvWorkerError(f"env {self.env_id}: {what} on a closed pool (a worker failed earlier)")
         for w, pipe in enumerate(self.pipes, start=1):
@@ -309,6 +323,8 @@ class PoolVectorEnv(gym.vector.VectorEnv):
                 pipe.send_bytes(message)
             except (OSError, ValueError) as e:
                 raise self._failure(what, w, f"the worker's pipe is closed ({type(e).__name__})") from e
+
+    def _finish(self, what: str, own: Callable[[], None]) -> None:
         try:
             own()
         except Exception as e:

@@ -27,6 +27,7 @@ from torch import Tensor
 
 from fastpg._lazy_compiler import TensorDict
 from fastpg.evaluation import episode_summary, play_first_episodes
+from fastpg.placement import collect_threads, threads
 from fastpg.policy import MLPPolicy
 from fastpg.population.engines import EvalRequest, UpdateResult
 from fastpg.population.stacking import (
@@ -80,7 +81,8 @@ class GenericBatch:
         params = stacked_parameters([m.policy for m in members])
         sampler = StackedSampler([m.policy for m in members], params, [m.generator for m in members])
         carry = Carry(*(torch.cat([getattr(m.carry, f) for m in members]) for f in Carry.__dataclass_fields__))
-        collect(envs, sampler, buf, carry)
+        with threads(collect_threads(torch.get_num_threads(), envs)):  # one beside the pools' workers
+            collect(envs, sampler, buf, carry)
         envs.scatter()
         N = envs.per_member
         for k, m in enumerate(members):

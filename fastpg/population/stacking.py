@@ -7,7 +7,9 @@ tensors ``[K, ...]``.
 - ``StackedEnvs``: one ``BatchedEnv`` of K x N copies over the members' own envs. Native envs
   of one class are gathered into one env of that class (one step of the dynamics for all copies;
   each member's resets drawn from its own env's generator, ``NativeEnv.set_members``) and handed
-  back at the end (``scatter``); any other env (gymnasium's) is stepped member by member.
+  back at the end (``scatter``); gymnasium's envs are stepped member by member, every member's
+  step started (``step_async``: the pool's and the async backend's workers start) before any is
+  waited for.
 - ``stacked_parameters`` / ``stacked_forward``: the members' ``MLPPolicy`` networks as batched
   matrix products over ``[K, B, in]``.
 - ``StackedSampler``: ``act(obs)`` for all members at once, each member's draws from its own
@@ -76,13 +78,27 @@ class StackedEnvs:
             e.install_kernel_state(state[:, cols].clone(), final[:, cols].clone())
             e.elapsed.copy_(n.elapsed[cols])
 
+    @property
+    def worker_processes(self) -> int:
+        """Processes stepping the members' copies beside this one (their pools' workers)."""
+        return sum(getattr(e, "worker_processes", 0) for e in self.envs)
+
     def reset(self, seed: int | None = None) -> Tensor:
         raise RuntimeError("the members' envs are reset one by one, each with its own seed")
 
     def step(self, action: Tensor) -> Step:
         if self.native is not None:
             return self.native.step(action)
-        parts = [e.step(a) for e, a in zip(self.envs, action.split(self.per_member))]
+        actions = action.split(self.per_member)
+        if all(hasattr(e, "step_async") for e in self.envs):
+            # Every member's step started before any is waited for: the pools' (and async
+            # backends') workers of all members step together, while this process steps each
+            # pool's own share in turn.
+            for e, a in zip(self.envs, actions):
+                e.step_async(a)
+            parts = [e.step_wait() for e in self.envs]
+        else:
+            parts = [e.step(a) for e, a in zip(self.envs, actions)]
         return Step(*(torch.cat(field) for field in zip(*parts)))
 
     def close(self) -> None:
