@@ -364,23 +364,26 @@ def new_wandb_id() -> str:
     return "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
 
 
-def wandb_run_ids(checkpoint_dir: Path | None, resumed: bool, fresh: dict[str, str]) -> dict[str, str]:
+def wandb_run_ids(resumed_from: Path | None, checkpoint_dir: Path | None, fresh: dict[str, str]) -> dict[str, str]:
     """The W&B run ids (and group) of a run, kept in its checkpoint directory so that a resumed
     run logs on into the W&B runs it started (``wandb.init(id=..., resume="allow")``): those
-    saved there when ``resumed``, else ``fresh`` (``new_wandb_id()`` per run), saved
-    there for a later resume. Without a checkpoint directory nothing can resume: ``fresh``."""
-    path = None if checkpoint_dir is None else Path(checkpoint_dir) / WANDB_IDS_FILE
-    if resumed and path is not None and path.is_file():
+    saved in ``resumed_from`` (the checkpoint directory a resumed run continues), else ``fresh``
+    (``new_wandb_id()`` per run); saved in ``checkpoint_dir`` for a later resume. Without a
+    checkpoint directory nothing can resume."""
+    ids = fresh
+    saved_at = None if resumed_from is None else Path(resumed_from) / WANDB_IDS_FILE
+    if saved_at is not None and saved_at.is_file():
         with contextlib.suppress(OSError, ValueError):
-            saved = json.loads(path.read_text())
+            saved = json.loads(saved_at.read_text())
             if isinstance(saved, dict) and all(isinstance(v, str) for v in saved.values()):
-                return {**fresh, **saved}
-    if path is not None:
+                ids = {**fresh, **saved}
+    if checkpoint_dir is not None:
+        path = Path(checkpoint_dir) / WANDB_IDS_FILE
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(path.name + ".tmp")
-            tmp.write_text(json.dumps(fresh))
+            tmp.write_text(json.dumps(ids))
             os.replace(tmp, path)
         except OSError as e:
             raise OutputError(f"checkpoint_dir: cannot write {path}: {e.strerror or e}") from e
-    return fresh
+    return ids

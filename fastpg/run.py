@@ -154,7 +154,7 @@ def _train(
             if cfg.tensorboard is not None:
                 sinks.append(stack.enter_context(TensorBoardSink(cfg.tensorboard, header)))
             if cfg.wandb is not None:
-                ids = wandb_run_ids(ckpt_dir, state is not None, {"run": new_wandb_id()})
+                ids = wandb_run_ids(cfg.resume if state is not None else None, ckpt_dir, {"run": new_wandb_id()})
                 run = WandbSink(cfg.wandb, header, name=f"{cfg.env}-seed{cfg.seed}", run_id=ids["run"])
                 sinks.append(stack.enter_context(run))
 

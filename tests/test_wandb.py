@@ -111,6 +111,9 @@ def test_a_resumed_run_logs_on_into_its_wandb_run_and_a_fresh_one_starts_another
     first, resumed = _runs(offline)
     assert _run_id(first) == _run_id(resumed)
     assert [r["env_steps"] for r in _history(resumed)] == [128 * 3, 128 * 4]  # epochs 3 and 4
+    moved = tmp_path / "moved"  # resumed from ckpt into another checkpoint directory: the same W&B run
+    train(cfg.replace(checkpoint_dir=moved, resume=ckpt, max_epochs=5))
+    assert json.loads((moved / "wandb-runs.json").read_text()) == json.loads((ckpt / "wandb-runs.json").read_text())
     train(cfg.replace(overwrite=True))  # a fresh run in the same directory: a W&B run of its own
     ids = {_run_id(r) for r in _runs(offline)}
     assert len(ids) == 2

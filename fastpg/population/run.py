@@ -100,7 +100,8 @@ def _train(population: Population, numbers: list[int] | None, group: Group | Non
             trainer.load_state_dict(state, source=str(base.resume / CHECKPOINT_NAME))
         processes = group.world_size if group is not None else 1
         header = population_header(population, trainer, resumed_at, processes)
-        sinks = _open_sinks(population, header, stack, ckpt_dir, state is not None) if writes else _Sinks([], {})
+        resumed_from = base.resume if state is not None else None
+        sinks = _open_sinks(population, header, stack, resumed_from, ckpt_dir) if writes else _Sinks([], {})
         summary, failure = _run(population, trainer, group, sinks, ckpt_dir, writes)
         if not writes:
             return summary
@@ -157,7 +158,11 @@ class _Sinks:
 
 
 def _open_sinks(
-    population: Population, header: dict[str, Any], stack: contextlib.ExitStack, ckpt_dir: Path | None, resumed: bool
+    population: Population,
+    header: dict[str, Any],
+    stack: contextlib.ExitStack,
+    resumed_from: Path | None,
+    ckpt_dir: Path | None,
 ) -> _Sinks:
     base = population.base
     jsonl = []
@@ -170,14 +175,14 @@ def _open_sinks(
     if base.wandb is not None:  # a resumed population logs on into its members' W&B runs
         fresh = {"group": f"{base.env}-population-{time.strftime('%Y%m%d-%H%M%S')}"}
         fresh.update({f"member{i:03d}": new_wandb_id() for i in range(len(population))})
-        ids = wandb_run_ids(ckpt_dir, resumed, fresh)
+        ids = wandb_run_ids(resumed_from, ckpt_dir, fresh)
+    group = ids.get("group")
     for i in range(len(population)):
         member_header = {**header, "member": i, "config": population.members[i].to_dict()}
         if base.tensorboard is not None:
             board = TensorBoardSink(Path(base.tensorboard) / f"member_{i:03d}", member_header)
             boards[i].append(stack.enter_context(board))
         if base.wandb is not None:
-            group = ids["group"]
             run = WandbSink(
                 base.wandb, member_header, name=f"{group}-member{i:03d}", group=group, run_id=ids[f"member{i:03d}"]
             )
