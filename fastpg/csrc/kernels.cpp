@@ -286,6 +286,23 @@ static inline float lane_sum(vec16 v) {
   return (b[0] + b[2]) + (b[1] + b[3]);
 }
 
+// lane_sum of 16 vectors at once: lane i of the result is lane_sum(v[i]), by the same additions
+// (two vectors' halves side by side per step: two shuffles and one add for every 16 partial sums).
+static inline vec16 lane_sums(const vec16 (&v)[kLanes]) {
+  vec16 s1[8], s2[4], s3[2];
+  for (int m = 0; m < 8; ++m)  // lanes l + 8 onto l
+    s1[m] = __builtin_shufflevector(v[2 * m], v[2 * m + 1], 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23) +
+            __builtin_shufflevector(v[2 * m], v[2 * m + 1], 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31);
+  for (int m = 0; m < 4; ++m)  // l + 4 onto l
+    s2[m] = __builtin_shufflevector(s1[2 * m], s1[2 * m + 1], 0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27) +
+            __builtin_shufflevector(s1[2 * m], s1[2 * m + 1], 4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31);
+  for (int m = 0; m < 2; ++m)  // l + 2 onto l
+    s3[m] = __builtin_shufflevector(s2[2 * m], s2[2 * m + 1], 0, 1, 4, 5, 8, 9, 12, 13, 16, 17, 20, 21, 24, 25, 28, 29) +
+            __builtin_shufflevector(s2[2 * m], s2[2 * m + 1], 2, 3, 6, 7, 10, 11, 14, 15, 18, 19, 22, 23, 26, 27, 30, 31);
+  return __builtin_shufflevector(s3[0], s3[1], 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30) +
+         __builtin_shufflevector(s3[0], s3[1], 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+}
+
 // One network's gradient sums of one thread, and the lane vectors of one batch: activations, the
 // output's gradient and scratch. Bias gradients are summed per lane (across lanes once per chunk);
 // a weight's gradient, the sum over entries of dz[j] input[k], is the product of the group's
@@ -306,23 +323,61 @@ struct NetLanes {
       w.emplace_back(mlp.out[l] * mlp.in[l], 0.0f);
     }
   }
-  // The kept blocks' products into the weight sums.
+  // The kept blocks' products into the weight sums: w[j][k] += lane_sum(sum over g of
+  // dz[g][j] in[g][k]), the sum over g in order. With AVX-512, in tiles of 16 weights (4 x 4, or
+  // 16 x 1 / 1 x 16 where a side is narrower than 4): their 16 accumulators in registers, each
+  // operand loaded once per tile, the 16 lane sums in one tree (the same additions as lane_sum);
+  // the weights no tile covers one at a time. Both give the same numbers.
   MLP_MATH void outer() {
     for (size_t l = 0; l < w.size(); ++l) {
       const int64_t n_out = static_cast<int64_t>(b[l].size()), n_in = static_cast<int64_t>(w[l].size()) / n_out;
-      for (int64_t j = 0; j < n_out; ++j) {
-        vec16 z[kGroup];
-        for (int g = 0; g < filled; ++g) z[g] = zs[l][g * n_out + j];
-        float* wj = w[l].data() + j * n_in;
-        for (int64_t k = 0; k < n_in; ++k) {
-          vec16 acc = {};
-          for (int g = 0; g < filled; ++g) acc += z[g] * ins[l][g * n_in + k];
-          wj[k] += lane_sum(acc);
-        }
-      }
+      int64_t tiled_out = 0, tiled_in = 0;  // weights [0, tiled_out) x [0, tiled_in) go in tiles
+#if defined(__AVX512F__)
+      if (n_out >= 4 && n_in >= 4)
+        tiled_out = n_out / 4 * 4, tiled_in = n_in / 4 * 4, outer_tiles<4, 4>(l, tiled_out, tiled_in);
+      else if (n_out >= 16)
+        tiled_out = n_out / 16 * 16, tiled_in = n_in, outer_tiles<16, 1>(l, tiled_out, tiled_in);
+      else if (n_in >= 16)
+        tiled_out = n_out, tiled_in = n_in / 16 * 16, outer_tiles<1, 16>(l, tiled_out, tiled_in);
+#endif
+      for (int64_t j = 0; j < n_out; ++j)
+        for (int64_t k = j < tiled_out ? tiled_in : 0; k < n_in; ++k) outer_one(l, j, k);
     }
     filled = 0;
   }
+
+ private:
+  MLP_MATH void outer_one(size_t l, int64_t j, int64_t k) {
+    const int64_t n_out = static_cast<int64_t>(b[l].size()), n_in = static_cast<int64_t>(w[l].size()) / n_out;
+    vec16 acc = {};
+    for (int g = 0; g < filled; ++g) acc += zs[l][g * n_out + j] * ins[l][g * n_in + k];
+    w[l][j * n_in + k] += lane_sum(acc);
+  }
+
+  // Tiles of J x K weights (J K = 16) over [0, n_j) x [0, n_k) of layer l.
+  template <int J, int K>
+  MLP_MATH void outer_tiles(size_t l, int64_t n_j, int64_t n_k) {
+    static_assert(J * K == kLanes, "a tile is 16 weights");
+    const int64_t n_out = static_cast<int64_t>(b[l].size()), n_in = static_cast<int64_t>(w[l].size()) / n_out;
+    for (int64_t j0 = 0; j0 < n_j; j0 += J) {
+      for (int64_t k0 = 0; k0 < n_k; k0 += K) {
+        vec16 acc[kLanes] = {};
+        for (int g = 0; g < filled; ++g) {
+          const vec16* z = zs[l].data() + g * n_out + j0;
+          const vec16* x = ins[l].data() + g * n_in + k0;
+          for (int jj = 0; jj < J; ++jj) {
+            const vec16 zj = z[jj];
+            for (int kk = 0; kk < K; ++kk) acc[jj * K + kk] += zj * x[kk];
+          }
+        }
+        const vec16 sums = lane_sums(acc);
+        for (int jj = 0; jj < J; ++jj)
+          for (int kk = 0; kk < K; ++kk) w[l][(j0 + jj) * n_in + k0 + kk] += sums[jj * K + kk];
+      }
+    }
+  }
+
+ public:
   void flush(NetGrads& g) {
     if (filled > 0) outer();
     for (size_t l = 0; l < w.size(); ++l) {
