@@ -626,21 +626,28 @@ static std::optional<AdamJob> adam_job(const pybind11::object& adam) {
   return job;
 }
 
+static void adam_step_one(const AdamJob& a, size_t i) {
+  auto param = a.params[i], exp_avg = a.exp_avgs[i], exp_avg_sq = a.exp_avg_sqs[i], step_t = a.steps[i];
+  const auto& grad = a.grads[i];
+  step_t.add_(1);
+  exp_avg.lerp_(grad, 1 - a.beta1);
+  exp_avg_sq.mul_(a.beta2).addcmul_(grad, grad, 1 - a.beta2);
+  const double step = step_t.item<double>();
+  const double bias_correction1 = 1 - std::pow(a.beta1, step);
+  const double bias_correction2 = 1 - std::pow(a.beta2, step);
+  const double step_size = a.lr / bias_correction1;
+  const double bias_correction2_sqrt = std::pow(bias_correction2, 0.5);
+  const auto denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(a.eps);
+  param.addcdiv_(exp_avg, denom, -step_size);
+}
+
+// The parameters in two halves on two threads (each tensor's ops as before, ~1 us of dispatch
+// each: half the step's time); every element's arithmetic is unchanged.
 static void adam_step(const AdamJob& a) {
-  for (size_t i = 0; i < a.params.size(); ++i) {
-    auto param = a.params[i], exp_avg = a.exp_avgs[i], exp_avg_sq = a.exp_avg_sqs[i], step_t = a.steps[i];
-    const auto& grad = a.grads[i];
-    step_t.add_(1);
-    exp_avg.lerp_(grad, 1 - a.beta1);
-    exp_avg_sq.mul_(a.beta2).addcmul_(grad, grad, 1 - a.beta2);
-    const double step = step_t.item<double>();
-    const double bias_correction1 = 1 - std::pow(a.beta1, step);
-    const double bias_correction2 = 1 - std::pow(a.beta2, step);
-    const double step_size = a.lr / bias_correction1;
-    const double bias_correction2_sqrt = std::pow(bias_correction2, 0.5);
-    const auto denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(a.eps);
-    param.addcdiv_(exp_avg, denom, -step_size);
-  }
+  at::parallel_for(0, static_cast<int64_t>(a.params.size()), 1, [&](int64_t i0, int64_t i1) {
+    c10::InferenceMode guard;  // thread-local: the caller's does not reach the pool's threads
+    for (int64_t i = i0; i < i1; ++i) adam_step_one(a, static_cast<size_t>(i));
+  });
 }
 
 // One member's update, its arguments checked (update_grads and update_grads_many build them the same way).
@@ -741,6 +748,9 @@ static UpdateJob update_job(const pybind11::tuple& t) {
     }
   }
   TORCH_CHECK(job.baseline != kValueBaseline || job.value, "update_grads: the value baseline needs the value network");
+  for (const auto& g : job.grads)  // written by memcpy and scaled in place
+    TORCH_CHECK(g.is_cpu() && g.is_contiguous() && g.scalar_type() == torch::kFloat32,
+                "update_grads: gradients must be contiguous float32 CPU tensors");
   job.adam = adam_job(t[16]);
   return job;
 }
@@ -761,6 +771,16 @@ static std::vector<float> values_of(const Mlp& value, const float* obs, const in
     }
   });
   return out;
+}
+
+// Whether every entry of a float32 tensor is finite (a plain loop where it is contiguous: torch's
+// isfinite().all().item() per tensor cost ~4 us, a tenth of Pendulum's statistics and checks).
+static bool all_finite(const torch::Tensor& t) {
+  if (t.scalar_type() != torch::kFloat32 || !t.is_contiguous()) return t.isfinite().all().item<bool>();
+  const float* p = t.data_ptr<float>();
+  bool finite = true;
+  for (int64_t i = 0, n = t.numel(); i < n; ++i) finite &= std::isfinite(p[i]);
+  return finite;
 }
 
 // The update's statistics (Stat order), the gradients written into the job's gradient tensors.
@@ -851,9 +871,12 @@ static torch::Tensor run_update(UpdateJob& job) {
     for (int64_t i = 0; i < gt.numel(); ++i) sq += static_cast<double>(p[i]) * p[i];
   }
   const double norm = std::sqrt(sq);
-  if (max_grad_norm > 0.0) {
+  if (max_grad_norm > 0.0) {  // as clip_grad_norm_'s mul_ (a float product: one rounding either way)
     const float coef = static_cast<float>(std::min(max_grad_norm / (norm + 1e-6), 1.0));
-    for (auto& gt : grads) gt.mul_(coef);
+    for (auto& gt : grads) {
+      float* p = gt.data_ptr<float>();
+      for (int64_t i = 0, n = gt.numel(); i < n; ++i) p[i] *= coef;
+    }
   }
   const double policy_loss = total.policy_sum / count, entropy = total.entropy_sum / count;
   const double value_loss = total.value_sum / count;
@@ -865,10 +888,10 @@ static torch::Tensor run_update(UpdateJob& job) {
   } else if (!std::isfinite(norm)) {
     nonfinite = 2.0;
     for (size_t i = 0; i < grads.size() && which < 0; ++i)
-      if (!grads[i].isfinite().all().item<bool>()) which = static_cast<double>(i);
+      if (!all_finite(grads[i])) which = static_cast<double>(i);
   } else {
     for (size_t i = 0; i < job.params.size() && which < 0; ++i)
-      if (!job.params[i].isfinite().all().item<bool>()) which = static_cast<double>(i);
+      if (!all_finite(job.params[i])) which = static_cast<double>(i);
     if (which >= 0) nonfinite = 3.0;
   }
   auto stats = torch::empty({kNumStats}, torch::kFloat64);
