@@ -41,7 +41,7 @@ from fastpg.envs import BatchedEnv, NativeEnv
 from fastpg.errors import KernelBuildError
 from fastpg.loss import SumAcross
 from fastpg.policy import LOG_STD_MAX, LOG_STD_MIN, MLPPolicy
-from fastpg.rollout import Carry
+from fastpg.rollout import Carry, nonfinite_envs
 from fastpg.storage import allocate_storage
 from fastpg.update import UpdateSettings
 
@@ -152,6 +152,10 @@ class FusedEpoch:
         except KernelBuildError as e:
             warnings.warn(f"{e} Training goes on with the generic path.", RuntimeWarning, stacklevel=3)
             return None
+
+    def epoch_data(self, buf: TensorDict) -> EpochRead:
+        """What ``Trainer._epoch_data`` reads of the epoch in ``buf``, in one kernel call."""
+        return read_epochs(self.kernels, [buf])[0]
 
     def collect(self, buf: TensorDict, carry: Carry, generator: torch.Generator, env: NativeEnv | None = None) -> Carry:
         """Fill ``buf`` with T steps (as ``fastpg.rollout.collect``) of the trainer's env, or of
@@ -333,6 +337,24 @@ class FusedEpoch:
         return {0: None, 1: "loss", 2: f"gradient (of {name})" if name else "gradient norm", 3: f"parameter ({name})"}[
             code
         ]
+
+
+# The return and length of every episode that ended in an epoch (in the order they ended), its
+# valid steps, and the env copies with a non-finite reward or observation.
+EpochRead = tuple[list[float], list[int], int, list[int]]
+_EPOCH_KEYS = ("done", "valid", "reward", "obs", "episode_return", "episode_length")
+
+
+def read_epochs(kernels: ModuleType, bufs: list[TensorDict]) -> list[EpochRead]:
+    """``EpochRead`` of every storage in ``bufs`` (the fused path's: CPU, float32), in one kernel
+    call (one pass over each epoch, instead of ~10 torch ops: a sixth of the Python time of a
+    fused Pendulum epoch); the non-finite copies are found by ``nonfinite_envs`` where the kernel
+    saw any."""
+    read = kernels.epoch_data_many([tuple(buf[k] for k in _EPOCH_KEYS) for buf in bufs])
+    return [
+        (ret.tolist(), length.tolist(), valid, [] if finite else nonfinite_envs(buf))
+        for buf, (ret, length, valid, finite) in zip(bufs, read)
+    ]
 
 
 def _has_step_hooks(optimizer: torch.optim.Optimizer) -> bool:

@@ -338,6 +338,8 @@ class Trainer:
         """Return and length of the episodes that ended this epoch, the valid steps, and the env
         copies with a non-finite reward or observation; in a data-parallel run every rank's,
         gathered in one-process order (global copy indices)."""
+        if self.fused is not None and self.group is None:
+            return self.fused.epoch_data(self.buf)
         bad = nonfinite_envs(self.buf)  # one more host sync
         if self.group is not None:
             return self.group.epoch_data(self.buf, self.shard, bad)

@@ -225,6 +225,22 @@ def test_fused_update_skips_a_nonfinite_update_as_the_generic_one_does():
             tr.epoch()
 
 
+@pytest.mark.parametrize("nan", [False, True])
+def test_the_fused_epoch_reads_its_epoch_as_the_generic_path_does(nan):
+    """One kernel call reads what ``finished_episodes``, the valid-step count and
+    ``nonfinite_envs`` read: the same episodes in the same order, the same counts and copies."""
+    from fastpg.rollout import finished_episodes, nonfinite_envs
+
+    with Trainer(Config(**SMALL)) as tr:
+        for _ in range(2):  # the second epoch starts mid-episode
+            tr.collect()
+        if nan:
+            tr.buf["obs"][2, 3, 1] = math.inf
+        returns, lengths, valid, bad = tr.fused.epoch_data(tr.buf)
+        assert returns and (returns, lengths) == finished_episodes(tr.buf)
+        assert valid == int(tr.buf["valid"].sum()) and bad == nonfinite_envs(tr.buf) == ([3] if nan else [])
+
+
 def test_a_skipped_first_update_leaves_no_optimizer_state_as_the_generic_one():
     for fused in ("auto", "off"):
         with Trainer(Config(**SMALL, fused=fused)) as tr:

@@ -454,7 +454,8 @@ def test_torchrun_deals_whole_members_to_the_ranks(tmp_path):
 
 def test_the_fused_batch_reads_each_members_epoch_as_the_trainer_does():
     """``FusedBatch.collected`` (one kernel call for every member) gives what ``Trainer.collected``
-    reads from the storage: the same episodes in the same order, valid steps, non-finite copies."""
+    reads from the storage on the generic path: the same episodes in the same order, valid
+    steps, non-finite copies."""
     from fastpg.population.engines import FusedBatch
 
     pop = Population.grid(Config(**SMALL), seeds=2)
@@ -469,6 +470,8 @@ def test_the_fused_batch_reads_each_members_epoch_as_the_trainer_does():
             m.window.returns.clear()
             m.window.lengths.clear()
         with pytest.warns(RuntimeWarning, match="env copy 5"):
+            for m in singles:
+                m.fused = None  # the generic path's reading
             want = [m.collected() for m in singles]
         assert got[0].returns and got[1].nonfinite_envs == 1 and got[1].bad_data == want[1].bad_data
         for g, w in zip(got, want):

@@ -26,8 +26,7 @@ from typing import Any, NamedTuple, Protocol
 from torch import Tensor
 
 from fastpg._kernels import kernels
-from fastpg.fused import FusedEpoch, run_many
-from fastpg.rollout import nonfinite_envs
+from fastpg.fused import FusedEpoch, read_epochs, run_many
 from fastpg.trainer import EpochData, Evaluation, Trainer
 
 __all__ = ["Engine", "EvalRequest", "UpdateResult", "FusedBatch", "run_evaluations"]
@@ -87,12 +86,8 @@ class FusedBatch:
         """Every member's ``Trainer.collected``, its epoch's data read in one kernel call (the same
         episodes, counts and non-finite copies: a member whose data is not all finite has its
         copies found by ``nonfinite_envs``)."""
-        keys = ("done", "valid", "reward", "obs", "episode_return", "episode_length")
-        read = self.kernels.epoch_data_many([tuple(m.buf[k] for k in keys) for m in members])
-        return [
-            m.collected((ret.tolist(), length.tolist(), valid, [] if finite else nonfinite_envs(m.buf)))
-            for m, (ret, length, valid, finite) in zip(members, read)
-        ]
+        reads = read_epochs(self.kernels, [m.buf for m in members])
+        return [m.collected(read) for m, read in zip(members, reads)]
 
     def update(self, members: Sequence[Trainer], applies: Sequence[bool]) -> list[UpdateResult]:
         args = [
