@@ -2,7 +2,8 @@
 
 On a GPU every torch op is a kernel launch of a few microseconds on the host, and one epoch of T
 lockstep steps is thousands of them. Where it applies (``graph_problem``: native env on CUDA, the
-built-in ``MLPPolicy``, baseline none or mean, unfinished masked), the epoch is captured once with
+built-in ``MLPPolicy``; Discrete actions without a value network until Box actions and the value
+network have been checked on a GPU: ``GRAPH_BOX_AND_VALUE``), the epoch is captured once with
 ``torch.cuda.graph`` and replayed: T steps of policy sampling and env stepping into the ``[T, N]``
 storage, episode totals, reward-to-go, the masked loss and its backward (slice by slice), the
 gradient norm and clipping, and the non-finite checks. After each replay one host sync reads the
@@ -35,11 +36,16 @@ from fastpg.returns import episode_complete_mask, reward_to_go
 from fastpg.rollout import Carry, collect
 from fastpg.update import UpdateSettings
 
-__all__ = ["GraphedEpoch", "graph_problem", "GRAPH_SLICE_ENTRIES"]
+__all__ = ["GraphedEpoch", "graph_problem", "masked_loss_and_gradients", "GRAPH_SLICE_ENTRIES", "GRAPH_BOX_AND_VALUE"]
 
 # Entries per slice of the captured loss (activations of 2^22 x width floats per layer).
 GRAPH_SLICE_ENTRIES = 2**22
-_STATS = ("loss", "policy_loss", "entropy", "grad_norm", "mask_frac")
+# Whether graph_problem admits Box actions and the value network (baseline value, unfinished
+# bootstrap). Their math (masked_loss_and_gradients) is tested on the CPU against the generic
+# update, but their capture has not yet run on a GPU: False until tests/test_graph.py, which sets
+# it for its checks, passes on one (benchmarks/cuda/graph_checks.sh).
+GRAPH_BOX_AND_VALUE = False
+_STATS = ("loss", "policy_loss", "value_loss", "entropy", "grad_norm", "mask_frac")
 
 
 def graph_problem(cfg: Config, env: BatchedEnv, policy: nn.Module, device: torch.device) -> str | None:
@@ -50,15 +56,62 @@ def graph_problem(cfg: Config, env: BatchedEnv, policy: nn.Module, device: torch
         return f"it runs on CUDA (device {device})"
     if not isinstance(env, NativeEnv):
         return "it needs a native env (backend torch)"
-    if type(policy) is not MLPPolicy or not policy.discrete or policy.value_net is not None:
-        return "it needs the built-in MLPPolicy with Discrete actions and no value head"
+    if type(policy) is not MLPPolicy:
+        return "it needs the built-in MLPPolicy"
     if policy.obs_normalizer is not None:
         return "observation normalization (--obs-norm) runs on the generic path"
-    if cfg.baseline == "value" or cfg.unfinished != "mask":
-        return "baseline value and unfinished bootstrap need the value network (generic path)"
+    if not GRAPH_BOX_AND_VALUE and (not policy.discrete or policy.value_net is not None):
+        return "Box actions and the value network are not yet checked on a GPU (generic path)"
     if not hasattr(torch.cuda.CUDAGraph, "register_generator_state"):
         return "this torch cannot register generators with a CUDA graph"
     return None
+
+
+def masked_loss_and_gradients(
+    policy: MLPPolicy, buf: TensorDict, s: UpdateSettings, last_obs: Tensor
+) -> tuple[Tensor, Tensor]:
+    """The update's loss over the ``[T, N]`` epoch in ``buf`` with fixed shapes (what a graph can
+    capture: no compaction, no host sync), its gradients accumulated into the policy's; returns
+    the totals ``(loss, policy_loss, value_loss, entropy)`` and the share of entries in the loss.
+
+    The same loss as ``fastpg.update.reinforce_update``'s over the compacted entries: every term
+    of an entry outside the loss is multiplied by 0 (advantage, entropy, value error), every mean
+    divides by the count of those inside. Any baseline, ``unfinished`` masked or bootstrapped
+    (V of ``last_obs``), Discrete or Box actions.
+    """
+    bootstrap = None
+    if s.unfinished == "bootstrap":
+        with torch.no_grad():
+            bootstrap = policy.value(last_obs)
+    ret = reward_to_go(buf["reward"], buf["done"], s.gamma, bootstrap=bootstrap, out=buf["ret"]).flatten()
+    mask = buf["valid"]
+    if s.unfinished == "mask":
+        mask = mask & episode_complete_mask(buf["done"])
+    m = mask.flatten().to(ret.dtype)
+    count = m.sum().clamp_min(1.0)
+    obs, action = buf["obs"].flatten(0, 1), buf["action"].flatten(0, 1)
+    slices = [slice(i, i + GRAPH_SLICE_ENTRIES) for i in range(0, obs.shape[0], GRAPH_SLICE_ENTRIES)]
+    adv = ret
+    if s.baseline == "value":
+        with torch.no_grad():
+            adv = ret - torch.cat([policy.value(obs[sl]) for sl in slices])
+    elif s.baseline == "mean":
+        adv = adv - (ret * m).sum() / count
+    if s.normalize:
+        mean = (adv * m).sum() / count
+        std = ((((adv - mean) * m) ** 2).sum() / count).sqrt()
+        adv = (adv - mean) / (std + 1e-8)
+    adv = adv * m  # entries outside the loss add exactly 0
+    totals = torch.zeros(4, device=ret.device)
+    for sl in slices:
+        dist = policy(obs[sl])
+        value = policy.value(obs[sl]) * m[sl] if s.baseline == "value" else None
+        part, parts = reinforce_loss(dist.log_prob(action[sl]), adv[sl], count, ret=ret[sl] * m[sl], value=value,
+                                     entropy=dist.entropy() * m[sl], entropy_coef=s.entropy_coef,
+                                     value_coef=s.value_coef)  # fmt: skip
+        part.backward()
+        totals += torch.stack((part.detach(), parts["policy_loss"], parts["value_loss"], parts["entropy"]))
+    return totals, m.mean()
 
 
 class GraphedEpoch:
@@ -97,32 +150,11 @@ class GraphedEpoch:
         self._loss_and_gradients()
 
     def _loss_and_gradients(self) -> None:
-        s, buf, policy = self.settings, self.buf, self.policy
-        ret = reward_to_go(buf["reward"], buf["done"], s.gamma, out=buf["ret"]).flatten()
-        mask = (buf["valid"] & episode_complete_mask(buf["done"])).flatten()
-        m = mask.to(ret.dtype)
-        count = m.sum().clamp_min(1.0)
-        adv = ret
-        if s.baseline == "mean":
-            adv = adv - (ret * m).sum() / count
-        if s.normalize:
-            mean = (adv * m).sum() / count
-            std = ((((adv - mean) * m) ** 2).sum() / count).sqrt()
-            adv = (adv - mean) / (std + 1e-8)
-        adv = adv * m  # entries outside the loss add exactly 0
-        obs, action = buf["obs"].flatten(0, 1), buf["action"].flatten(0, 1)
         self.optimizer.zero_grad(set_to_none=True)
-        totals = torch.zeros(3, device=ret.device)
-        for i in range(0, obs.shape[0], GRAPH_SLICE_ENTRIES):
-            sl = slice(i, i + GRAPH_SLICE_ENTRIES)
-            dist = policy(obs[sl])
-            part, parts = reinforce_loss(dist.log_prob(action[sl]), adv[sl], count, entropy=dist.entropy() * m[sl],
-                                         entropy_coef=s.entropy_coef)  # fmt: skip
-            part.backward()
-            totals += torch.stack((part.detach(), parts["policy_loss"], parts["entropy"]))
-        max_norm = s.max_grad_norm if s.max_grad_norm > 0 else math.inf
+        totals, mask_frac = masked_loss_and_gradients(self.policy, self.buf, self.settings, self.carry.obs)
+        max_norm = self.settings.max_grad_norm if self.settings.max_grad_norm > 0 else math.inf
         grad_norm = nn.utils.clip_grad_norm_(self.params, max_norm)
-        self.stats.copy_(torch.cat((totals, grad_norm.reshape(1), m.mean().reshape(1))))
+        self.stats.copy_(torch.cat((totals, grad_norm.reshape(1), mask_frac.reshape(1))))
         checks = [torch.isfinite(totals[0]), torch.isfinite(grad_norm)] + [torch.isfinite(p).all() for p in self.params]
         self.finite.copy_(torch.stack(checks))
 
@@ -166,6 +198,5 @@ class GraphedEpoch:
         elif apply:
             optimizer.step()
         stats = dict(zip(_STATS, self.stats.clone().unbind()))  # on the device, as the generic stats
-        zero = torch.zeros((), dtype=torch.float64, device=self.stats.device)
-        stats.update(value_loss=zero, skipped=zero + float(bad is not None))
+        stats["skipped"] = torch.tensor(float(bad is not None), dtype=torch.float64, device=self.stats.device)
         return stats, bad

@@ -2,6 +2,8 @@
 # On a lent GPU machine: the CUDA tests (the whole suite, CUDA tests included), then fastpg bench's
 # train phase with the CUDA-graph epoch and the generic path at N = 2^10 ... 2^22, then time to
 # solve CartPole-v1 on the GPU. Wheels for what the GPU image lacks travel in .whl.
+# tests/test_graph.py includes the capture of Box actions and the value network: when they pass,
+# set fastpg.graph.GRAPH_BOX_AND_VALUE = True (graph_problem then admits them) and record it.
 # Knobs: TESTS=graph (only tests/test_graph.py), PYTEST_ARGS (e.g. "-v -n 12 --timeout 150": the
 # image has pytest-xdist and pytest-timeout), BENCH=0 / SOLVE=0 to skip those, *_S time limits.
 set -u
