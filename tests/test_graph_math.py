@@ -43,3 +43,28 @@ def test_masked_update_is_the_generic_update_on_the_same_batch(case):
             torch.testing.assert_close(value.float(), generic[key].float(), rtol=1e-4, atol=1e-6, msg=key)
         if cfg.unfinished == "mask":
             assert 0.0 < frac < 1.0  # the case has entries outside the loss
+
+
+def test_the_graph_admits_box_actions_and_the_value_network_only_once_checked_on_a_gpu(monkeypatch):
+    import fastpg.graph
+    from fastpg.envs import make_env
+    from fastpg.graph import graph_problem
+
+    cuda = torch.device("cuda")  # graph_problem only reads the device's type
+    for changes in (dict(baseline="value"), dict(env="Pendulum-v1")):
+        cfg = Config(**changes)
+        env = make_env(cfg.env, 4)
+        policy = MLPPolicy.from_config(cfg, env.info)
+        assert "not yet checked on a GPU" in graph_problem(cfg, env, policy, cuda)
+        monkeypatch.setattr(fastpg.graph, "GRAPH_BOX_AND_VALUE", True)
+        assert graph_problem(cfg, env, policy, cuda) in (
+            None,
+            "this torch cannot register generators with a CUDA graph",
+        )
+        monkeypatch.setattr(fastpg.graph, "GRAPH_BOX_AND_VALUE", False)
+    cfg = Config()
+    env = make_env(cfg.env, 4)
+    assert graph_problem(cfg, env, MLPPolicy.from_config(cfg, env.info), cuda) in (
+        None,
+        "this torch cannot register generators with a CUDA graph",
+    )
