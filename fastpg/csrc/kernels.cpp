@@ -108,6 +108,15 @@ torch::Tensor mlp_act(std::vector<torch::Tensor> weights, std::vector<torch::Ten
 
 
 
+// Whether x[0, n) are all finite: an exponent of all ones is inf or NaN. Integer tests, so the
+// loop vectorizes (std::isfinite with an early exit did not: 15 of a CartPole epoch read's 24 us).
+static bool all_finite(const float* x, int64_t n) {
+  const uint32_t* bits = reinterpret_cast<const uint32_t*>(x);
+  uint32_t bad = 0;
+  for (int64_t i = 0; i < n; ++i) bad |= (bits[i] & 0x7f800000u) == 0x7f800000u;
+  return bad == 0;
+}
+
 // What a trainer reads from its epoch after the collect (fastpg.trainer.Trainer.collected), for
 // many members at once: the return and length of every episode that ended, in the order they
 // ended (t-major, as buf["episode_return"][done]), the count of valid steps, and whether every
@@ -141,12 +150,8 @@ static void run_epoch_data(EpochDataJob& job) {
     }
   }
   job.valid_steps = valid_steps;
-  bool finite = true;
-  for (const auto& t : {job.reward, job.obs}) {
-    const float* x = t.data_ptr<float>();
-    for (int64_t i = 0, m = t.numel(); i < m && finite; ++i) finite = std::isfinite(x[i]);
-  }
-  job.finite = finite;
+  job.finite = all_finite(job.reward.data_ptr<float>(), job.reward.numel()) &&
+               all_finite(job.obs.data_ptr<float>(), job.obs.numel());
 }
 
 // jobs: one tuple per member, (done, valid, reward, obs, episode_return, episode_length) of its
@@ -777,10 +782,7 @@ static std::vector<float> values_of(const Mlp& value, const float* obs, const in
 // isfinite().all().item() per tensor cost ~4 us, a tenth of Pendulum's statistics and checks).
 static bool all_finite(const torch::Tensor& t) {
   if (t.scalar_type() != torch::kFloat32 || !t.is_contiguous()) return t.isfinite().all().item<bool>();
-  const float* p = t.data_ptr<float>();
-  bool finite = true;
-  for (int64_t i = 0, n = t.numel(); i < n; ++i) finite &= std::isfinite(p[i]);
-  return finite;
+  return all_finite(t.data_ptr<float>(), t.numel());
 }
 
 // The update's statistics (Stat order), the gradients written into the job's gradient tensors.
