@@ -414,6 +414,27 @@ def test_a_failed_member_makes_the_exit_code_one(capsys):
     assert results[0]["epochs"] == 2
 
 
+def test_a_population_without_a_target_says_so_instead_of_none_solved(capsys):
+    """Pendulum has no reward threshold: the summary's members_solved is None (as a single run's
+    solved), the final lines say "no target" and the progress line counts the members stopped."""
+    from fastpg.population import train_population
+    from fastpg.population.progress import PopulationProgress
+    from fastpg.population.run import population_final_line
+
+    base = Config(**{**SMALL, "env": "Pendulum-v1", "num_steps": 50, "quiet": False}, max_epochs=2)
+    summary = train_population(Population((base, base.replace(seed=1), base.replace(lr=3e-3))))
+    assert summary["members_solved"] is None and summary["time_to_solve_s"] is None
+    assert [s["members_solved"] for s in summary["settings"]] == [None, None]
+    assert all(r["solved"] is None for r in summary["member_results"])
+    lines = population_final_line(summary).splitlines()
+    assert lines[0].startswith("fastpg: population of 3 on Pendulum-v1: no target; evaluation iqm -")
+    assert "solved" not in population_final_line(summary) and "time to solve" not in population_final_line(summary)
+    assert "members 3 stopped, 0 training, 0 failed" in capsys.readouterr().err
+    progress = PopulationProgress(3, has_target=True)
+    progress.stopped = {0: "max_epochs", 1: "target_return", 2: "error: boom"}
+    assert "members 1 solved, 0 training, 1 failed" in progress.line(1.0)
+
+
 def test_torchrun_deals_whole_members_to_the_ranks(tmp_path):
     """2 gloo ranks: each trains whole members (0, 2, 4 and 1, 3, 5); rank 0 writes every
     member's records, the summary and a checkpoint of the whole population, as one process does."""

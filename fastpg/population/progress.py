@@ -4,7 +4,10 @@
 
 Each member's latest ``return_mean_100`` gives the median and the worst; the stop reasons of the
 members that have stopped count them solved (``target_return``), failed (``error: ...``) or
-stopped (a budget, a signal).
+stopped (a budget, a signal). Without a target (an env with no reward threshold and no
+``target_return``) nothing can be solved, and the line counts the members stopped instead:
+
+    epoch   125 | members 4 stopped, 0 training, 0 failed | last100 median -802.8 worst -906.8 | 3.32M steps/s | 1.0s
 """
 
 from __future__ import annotations
@@ -25,8 +28,8 @@ class PopulationProgress:
     members that have stopped; prints at most one line per ``interval_s`` (and always when
     ``force``)."""
 
-    def __init__(self, size: int, interval_s: float = 1.0, stream: IO[str] | None = None):
-        self.size, self.interval_s, self.stream = size, interval_s, stream
+    def __init__(self, size: int, interval_s: float = 1.0, stream: IO[str] | None = None, *, has_target: bool = True):
+        self.size, self.interval_s, self.stream, self.has_target = size, interval_s, stream, has_target
         self.latest: dict[int, float | None] = {}
         self.stopped: dict[int, str] = {}
         self.wall_s = 0.0
@@ -54,12 +57,15 @@ class PopulationProgress:
 
     def line(self, sps: float) -> str:
         reasons = list(self.stopped.values())
-        solved = reasons.count("target_return")
         failed = sum(r.startswith("error") for r in reasons)
         training = self.size - len(reasons)
+        if self.has_target:
+            done = f"{reasons.count('target_return')} solved"
+        else:
+            done = f"{len(reasons) - failed} stopped"
         returns = [r for r in self.latest.values() if r is not None]
         ret = f"median {statistics.median(returns):.1f} worst {min(returns):.1f}" if returns else "-"
         return (
-            f"epoch {self._epoch:>5} | members {solved} solved, {training} training, {failed} failed | "
+            f"epoch {self._epoch:>5} | members {done}, {training} training, {failed} failed | "
             f"last100 {ret} | {format_si(sps)} steps/s | {self.wall_s:.1f}s"
         )

@@ -201,7 +201,15 @@ def _run(
     """The batched epochs, the checkpoints and the final evaluations; returns the summary and the
     env failure that ended the run, if one did."""
     base = population.base
-    progress = None if base.quiet or not writes else PopulationProgress(len(population), base.progress_interval_s)
+    progress = (
+        None
+        if base.quiet or not writes
+        else PopulationProgress(
+            len(population),
+            base.progress_interval_s,
+            has_target=any(m.target.target is not None for m in trainer.members),
+        )
+    )
     failure, ckpt_path, requested = None, None, None
     with StopOnSignals() as signals:
         while True:
@@ -383,7 +391,7 @@ def population_summary(
         evaluated = [[x for x in group if not math.isnan(x)] for group in returns]
         return {
             "members": sum(len(rows) for rows in rows_by_setting),
-            "members_solved": sum(bool(r["solved"]) for rows in rows_by_setting for r in rows),
+            "members_solved": sum(bool(r["solved"]) for rows in rows_by_setting for r in rows) if has_target else None,
             "eval_return": aggregate(evaluated, seed=base.seed) if any(evaluated) else None,
             "time_to_solve_s": aggregate(times, seed=base.seed) if has_target else None,
         }
@@ -434,8 +442,23 @@ def _interval(stat: dict[str, Any] | None, name: str, unit: str = "") -> str:
     if not stat or stat.get(name) is None:
         return f"{name} -"
     lo, hi = stat.get(f"{name}_ci_low"), stat.get(f"{name}_ci_high")
-    ends = f" [{lo:.3g}, {hi:.3g}]" if lo is not None and hi is not None else " [-, -]"
-    return f"{name} {stat[name]:.4g}{unit}{ends}"
+    ends = f" [{_digits(lo, 3)}, {_digits(hi, 3)}]" if lo is not None and hi is not None else " [-, -]"
+    return f"{name} {_digits(stat[name], 4)}{unit}{ends}"
+
+
+def _digits(x: float, significant: int) -> str:
+    """``x`` to about ``significant`` digits, whole numbers beyond them (-1130, not -1.13e+03)."""
+    return f"{x:.0f}" if math.isfinite(x) and abs(x) >= 10**significant else f"{x:.{significant}g}"
+
+
+def _outcome(stats: dict[str, Any]) -> str:
+    """Members solved, the evaluation and the time to solve; without a target (an env with no
+    reward threshold and no ``target_return``), the evaluation alone."""
+    evaluation = f"evaluation {_interval(stats['eval_return'], 'iqm')}"
+    if stats["members_solved"] is None:
+        return f"no target; {evaluation}"
+    solved = f"{stats['members_solved']}/{stats['members']} solved"
+    return f"{solved}; {evaluation}; time to solve {_interval(stats['time_to_solve_s'], 'iqm', ' s')}"
 
 
 def population_final_line(summary: dict[str, Any]) -> str:
@@ -443,17 +466,11 @@ def population_final_line(summary: dict[str, Any]) -> str:
     to solve's IQM with their 95% intervals, per setting when there are several."""
     s = summary
     lines = [
-        f"fastpg: population of {s['members']} on {s['env']}: {s['members_solved']}/{s['members']} solved; "
-        f"evaluation {_interval(s['eval_return'], 'iqm')}; time to solve {_interval(s['time_to_solve_s'], 'iqm', ' s')}"
+        f"fastpg: population of {s['members']} on {s['env']}: {_outcome(s)}"
         f"; {s['train_wall_s']:.3g} s of training, {format_si(s['env_steps'])} steps"
         + (f" ({format_si(s['sps'])} steps/s)" if s.get("sps") else "")
     ]
-    for setting in s["settings"]:
-        evaluation, time = _interval(setting["eval_return"], "iqm"), _interval(setting["time_to_solve_s"], "iqm", " s")
-        lines.append(
-            f"  {setting['setting']}: {setting['members_solved']}/{setting['members']} solved; "
-            f"evaluation {evaluation}; time to solve {time}"
-        )
+    lines += [f"  {setting['setting']}: {_outcome(setting)}" for setting in s["settings"]]
     failed = [r for r in s["member_results"] if r["error"]]
     for r in failed:
         lines.append(f"  member {r['member']} failed: {r['error']}")
