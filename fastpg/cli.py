@@ -122,7 +122,11 @@ def _train(argv: Sequence[str]) -> int:
             return train_population(Population(tuple(members)))["exit_code"]
         cfg = resumed_config(state["config"], cfg, typed)
     elif cfg.env in ENV_DEFAULTS:  # the env's tuned settings, for the flags not typed
-        cfg = dataclasses.replace(cfg, **{k: v for k, v in ENV_DEFAULTS[cfg.env].items() if k not in typed})
+        applied = {k: v for k, v in ENV_DEFAULTS[cfg.env].items() if k not in typed}
+        cfg = dataclasses.replace(cfg, **applied)
+        if applied and not cfg.quiet and os.environ.get("RANK", "0") == "0":
+            said = f"fastpg: {cfg.env}'s settings (flags you type win): {as_flags(applied)}"
+            print(said, file=sys.stderr, flush=True)
     if seeds is not None or lists:
         from fastpg.population import train_population
 
@@ -131,6 +135,20 @@ def _train(argv: Sequence[str]) -> int:
     from fastpg.run import train
 
     return train(cfg)["exit_code"]  # 128 + signal number after Ctrl-C / SIGTERM, else 0
+
+
+def as_flags(settings: dict[str, Any]) -> str:
+    """``settings`` as the command line that sets them: ``--hidden-sizes 64 64 --no-obs-norm``."""
+    words = []
+    for name, value in settings.items():
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, bool):
+            words.append(flag if value else f"--no-{flag[2:]}")
+        elif isinstance(value, (tuple, list)):
+            words.append(" ".join([flag, *map(str, value)]))
+        else:
+            words.append(f"{flag} {value}")
+    return " ".join(words)
 
 
 def _say_restart(note: str | None) -> None:
