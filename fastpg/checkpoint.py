@@ -235,6 +235,14 @@ def clear_history(directory: str | Path) -> None:
             path.unlink()
 
 
+def hold_directory(stack: contextlib.ExitStack, directory: Path, *, fresh: bool) -> None:
+    """Hold ``directory`` for a run's whole length (``DirectoryLock``, entered on ``stack``); a
+    ``fresh`` run (``--overwrite``, not resumed) then clears the history there (``clear_history``)."""
+    stack.enter_context(DirectoryLock(directory))
+    if fresh:
+        clear_history(directory)
+
+
 def _link(source: str, name: Path) -> None:
     """``name`` for the file ``source`` (a hard link: no second copy; a copy where links fail)."""
     if name.exists():  # a number left by a write that failed after linking

@@ -24,10 +24,9 @@ from fastpg.checkpoint import (
     CHECKPOINT_NAME,
     LOCK_NAME,
     TEMP_PREFIX,
-    DirectoryLock,
     check_compatible,
-    clear_history,
     has_checkpoint,
+    hold_directory,
     load_checkpoint,
     resolve_resume,
     save_checkpoint,
@@ -130,9 +129,7 @@ def _train(
     ckpt_dir = _checkpoint_directory(cfg)
     with contextlib.ExitStack() as stack:
         if ckpt_dir is not None and writes:
-            stack.enter_context(DirectoryLock(ckpt_dir))
-            if cfg.resume is None and cfg.overwrite:  # a fresh run: another run's history is not its own
-                clear_history(ckpt_dir)
+            hold_directory(stack, ckpt_dir, fresh=cfg.resume is None and cfg.overwrite)
         state = _resume_state(cfg)
         if state is not None and cfg.metrics_file is not None and cfg.metrics_file.exists() and not cfg.overwrite:
             trim_metrics(cfg.metrics_file, state["epoch"])

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fastpg.checkpoint import CHECKPOINT_NAME, DirectoryLock, clear_history, load_checkpoint, save_checkpoint
+from fastpg.checkpoint import CHECKPOINT_NAME, hold_directory, load_checkpoint, save_checkpoint
 from fastpg.config import Config
 from fastpg.distributed import Group, process_group
 from fastpg.envs import resolve_backend
@@ -88,9 +88,7 @@ def _train(population: Population, numbers: list[int] | None, group: Group | Non
     ckpt_dir = base.checkpoint_dir if base.checkpoint_dir is not None else base.resume
     with contextlib.ExitStack() as stack:
         if ckpt_dir is not None and writes:
-            stack.enter_context(DirectoryLock(ckpt_dir))
-            if base.resume is None and base.overwrite:  # a fresh run: another run's history is not its own
-                clear_history(ckpt_dir)
+            hold_directory(stack, ckpt_dir, fresh=base.resume is None and base.overwrite)
         state = _resume_state(base)
         resumed_at = state["epochs"] if state is not None else None
         if writes and state is not None and base.metrics_file is not None and base.metrics_file.exists():
