@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import declare_ratio
+from conftest import declare_ratio, time_runner
 
 from fastpg import Config
 from fastpg.bench.engine import trainer_runner
@@ -26,17 +26,7 @@ for n in (16, 256, 4096):
 
 def _time_collect(benchmark, n: int, device: str, kernel: str = "torch", warmup: int = 1) -> int:
     cfg = Config(backend="torch", num_envs=n, num_steps=T, env_kernel=kernel, device=device, eval_episodes=0)
-    runner = trainer_runner("collect", cfg)
-
-    def run():
-        runner.run()
-        if device != "cpu":
-            torch.cuda.synchronize()
-
-    try:
-        benchmark.pedantic(run, rounds=ROUNDS, warmup_rounds=warmup)
-    finally:
-        runner.close()
+    time_runner(benchmark, trainer_runner("collect", cfg), device, ROUNDS, warmup)
     return n * T
 
 

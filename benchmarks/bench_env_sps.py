@@ -22,7 +22,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from conftest import declare_ratio
+from conftest import declare_ratio, time_runner
 
 from fastpg import Config
 from fastpg.bench.engine import env_runner
@@ -41,17 +41,7 @@ def _time_native(benchmark, n: int, device: str, kernel: str = "torch", warmup: 
     """Time the engine's env runner (the kernel is built or loaded before timing); returns items per round."""
     cfg = Config(backend="torch", num_envs=n, env_kernel=kernel, device=device)
     steps = STEPS_PER_ROUND.get(n, 20)
-    runner = env_runner(cfg, torch.device(device), steps=steps)
-
-    def run():
-        runner.run()
-        if device != "cpu":
-            torch.cuda.synchronize()
-
-    try:
-        benchmark.pedantic(run, rounds=ROUNDS, warmup_rounds=warmup)
-    finally:
-        runner.close()
+    time_runner(benchmark, env_runner(cfg, torch.device(device), steps=steps), device, ROUNDS, warmup)
     return n * steps
 
 

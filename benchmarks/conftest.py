@@ -43,6 +43,22 @@ def record():
     return _record
 
 
+def time_runner(benchmark, runner, device: str, rounds: int, warmup: int) -> None:
+    """Time ``runner.run()`` (a ``fastpg.bench.engine.Runner``, its kernels built or loaded
+    before timing) over ``rounds`` after ``warmup`` rounds, each round waiting for the GPU on a
+    CUDA device; closes the runner."""
+
+    def run():
+        runner.run()
+        if device != "cpu":
+            torch.cuda.synchronize()
+
+    try:
+        benchmark.pedantic(run, rounds=rounds, warmup_rounds=warmup)
+    finally:
+        runner.close()
+
+
 def _ratio_rows() -> list[dict]:
     rows = []
     for label, num, den in _RATIOS:
