@@ -106,3 +106,48 @@ def test_a_refused_flag_is_said_before_torch_is_imported():
         "import json; print(json.dumps({'codes': codes, 'torch': 'torch' in sys.modules}))"
     )
     assert _python(code) == {"codes": [2, 2], "torch": False}
+
+
+PROGRAM = textwrap.dedent(
+    """
+    import gc, json, sys
+    import fastpg.cli, fastpg.population, fastpg.run
+    seen = {}
+    def fake(name):
+        def run(*args, **kwargs):  # what the collector is when the run (and its trainer) would start
+            seen[name] = {"enabled": gc.isenabled(), "frozen": gc.get_freeze_count() > 0,
+                          "torch": "torch" in sys.modules}
+            return {"exit_code": 0}
+        return run
+    fastpg.run.train = fake("run")
+    fastpg.population.train_population = fake("population")
+    codes = {}
+    for name, argv in [("run", ["train", "--quiet"]), ("population", ["train", "--seeds", "2", "--quiet"]),
+                       ("refused", ["train", "--num-envs", "0"])]:
+        sys.argv = ["fastpg", *argv]
+        codes[name] = fastpg.cli.main()  # as the console script calls it: a program
+        seen.setdefault(name, {})["after"] = gc.isenabled()
+    print(json.dumps({"codes": codes, "seen": seen}))
+    """
+)
+
+
+def test_as_a_program_train_imports_with_the_collector_paused_and_starts_with_it_running():
+    """fastpg train run as a program pauses the cyclic garbage collector while it imports, then
+    freezes what it imported and resumes the collector before the run begins (so the trainer,
+    and the workers it forks, collect as usual); a refused flag leaves it running too."""
+    out = _python(PROGRAM)
+    assert out["codes"] == {"run": 0, "population": 0, "refused": 2}
+    for name in ("run", "population"):
+        assert out["seen"][name] == {"enabled": True, "frozen": True, "torch": True, "after": True}, name
+    assert out["seen"]["refused"] == {"after": True}
+
+
+def test_main_called_from_python_leaves_the_collector_alone():
+    import gc
+
+    from fastpg.cli import main
+
+    frozen = gc.get_freeze_count()
+    assert main(["train", "--quiet", "--max-epochs", "1", "--eval-episodes", "0", "--num-envs", "8"]) == 0
+    assert gc.isenabled() and gc.get_freeze_count() == frozen
