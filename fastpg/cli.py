@@ -283,6 +283,7 @@ def _eval(argv: Sequence[str]) -> int:
     from fastpg.artifacts import EvalConfig, evaluate_checkpoint
 
     e = _parse(EvalConfig, argv, "fastpg eval")
+    _resume_collector()
     summary = evaluate_checkpoint(
         e.checkpoint,
         episodes=e.episodes,
@@ -312,6 +313,7 @@ def _plot(argv: Sequence[str]) -> int:
         import matplotlib  # noqa: F401
     except ImportError:
         raise ConfigError("output", "plotting needs matplotlib (pip install -e '.[plot]')") from None
+    _resume_collector()
     runs = [run for f in p.files for run in read_runs(Path(f))]
     path = plot_runs(runs, Path(p.output), p.title)
     print(f"fastpg: wrote {path} ({len(runs)} run{'s' if len(runs) > 1 else ''})", file=sys.stderr)
@@ -322,6 +324,7 @@ def _bench(argv: Sequence[str]) -> int:
     b = parse_bench_config(argv)
     from fastpg.bench import main_bench
 
+    _resume_collector()
     main_bench(b)
     return 0
 
@@ -374,12 +377,12 @@ def _warnings_in_one_line() -> None:
     warnings.showwarning = show
 
 
-# Whether main paused the cyclic garbage collector for fastpg train's imports (_pause_collector).
+# Whether main paused the cyclic garbage collector for a command's imports (_pause_collector).
 _collector_paused = False
 
 
 def _pause_collector() -> None:
-    """For ``fastpg train`` run as a program: no cyclic garbage collection while torch and the rest
+    """For a command of ``fastpg`` run as a program: no cyclic garbage collection while torch and the rest
     are imported (their hundreds of thousands of objects, traversed again and again as they
     accrue: ~0.2 s on the 2-core VM). ``_resume_collector`` then freezes them (``gc.freeze``: never
     traversed again, not even by the collection at exit, which took ~0.5 s more) and resumes."""
@@ -401,7 +404,7 @@ def _resume_collector() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``fastpg`` console script; returns the exit code. Run as a program (no
-    ``argv`` given), warnings are said in one line each, and ``fastpg train`` imports with the
+    ``argv`` given), warnings are said in one line each, and the command imports with the
     cyclic garbage collector paused (``_pause_collector``)."""
     program = argv is None
     if program:
@@ -422,7 +425,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"launched as one of {world} processes (WORLD_SIZE={world}, torchrun?): only fastpg train runs "
             f"data-parallel; run fastpg {command} as one process"
         )
-    if program and command == "train":
+    if program:
         _pause_collector()
     try:
         return _COMMANDS[command](rest)
@@ -438,7 +441,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("fastpg: interrupted", file=sys.stderr, flush=True)
         return 130
     finally:
-        _resume_collector()  # where train returned before its set-up was done (a refused flag)
+        _resume_collector()  # where a command returned before its set-up was done (a refused flag)
 
 
 if __name__ == "__main__":

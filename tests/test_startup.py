@@ -110,20 +110,24 @@ def test_a_refused_flag_is_said_before_torch_is_imported():
 
 PROGRAM = textwrap.dedent(
     """
-    import gc, json, sys
-    import fastpg.cli, fastpg.population, fastpg.run
+    import gc, json, sys, tempfile
+    import fastpg.artifacts, fastpg.cli, fastpg.population, fastpg.run
+    ckpt = tempfile.mkdtemp()
+    open(f"{ckpt}/checkpoint.pt", "wb").close()  # evaluate_checkpoint is replaced: it is never read
     seen = {}
     def fake(name):
         def run(*args, **kwargs):  # what the collector is when the run (and its trainer) would start
             seen[name] = {"enabled": gc.isenabled(), "frozen": gc.get_freeze_count() > 0,
                           "torch": "torch" in sys.modules}
-            return {"exit_code": 0}
+            return {"exit_code": 0, "env": "CartPole-v1", "eval_return_mean": 0.0, "eval_return_std": 0.0,
+                    "eval_episodes": 1}
         return run
     fastpg.run.train = fake("run")
     fastpg.population.train_population = fake("population")
+    fastpg.artifacts.evaluate_checkpoint = fake("eval")
     codes = {}
     for name, argv in [("run", ["train", "--quiet"]), ("population", ["train", "--seeds", "2", "--quiet"]),
-                       ("refused", ["train", "--num-envs", "0"])]:
+                       ("eval", ["eval", "--checkpoint", ckpt]), ("refused", ["train", "--num-envs", "0"])]:
         sys.argv = ["fastpg", *argv]
         codes[name] = fastpg.cli.main()  # as the console script calls it: a program
         seen.setdefault(name, {})["after"] = gc.isenabled()
@@ -132,13 +136,13 @@ PROGRAM = textwrap.dedent(
 )
 
 
-def test_as_a_program_train_imports_with_the_collector_paused_and_starts_with_it_running():
-    """fastpg train run as a program pauses the cyclic garbage collector while it imports, then
-    freezes what it imported and resumes the collector before the run begins (so the trainer,
-    and the workers it forks, collect as usual); a refused flag leaves it running too."""
+def test_as_a_program_a_command_imports_with_the_collector_paused_and_starts_with_it_running():
+    """fastpg train (and eval) run as a program pause the cyclic garbage collector while they
+    import, then freeze what they imported and resume the collector before the run begins (so the
+    trainer, and the workers it forks, collect as usual); a refused flag leaves it running too."""
     out = _python(PROGRAM)
-    assert out["codes"] == {"run": 0, "population": 0, "refused": 2}
-    for name in ("run", "population"):
+    assert out["codes"] == {"run": 0, "population": 0, "eval": 0, "refused": 2}
+    for name in ("run", "population", "eval"):
         assert out["seen"][name] == {"enabled": True, "frozen": True, "torch": True, "after": True}, name
     assert out["seen"]["refused"] == {"after": True}
 
