@@ -10,8 +10,11 @@ needed; one to two minutes on 2 cores) for this machine's CPU (``-march=native``
 digest of the CPU's flags and of the sources and their directory, so a shared cache never hands
 one CPU's build to another, a changed source is a new build, and two checkouts do not rebuild
 each other's) and cached by
-torch under ``~/.cache/torch_extensions`` (``TORCH_EXTENSIONS_DIR``), so later processes load it in
-well under a second. A message on stderr says when a build starts. While building, the Python
+torch under ``~/.cache/torch_extensions`` (``TORCH_EXTENSIONS_DIR``). Later processes import the
+built module directly (a few milliseconds): the name's digest covers everything it is built from
+(the sources, the flags, the CPU, torch's version), so a module built under that name is current,
+and torch's build step (importing ``torch.utils.cpp_extension`` and running ninja, ~30 ms) is
+skipped. A message on stderr says when a build starts. While building, the Python
 environment's ``bin`` directory is put on ``PATH`` so that the ``ninja`` installed with fastpg is
 found; ``PATH`` is restored afterwards.
 """
@@ -19,6 +22,7 @@ found; ``PATH`` is restored afterwards.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import logging
 import os
 import platform
@@ -61,22 +65,65 @@ def kernels() -> ModuleType:
 
 
 def _digest() -> str:
-    """Of this CPU's flags, the compiler flags, the sources and where they are: a new name (and
-    build directory) for each. (torch rebuilds a module whose build directory was last built from
-    other paths, so two checkouts sharing one cache would rebuild at every alternation.)"""
+    """Of this CPU's flags, the compiler flags, torch's version, the sources and where they are: a
+    new name (and build directory) for each. (torch rebuilds a module whose build directory was
+    last built from other paths, so two checkouts sharing one cache would rebuild at every
+    alternation.)"""
+    import torch
+
     try:
         with open("/proc/cpuinfo") as f:
             flags = next((line for line in f if line.startswith("flags")), "")
     except OSError:
         flags = ""
-    h = hashlib.sha1((platform.machine() + flags + " ".join(_CFLAGS + _LDFLAGS) + str(SOURCE_DIR)).encode())
+    built_from = platform.machine() + flags + " ".join(_CFLAGS + _LDFLAGS) + torch.__version__ + str(SOURCE_DIR)
+    h = hashlib.sha1(built_from.encode())
     for path in sorted(SOURCE_DIR.iterdir()):
         h.update(path.read_bytes())
     return h.hexdigest()[:12]
 
 
 def _build() -> ModuleType:
-    return _load(f"fastpg_kernels_{_digest()}", [SOURCE_DIR / "kernels.cpp"], [SOURCE_DIR], "fastpg's C++ kernels")
+    name = f"fastpg_kernels_{_digest()}"
+    return _built_module(name) or _load(name, [SOURCE_DIR / "kernels.cpp"], [SOURCE_DIR], "fastpg's C++ kernels")
+
+
+def _extensions_root() -> Path:
+    """Where torch keeps its extension builds, as ``torch.utils.cpp_extension._get_build_directory``
+    computes it (without importing that module; ``tests/test_native_envs.py`` compares the two)."""
+    import torch
+
+    root = os.environ.get("TORCH_EXTENSIONS_DIR")
+    if root is not None:
+        return Path(root)
+    from torch._appdirs import user_cache_dir
+
+    if torch.version.hip is not None:
+        accelerator = f"rocm{torch.version.hip.replace('.', '')}"
+    elif torch.version.cuda is not None:
+        accelerator = f"cu{torch.version.cuda.replace('.', '')}"
+    else:
+        accelerator = "cpu"
+    python = f"py{sys.version_info.major}{sys.version_info.minor}{getattr(sys, 'abiflags', '')}"
+    return Path(os.path.realpath(user_cache_dir(appname="torch_extensions"))) / f"{python}_{accelerator}"
+
+
+def _built_module(name: str) -> ModuleType | None:
+    """fastpg's module ``name`` imported from an earlier build, or None where there is none, one is
+    being built (torch's lock file is there) or it does not import (then ``_load`` builds it).
+    Only for fastpg's own kernels, whose name digests every file they are built from; a user's env
+    header may include files of its own, which only the build's dependency tracking sees."""
+    directory = _extensions_root() / name
+    library = directory / f"{name}.so"
+    if not library.is_file() or (directory / "lock").exists():
+        return None
+    try:
+        spec = importlib.util.spec_from_file_location(name, library)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    except (ImportError, OSError):
+        return None
+    return module
 
 
 def _load(name: str, sources: list[Path], includes: list[Path], what: str) -> ModuleType:

@@ -64,6 +64,44 @@ def test_a_kernel_that_cannot_be_built_falls_back_to_the_generic_path(monkeypatc
         assert tr.epoch()["epoch"] == 1
 
 
+def test_a_built_kernel_module_is_imported_without_torchs_build_step(tmp_path, monkeypatch):
+    """Once built, fastpg's kernels are imported directly from torch's extension directory (found
+    as torch finds it), without importing torch.utils.cpp_extension; a module being built (torch's
+    lock file) or one that does not import is left to torch's build."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from torch.utils.cpp_extension import _get_build_directory
+
+    from fastpg import _kernels
+
+    module = _kernels.kernels()  # built here if it is not yet
+    name = f"fastpg_kernels_{_kernels._digest()}"
+    assert Path(module.__file__) == Path(_get_build_directory(name, verbose=False)) / f"{name}.so"
+    assert _kernels._extensions_root() / name == Path(_get_build_directory(name, verbose=False))
+    code = (
+        "import sys, torch\nfrom fastpg._kernels import kernels\nm = kernels()\n"
+        "print(hasattr(m, 'collect'), 'torch.utils.cpp_extension' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.stdout.split() == ["True", "False"], done.stderr[-2000:]
+
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    assert _kernels._extensions_root() / name == Path(_get_build_directory(name, verbose=False))
+    assert _kernels._built_module(name) is None  # not built under this root
+    shutil.copy(module.__file__, tmp_path / name / f"{name}.so")
+    assert hasattr(_kernels._built_module(name), "update_grads")
+    (tmp_path / name / "lock").touch()  # torch's build holds it
+    assert _kernels._built_module(name) is None
+    broken = tmp_path / "broken"  # (a library loaded above must not be rewritten in place)
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(broken))
+    (broken / name).mkdir(parents=True)
+    (broken / name / f"{name}.so").write_bytes(b"not a library")
+    assert _kernels._built_module(name) is None
+
+
 # -- the collect ----------------------------------------------------------------------------------
 
 
