@@ -40,8 +40,8 @@ __all__ = ["kernels", "env_module", "KernelBuildError", "SOURCE_DIR"]
 SOURCE_DIR = Path(__file__).parent / "csrc"
 # -fopenmp: at::parallel_for is an inline template that runs serially unless the extension itself
 # is compiled with OpenMP; the runtime is then torch's own libgomp (already loaded by torch, same soname).
-_CFLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-fno-fast-math", "-Wno-psabi", "-fopenmp"]
-_LDFLAGS = ["-fopenmp"]
+_CFLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fno-fast-math", "-Wno-psabi", "-fopenmp")
+_LDFLAGS = ("-fopenmp",)  # tuples: torch's load appends its libraries to the list it is given
 _lock = threading.Lock()
 _module: ModuleType | None = None
 _failure: KernelBuildError | None = None
@@ -153,8 +153,8 @@ def _load(name: str, sources: list[Path], includes: list[Path], what: str) -> Mo
             name=name,
             sources=[str(s) for s in sources],
             extra_include_paths=[str(i) for i in includes],
-            extra_cflags=_CFLAGS,
-            extra_ldflags=_LDFLAGS,
+            extra_cflags=list(_CFLAGS),
+            extra_ldflags=list(_LDFLAGS),
             verbose=False,
         )
     except Exception as e:  # compiler, ninja or headers missing: say what to do

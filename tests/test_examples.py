@@ -101,3 +101,19 @@ def test_a_kernel_that_disagrees_with_its_class_is_refused_naming_both():
         ValueError, match=r"Wrong and its env kernel point_mass \(point_mass.h\) disagree.*obs_dim is 2"
     ):
         Trainer(cfg, env=Wrong(cfg.num_envs))
+
+
+def test_building_a_users_env_module_leaves_fastpgs_kernels_name_alone():
+    """torch's build appends its libraries to the flag list it is given: fastpg hands it copies, so
+    the digest that names fastpg's kernels is the same after an env module's build (before, a
+    process with a user's env built fastpg's kernels a second time, under another name)."""
+    import subprocess
+
+    code = (
+        f"import sys; sys.path.insert(0, {str(Path(__file__).parents[1] / 'examples' / 'point_mass')!r})\n"
+        "import torch\nfrom fastpg import _kernels\nfrom point_mass import PointMass\n"
+        "before = _kernels._digest()\nPointMass.env_kernel.module()\n"
+        "print(before == _kernels._digest(), _kernels.kernels().__name__ == f'fastpg_kernels_{before}')"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert done.stdout.split() == ["True", "True"], done.stderr[-2000:]
