@@ -90,7 +90,7 @@ def _build() -> ModuleType:
 
 def _extensions_root() -> Path:
     """Where torch keeps its extension builds, as ``torch.utils.cpp_extension._get_build_directory``
-    computes it (without importing that module; ``tests/test_native_envs.py`` compares the two)."""
+    computes it (without importing that module; ``tests/test_fused.py`` compares the two)."""
     import torch
 
     root = os.environ.get("TORCH_EXTENSIONS_DIR")
