@@ -382,10 +382,11 @@ _collector_paused = False
 
 
 def _pause_collector() -> None:
-    """For a command of ``fastpg`` run as a program: no cyclic garbage collection while torch and the rest
-    are imported (their hundreds of thousands of objects, traversed again and again as they
-    accrue: ~0.2 s on the 2-core VM). ``_resume_collector`` then freezes them (``gc.freeze``: never
-    traversed again, not even by the collection at exit, which took ~0.5 s more) and resumes."""
+    """For a command of ``fastpg`` run as a program: no cyclic garbage collection while torch and
+    the rest are imported (their hundreds of thousands of objects, traversed again and again as
+    they accrue: ~0.2 s on the 2-core VM). ``_resume_collector`` then freezes them (``gc.freeze``:
+    never traversed again, not even by the collection at exit, which took ~0.5 s more) and
+    resumes."""
     global _collector_paused
     if gc.isenabled():
         gc.disable()
